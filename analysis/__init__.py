@@ -1,0 +1,1 @@
+"""Figures and reports from splitsim result folders (never imports the engine)."""

@@ -1,0 +1,134 @@
+"""Typed model and device specifications: the fields that determine cost, nothing else."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+Dtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
+
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """A transformer's shape, from its published configuration.
+
+    `layers` counts encoder blocks for `encoder` models, decoder blocks for `decoder` models
+    and encoder blocks for `encoder_decoder` models (whose decoder blocks are
+    `decoder_layers`). Vision models are encoders with `input: image`.
+    """
+
+    name: str
+    architecture: Literal["decoder", "encoder", "encoder_decoder"]
+    input: Literal["tokens", "image"] = "tokens"
+    layers: PositiveInt
+    decoder_layers: int = Field(0, ge=0)
+    hidden_size: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt | None = None
+    head_dim: PositiveInt | None = None
+    mlp_size: PositiveInt
+    mlp_kind: Literal["gelu", "gated"]
+    vocab_size: PositiveInt
+    max_positions: PositiveInt
+    position: Literal["learned", "rotary", "sinusoidal"] = "learned"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    embedding_norm: bool = Field(False, description="a norm after the embeddings (BERT)")
+    final_norm: bool = Field(True, description="a norm before the head (pre-LN models)")
+    bias: bool | Literal["qkv"] = Field(True, description="linear biases: all, none, or q/k/v only")
+    tied_embeddings: bool = True
+    token_types: int = Field(0, ge=0, description="BERT segment embeddings")
+    head: Literal["lm", "classifier"] = "lm"
+    num_labels: PositiveInt = 2
+    pooler: bool = False
+    image_size: PositiveInt | None = None
+    patch_size: PositiveInt | None = None
+    channels: PositiveInt = 3
+    weight_dtype: Dtype = "fp16"
+    activation_dtype: Dtype = "fp16"
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSpec:
+        kv = self.n_kv_heads
+        if self.heads % kv:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({kv})")
+        if self.architecture == "encoder_decoder" and self.decoder_layers < 1:
+            raise ValueError("encoder_decoder models need decoder_layers >= 1")
+        if self.architecture != "encoder_decoder" and self.decoder_layers:
+            raise ValueError("decoder_layers is only for encoder_decoder models")
+        if self.input == "image" and not (self.image_size and self.patch_size):
+            raise ValueError("image models need image_size and patch_size")
+        return self
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.heads
+
+    @property
+    def weight_bytes(self) -> float:
+        return DTYPE_BYTES[self.weight_dtype]
+
+    @property
+    def act_bytes(self) -> float:
+        return DTYPE_BYTES[self.activation_dtype]
+
+    @property
+    def image_tokens(self) -> int:
+        """Patch tokens plus the class token for an image model."""
+        assert self.image_size and self.patch_size
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+class DeviceSpec(_Strict):
+    """A compute device as the roofline model sees it, from its spec sheet."""
+
+    name: str
+    kind: Literal["server", "client"]
+    description: str = ""
+    peak_tflops: dict[Dtype, PositiveFloat] = Field(
+        description="dense peak TFLOP/s per data type (no sparsity)"
+    )
+    memory_bandwidth_gb_s: PositiveFloat
+    memory_gb: PositiveFloat
+    compute_efficiency: float = Field(0.6, gt=0, le=1, description="achievable share of peak")
+    bandwidth_efficiency: float = Field(0.8, gt=0, le=1, description="achievable share of peak")
+    overhead_us: float = Field(10.0, ge=0, description="fixed time per unit per pass")
+    power_w: PositiveFloat | None = None
+    source: str = ""
+
+    def flops_per_s(self, dtype: str) -> float:
+        """Achievable FLOP/s at `dtype`, falling back to the widest listed type."""
+        peak = self.peak_tflops.get(dtype)
+        if peak is None:
+            for fallback in ("fp16", "bf16", "fp32"):
+                if fallback in self.peak_tflops:
+                    peak = self.peak_tflops[fallback]
+                    break
+        if peak is None:
+            peak = max(self.peak_tflops.values())
+        return peak * 1e12 * self.compute_efficiency
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.memory_bandwidth_gb_s * 1e9 * self.bandwidth_efficiency
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gb * 1e9

@@ -1,0 +1,88 @@
+"""The `splitsim` command line: parses arguments, dispatches, turns user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sim.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_solve(sub) -> None:
+    p = sub.add_parser("solve", help="place one request's units with a policy and compare")
+    p.add_argument("--model", required=True, help="catalog model name (splitsim catalog models)")
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=["forward", "generate"],
+        help="default: generate for decoder LMs with --output-tokens, else forward",
+    )
+    p.add_argument("--tokens", type=int, required=True, help="prompt / sequence length")
+    p.add_argument("--output-tokens", type=int, default=0, help="tokens to generate")
+    p.add_argument("--client", required=True, help="client device name")
+    p.add_argument("--server", required=True, help="server device name")
+    p.add_argument("--uplink-mbps", type=float, required=True)
+    p.add_argument("--downlink-mbps", type=float, required=True)
+    p.add_argument("--rtt-ms", type=float, default=0.0)
+    p.add_argument("--deadline-s", type=float, required=True, help="SLA on end-to-end latency")
+    p.add_argument("--policy", default="dp", help="policy to show in full (default dp)")
+    p.add_argument("--resident", default="all", help="units the client holds: all, none, fit, or K")
+    p.add_argument("--granularity", default="block", choices=["block", "sublayer"])
+    p.add_argument("--objective", default="server_time", choices=["server_time", "server_flops"])
+    p.add_argument(
+        "--time-step-s", type=float, default=None, help="DP grid (default deadline/2000)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="splitsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_solve(sub)
+    run = sub.add_parser("run", help="run a scenario and write its result folder")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("-o", "--output", default=None, help="result folder (default: runs/<name>)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a scenario value, e.g. workload.arrival.rate_per_s=30",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    check = sub.add_parser("check", help="validate a scenario and print it with every default")
+    check.add_argument("scenario")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cat = sub.add_parser("catalog", help="list built-in models, devices or policies")
+    cat.add_argument("what", choices=["models", "devices", "policies"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `splitsim` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "solve":
+            from sim.commands.solve import run_solve
+
+            return run_solve(args)
+        if args.command in ("run", "check"):
+            from sim.commands.run import run_check, run_run
+
+            return run_run(args) if args.command == "run" else run_check(args)
+        if args.command == "catalog":
+            from sim.commands.catalog import run_catalog
+
+            return run_catalog(args.what)
+    except UserError as err:
+        print(f"splitsim: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""One module per `splitsim` sub-command; each turns parsed arguments into work and output."""

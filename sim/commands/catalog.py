@@ -1,0 +1,72 @@
+"""`splitsim catalog models|devices|policies`: what is built in."""
+
+from __future__ import annotations
+
+from sim.catalog import devices, models
+from sim.commands.table import format_table
+from sim.costs import param_count
+
+
+def run_catalog(what: str) -> int:
+    if what == "models":
+        rows = [
+            (
+                m.name,
+                m.architecture,
+                m.layers + m.decoder_layers,
+                m.hidden_size,
+                m.heads,
+                m.n_kv_heads,
+                m.mlp_kind,
+                f"{param_count(m) / 1e6:.1f}M",
+                m.weight_dtype,
+            )
+            for m in models().values()
+        ]
+        header = (
+            "model",
+            "architecture",
+            "layers",
+            "hidden",
+            "heads",
+            "kv_heads",
+            "mlp",
+            "params",
+            "weights",
+        )
+    elif what == "devices":
+        rows = [
+            (
+                d.name,
+                d.kind,
+                d.flops_per_s("fp16") / d.compute_efficiency / 1e12,
+                d.memory_bandwidth_gb_s,
+                d.memory_gb,
+                d.compute_efficiency,
+                d.bandwidth_efficiency,
+                d.overhead_us,
+                "roofline",
+            )
+            for d in devices().values()
+        ]
+        header = (
+            "device",
+            "kind",
+            "fp16_tflops",
+            "mem_bw_gb_s",
+            "memory_gb",
+            "compute_eff",
+            "bw_eff",
+            "overhead_us",
+            "costs",
+        )
+    else:
+        from sim.split import POLICIES
+
+        rows = [
+            (name, (POLICIES.get(name).__doc__ or "").strip().splitlines()[0])
+            for name in POLICIES.names()
+        ]
+        header = ("policy", "description")
+    print(format_table(header, rows))
+    return 0

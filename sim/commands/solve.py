@@ -1,0 +1,77 @@
+"""`splitsim solve`: one request's placement under a policy, beside server_only and greedy."""
+
+from __future__ import annotations
+
+import argparse
+
+from sim.catalog import get_device, get_model
+from sim.commands.table import format_table
+from sim.costs import model_units
+from sim.errors import UserError
+from sim.split import POLICIES, Link, build_problem, solve
+
+
+def _resident(text: str):
+    if text in ("all", "none", "fit"):
+        return text
+    if text.isdigit():
+        return {"first": int(text)}
+    raise UserError(f"--resident: expected all, none, fit or a unit count, got '{text}'")
+
+
+def _check_positive(args: argparse.Namespace) -> None:
+    for name in ("tokens", "uplink_mbps", "downlink_mbps", "deadline_s"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')}: must be > 0")
+    if args.rtt_ms < 0 or args.output_tokens < 0:
+        raise UserError("--rtt-ms and --output-tokens must be >= 0")
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    _check_positive(args)
+    model = get_model(args.model, "--model")
+    client = get_device(args.client, "--client")
+    server = get_device(args.server, "--server")
+    POLICIES.get(args.policy, "--policy")
+    task = args.task or ("generate" if args.output_tokens > 0 else "forward")
+    try:
+        problem = build_problem(
+            model,
+            task,
+            args.tokens,
+            args.output_tokens,
+            client,
+            server,
+            Link(args.uplink_mbps, args.downlink_mbps, args.rtt_ms),
+            args.deadline_s,
+            resident=_resident(args.resident),
+            objective=args.objective,
+            granularity=args.granularity,
+        )
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    units = model_units(model, args.granularity)
+    shown = [args.policy] + [p for p in ("server_only", "greedy") if p != args.policy]
+    plans = {name: solve(problem, name, args.time_step_s) for name in shown}
+    main = plans[args.policy]
+    print(
+        f"{model.name} {task}, {args.tokens} tokens"
+        + (f" + {args.output_tokens} out" if task == "generate" else "")
+        + f"; client {client.name}, server {server.name}; deadline {args.deadline_s:g} s"
+    )
+    rows = [
+        (u.name, "client" if c else "server", problem.client_time[i], problem.server_time[i])
+        for i, (u, c) in enumerate(zip(units, main.on_client, strict=True))
+    ]
+    print(format_table(("unit", f"{args.policy}", "client_s", "server_s"), rows))
+    print()
+    summary = [
+        (name, p.latency, p.server_work, p.feasible, p.client_units, p.switches)
+        for name, p in plans.items()
+    ]
+    print(
+        format_table(
+            ("policy", "latency_s", "server_work", "feasible", "client_units", "switches"), summary
+        )
+    )
+    return 0

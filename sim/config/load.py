@@ -1,0 +1,275 @@
+"""Load a scenario: YAML, `--set` overrides, strict validation, names and files resolved.
+
+Every problem becomes a `UserError` of one line: the file, the field path, what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import ValidationError
+
+from sim.catalog import devices as catalog_devices
+from sim.catalog import models as catalog_models
+from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.config.base import Empirical
+from sim.config.scenario import Scenario
+from sim.errors import UserError, unknown_name
+
+TRACE_COLUMNS = {
+    "arrival_s": ("arrival_s", "arrived_at", "time_s", "timestamp", "TIMESTAMP"),
+    "prompt_tokens": ("prompt_tokens", "num_prefill_tokens", "ContextTokens", "context_tokens"),
+    "output_tokens": ("output_tokens", "num_decode_tokens", "GeneratedTokens", "generated_tokens"),
+}
+BANDWIDTH_COLUMNS = ("time_s", "uplink_mbps", "downlink_mbps")
+
+
+@dataclass
+class LoadedScenario:
+    """A validated scenario with its names and files resolved, ready to run."""
+
+    scenario: Scenario
+    source: str
+    base_dir: Path
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    devices: dict[str, DeviceSpec] = field(default_factory=dict)
+    server_device: DeviceSpec | None = None
+    client_devices: list[DeviceSpec] = field(default_factory=list)
+    arrival_trace: pd.DataFrame | None = None
+    bandwidth_traces: list[np.ndarray | None] = field(default_factory=list)
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if first["type"] == "missing":
+        msg = "required field is missing"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {path}: {msg}{more}"
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: file not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{p}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not a text file") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{p}: expected a mapping of scenario keys at the top level")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a copy of `raw`."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected key.path=value")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: value is not valid YAML") from None
+        set_path(out, key, value, where=f"--set {key}")
+    return out
+
+
+def set_path(tree: dict, dotted: str, value: Any, where: str = "") -> None:
+    """Set a dotted path (list items by index) in a nested dict, creating mappings."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{where}: '{part}' is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise UserError(f"{where}: '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def validate(raw: dict, source: str = "<scenario>", base_dir: Path | None = None) -> LoadedScenario:
+    """Validate a raw scenario mapping and resolve its names and files."""
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_validation(source, err)) from None
+    loaded = LoadedScenario(scenario, source, base_dir or Path.cwd())
+    _resolve_names(loaded)
+    _resolve_files(loaded)
+    return loaded
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> LoadedScenario:
+    """Read, override, validate and resolve a scenario file."""
+    p = Path(path)
+    raw = apply_overrides(read_yaml(p), overrides or [])
+    return validate(raw, str(p), p.parent)
+
+
+def _spec(cls, name: str, fields: dict, where: str, source: str):
+    try:
+        return cls(name=name, **fields)
+    except ValidationError as err:
+        msg = _format_validation(source, err).split(": ", 1)[1]
+        raise UserError(f"{source}: {where}.{msg}") from None
+    except TypeError as err:
+        raise UserError(f"{source}: {where}: {err}") from None
+
+
+def _resolve_names(ld: LoadedScenario) -> None:
+    sc, src = ld.scenario, ld.source
+    if sc.output.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UserError(
+            f"{src}: output.format: parquet needs pyarrow (pip install pyarrow); use csv"
+        )
+    from sim.split import POLICIES
+
+    for i, name in enumerate(sc.policies):
+        if name not in POLICIES:
+            raise UserError(
+                f"{src}: {unknown_name('policy', name, POLICIES.names(), f'policies.{i}')}"
+            )
+    ld.models = dict(catalog_models())
+    for name, fields in sc.models.items():
+        ld.models[name] = _spec(ModelSpec, name, fields, f"models.{name}", src)
+    ld.devices = dict(catalog_devices())
+    for name, fields in sc.devices.items():
+        ld.devices[name] = _spec(DeviceSpec, name, fields, f"devices.{name}", src)
+    ld.server_device = _device(ld, sc.server.device, "server.device")
+    ld.client_devices = [
+        _device(ld, g.device, f"clients.{i}.device") for i, g in enumerate(sc.clients)
+    ]
+    for i, cls in enumerate(sc.workload.mix):
+        where = f"workload.mix.{i}"
+        if cls.model not in ld.models:
+            raise UserError(
+                f"{src}: {unknown_name('model', cls.model, ld.models, where + '.model')}"
+            )
+        model = ld.models[cls.model]
+        if cls.task == "generate" and (model.architecture == "encoder" or model.head != "lm"):
+            raise UserError(
+                f"{src}: {where}.task: model '{model.name}' cannot generate; use forward"
+            )
+
+
+def _device(ld: LoadedScenario, ref: str | dict, where: str) -> DeviceSpec:
+    if isinstance(ref, dict):
+        fields = dict(ref)
+        name = str(fields.pop("name", where))
+        return _spec(DeviceSpec, name, fields, where, ld.source)
+    if ref not in ld.devices:
+        raise UserError(f"{ld.source}: {unknown_name('device', ref, ld.devices, where)}")
+    return ld.devices[ref]
+
+
+def _csv(ld: LoadedScenario, rel: str, where: str) -> tuple[pd.DataFrame, Path]:
+    path = (ld.base_dir / rel) if not Path(rel).is_absolute() else Path(rel)
+    if not path.is_file():
+        raise UserError(f"{ld.source}: {where}: file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else "unreadable"
+        raise UserError(
+            f"{ld.source}: {where}: not a readable CSV file ({path}): {reason}"
+        ) from None
+    if frame.empty:
+        raise UserError(f"{ld.source}: {where}: CSV file has no rows: {path}")
+    return frame, path
+
+
+def _pick(frame: pd.DataFrame, names: tuple[str, ...], where: str, source: str, path: Path) -> str:
+    for name in names:
+        if name in frame.columns:
+            return name
+    have = ", ".join(map(str, frame.columns))
+    raise UserError(
+        f"{source}: {where}: {path.name} needs a column named one of {', '.join(names)}; it has {have}"
+    )
+
+
+def _numeric(frame: pd.DataFrame, col: str, where: str, source: str, minimum: float) -> np.ndarray:
+    values = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
+    if np.isnan(values).any() or (values < minimum).any():
+        raise UserError(f"{source}: {where}: column '{col}' must hold numbers >= {minimum:g}")
+    return values
+
+
+def _resolve_files(ld: LoadedScenario) -> None:
+    sc, src = ld.scenario, ld.source
+    arrival = sc.workload.arrival
+    if arrival.kind == "trace":
+        ld.arrival_trace = _load_arrival_trace(ld, arrival.path or "", "workload.arrival.path")
+    for i, cls in enumerate(sc.workload.mix):
+        for key in ("prompt_tokens", "output_tokens"):
+            dist = getattr(cls, key)
+            if isinstance(dist, Empirical):
+                where = f"workload.mix.{i}.{key}.path"
+                frame, path = _csv(ld, dist.path, where)
+                col = _pick(frame, (dist.column,), where, src, path)
+                dist.bind(_numeric(frame, col, where, src, 0))
+    ld.bandwidth_traces = []
+    for i, group in enumerate(sc.clients):
+        trace = None
+        if group.link.trace:
+            trace = _load_bandwidth(ld, group.link.trace, f"clients.{i}.link.trace")
+        ld.bandwidth_traces.append(trace)
+
+
+def _load_arrival_trace(ld: LoadedScenario, rel: str, where: str) -> pd.DataFrame:
+    frame, path = _csv(ld, rel, where)
+    cols = {k: _pick(frame, names, where, ld.source, path) for k, names in TRACE_COLUMNS.items()}
+    t = frame[cols["arrival_s"]]
+    if not pd.api.types.is_numeric_dtype(t):
+        parsed = pd.to_datetime(t, errors="coerce")
+        if parsed.isna().any():
+            raise UserError(f"{ld.source}: {where}: column '{cols['arrival_s']}' must hold times")
+        t = (parsed - parsed.min()).dt.total_seconds()
+    out = pd.DataFrame(
+        {
+            "arrival_s": _numeric(pd.DataFrame({"t": t}), "t", where, ld.source, 0),
+            "prompt_tokens": _numeric(frame, cols["prompt_tokens"], where, ld.source, 1),
+            "output_tokens": _numeric(frame, cols["output_tokens"], where, ld.source, 0),
+        }
+    )
+    return out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
+
+
+def _load_bandwidth(ld: LoadedScenario, rel: str, where: str) -> np.ndarray:
+    frame, path = _csv(ld, rel, where)
+    cols = [_pick(frame, (c,), where, ld.source, path) for c in BANDWIDTH_COLUMNS]
+    t = _numeric(frame, cols[0], where, ld.source, 0)
+    if np.any(np.diff(t) <= 0):
+        raise UserError(f"{ld.source}: {where}: time_s must increase strictly")
+    up = _numeric(frame, cols[1], where, ld.source, 1e-9)
+    down = _numeric(frame, cols[2], where, ld.source, 1e-9)
+    return np.column_stack([t, up, down])
+
+
+def effective_dict(loaded: LoadedScenario) -> dict:
+    """The scenario with every default filled in, as plain data for `scenario.yaml`."""
+    return loaded.scenario.model_dump(mode="python", exclude_none=False)

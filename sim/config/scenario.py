@@ -1,0 +1,188 @@
+"""The scenario schema: every section typed, range-checked, with units in the key names."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.config.base import Distribution, Fixed, Section, as_distribution
+
+Dist = Annotated[Distribution, BeforeValidator(as_distribution)]
+
+
+class ServerConfig(Section):
+    """The GPU server: a catalog device (or an inline spec) with parallel slots."""
+
+    device: str | dict = Field("a100-80gb", description="catalog name or inline device spec")
+    slots: PositiveInt = Field(1, description="requests executed in parallel")
+    discipline: Literal["fifo", "edf"] = Field("fifo", description="queue order")
+    max_queue: PositiveInt | None = Field(None, description="waiting requests before rejection")
+
+
+class JitterConfig(Section):
+    """Extra delay added to every transfer, drawn per transfer (milliseconds)."""
+
+    delay_ms: Dist
+
+
+class LinkConfig(Section):
+    """A client's network link."""
+
+    uplink_mbps: PositiveFloat = 20.0
+    downlink_mbps: PositiveFloat = 100.0
+    rtt_ms: NonNegativeFloat = 30.0
+    jitter: JitterConfig | None = None
+    trace: str | None = Field(None, description="CSV of time_s, uplink_mbps, downlink_mbps")
+    shared: str | None = Field(None, description="name of a medium shared with other clients")
+
+
+Resident = Literal["all", "none", "fit"] | dict
+
+
+class ClientGroup(Section):
+    """Identical clients: same device, resident units and link."""
+
+    name: str
+    count: PositiveInt = 1
+    device: str | dict = "phone-flagship"
+    resident: Resident = "all"
+    link: LinkConfig = Field(default_factory=LinkConfig)
+
+    @field_validator("resident")
+    @classmethod
+    def _resident(cls, v: Any) -> Any:
+        if isinstance(v, dict) and not _is_first_k(v):
+            raise ValueError("resident must be all, none, fit or {first: K} with K >= 0")
+        return v
+
+
+def _is_first_k(v: dict) -> bool:
+    k = v.get("first")
+    return set(v) == {"first"} and isinstance(k, int) and not isinstance(k, bool) and k >= 0
+
+
+class ArrivalConfig(Section):
+    """Poisson arrivals (total or per-client rate) or a trace replay."""
+
+    kind: Literal["poisson", "trace"] = "poisson"
+    rate_per_s: PositiveFloat | None = Field(None, description="total Poisson rate")
+    per_client_rate_per_s: PositiveFloat | None = None
+    path: str | None = Field(None, description="trace CSV (kind: trace)")
+    time_scale: PositiveFloat = Field(1.0, description="trace times are multiplied by this")
+    start_s: NonNegativeFloat = Field(0.0, description="skip trace rows before this time")
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> ArrivalConfig:
+        if self.kind == "poisson":
+            if (self.rate_per_s is None) == (self.per_client_rate_per_s is None):
+                raise ValueError(
+                    "poisson arrivals need exactly one of rate_per_s, per_client_rate_per_s"
+                )
+        elif self.path is None:
+            raise ValueError("trace arrivals need path")
+        return self
+
+
+class RequestClass(Section):
+    """One kind of request in the mix."""
+
+    name: str
+    model: str
+    task: Literal["forward", "generate"] = "forward"
+    prompt_tokens: Dist = Field(default_factory=lambda: Fixed(value=128))
+    output_tokens: Dist = Field(default_factory=lambda: Fixed(value=0))
+    deadline_s: PositiveFloat | None = None
+    deadline_factor: PositiveFloat | None = Field(
+        None, description="deadline = factor x the request's server-only nominal latency"
+    )
+    weight: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> RequestClass:
+        if (self.deadline_s is None) == (self.deadline_factor is None):
+            raise ValueError("give exactly one of deadline_s, deadline_factor")
+        return self
+
+
+class WorkloadConfig(Section):
+    arrival: ArrivalConfig
+    mix: list[RequestClass] = Field(min_length=1)
+
+    @field_validator("mix")
+    @classmethod
+    def _unique(cls, v: list[RequestClass]) -> list[RequestClass]:
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"request class names must be unique, got {names}")
+        return v
+
+
+class SplitConfig(Section):
+    time_step_s: PositiveFloat | None = Field(None, description="DP grid; default deadline/2000")
+    objective: Literal["server_time", "server_flops"] = "server_time"
+    granularity: Literal["block", "sublayer"] = "block"
+
+
+class OutputConfig(Section):
+    format: Literal["csv", "parquet"] = "csv"
+    timeseries_bins: PositiveInt = Field(200, description="bins of the utilisation time series")
+
+
+class Scenario(Section):
+    """One experiment: a server, client groups, a workload and the policies to compare."""
+
+    name: str = "scenario"
+    seed: int = Field(0, ge=0)
+    requests: PositiveInt | None = Field(None, description="stop after this many arrivals")
+    duration_s: PositiveFloat | None = Field(None, description="stop arrivals at this time")
+    drain_s: NonNegativeFloat | None = Field(
+        None, description="time after the last arrival to finish in-flight requests (default: all)"
+    )
+    warmup_s: NonNegativeFloat = 0.0
+    replications: PositiveInt = 1
+    policies: list[str] = Field(
+        default_factory=lambda: ["dp", "greedy", "server_only"], min_length=1
+    )
+    models: dict[str, dict] = Field(default_factory=dict, description="extra model specs")
+    devices: dict[str, dict] = Field(default_factory=dict, description="extra device specs")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    clients: list[ClientGroup] = Field(min_length=1)
+    workload: WorkloadConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _stop_rule(self) -> Scenario:
+        no_stop = self.requests is None and self.duration_s is None
+        if no_stop and self.workload.arrival.kind != "trace":
+            raise ValueError("give a stop rule: requests or duration_s")
+        if self.duration_s is not None and self.warmup_s >= self.duration_s:
+            raise ValueError("warmup_s must be shorter than duration_s")
+        names = [g.name for g in self.clients]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client group names must be unique, got {names}")
+        if len(set(self.policies)) != len(self.policies):
+            raise ValueError("policies must not repeat")
+        return self
+
+    @property
+    def total_clients(self) -> int:
+        return sum(g.count for g in self.clients)
+
+
+def inline_model(name: str, spec: dict) -> ModelSpec:
+    return ModelSpec(name=name, **spec)
+
+
+def inline_device(name: str, spec: dict) -> DeviceSpec:
+    return DeviceSpec(name=name, **spec)

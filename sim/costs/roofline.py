@@ -1,0 +1,89 @@
+"""Time of work on a device (roofline) and of activations on a link."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.catalog.specs import DeviceSpec
+from sim.costs.work import RequestWork
+
+
+def roofline_s(flops, bytes_, flops_per_s: float, bytes_per_s: float):
+    """Seconds for work that is either compute- or memory-bound, whichever is slower."""
+    return np.maximum(np.asarray(flops) / flops_per_s, np.asarray(bytes_) / bytes_per_s)
+
+
+def summed_roofline_s(x0, x1, y0, y1, first: int, count: int) -> np.ndarray:
+    """Sum over c = first .. first+count-1 of max(x0 + x1*c, y0 + y1*c), in closed form.
+
+    Each decode step is compute-bound or memory-bound; both terms are affine in the
+    context length c, so the two lines cross at most once and each side is an
+    arithmetic series. Vectorised over units.
+    """
+    x0, x1, y0, y1 = (np.asarray(v, float) for v in (x0, x1, y0, y1))
+    if count <= 0:
+        return np.zeros(np.broadcast(x0, x1, y0, y1).shape)
+    last = first + count - 1
+
+    def series(a, b, lo, hi):
+        n = np.maximum(hi - lo + 1, 0)
+        return n * a + b * n * (lo + hi) / 2
+
+    slope = x1 - y1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = np.where(slope != 0, (y0 - x0) / np.where(slope != 0, slope, 1), np.inf)
+    # k: first context where x >= y when x grows faster; last where x >= y otherwise.
+    split = np.clip(np.ceil(cross), first, last + 1)
+    grows = slope > 0
+    x_all = (slope == 0) & (x0 >= y0)
+    low_x = series(x0, x1, first, split - 1)
+    low_y = series(y0, y1, first, split - 1)
+    high_x = series(x0, x1, split, last)
+    high_y = series(y0, y1, split, last)
+    total = np.where(grows, low_y + high_x, low_x + high_y)
+    full_x = series(x0, x1, first, last)
+    full_y = series(y0, y1, first, last)
+    return np.where(slope == 0, np.where(x_all, full_x, full_y), total)
+
+
+def unit_times_s(work: RequestWork, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
+    """Seconds each unit takes on `device` with nothing else running (prefill plus decode)."""
+    f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
+    overhead_s = device.overhead_us * 1e-6
+    t = roofline_s(work.pass_flops, work.pass_bytes, f, b) + overhead_s * work.pass_runs
+    if work.steps > 0:
+        t = t + summed_roofline_s(
+            work.step_flops0 / f,
+            work.step_flops1 / f,
+            work.step_bytes0 / b,
+            work.step_bytes1 / b,
+            work.ctx_first,
+            work.steps,
+        )
+        t = t + overhead_s * work.steps * work.step_runs
+    return t
+
+
+def crossing_s(bytes_, mbps: float, rtt_ms: float) -> np.ndarray:
+    """One crossing of a link: serialisation plus half the round trip (one-way latency)."""
+    return np.asarray(bytes_) * 8.0 / (mbps * 1e6) + rtt_ms * 1e-3 / 2
+
+
+def transfer_times_s(work: RequestWork, mbps: float, rtt_ms: float) -> np.ndarray:
+    """Seconds to move each boundary's activations across a link in one direction.
+
+    The pass crosses once; every decode step crosses again with one token's activation,
+    which is what makes split decoding expensive.
+    """
+    t = crossing_s(work.act_pass, mbps, rtt_ms) * (work.act_pass > 0)
+    if work.steps > 0:
+        per_step = crossing_s(work.act_step, mbps, rtt_ms) * (work.act_step > 0)
+        t = t + work.steps * per_step
+    return t
+
+
+def loop_time_s(work: RequestWork, mbps: float, rtt_ms: float) -> float:
+    """Seconds the generated tokens spend crossing a link if fed back across it."""
+    if work.steps <= 0:
+        return 0.0
+    return float(work.steps * crossing_s(work.loop_bytes, mbps, rtt_ms))

@@ -1,0 +1,58 @@
+"""Client links: bandwidth (constant or a piecewise-constant trace), RTT, jitter, sharing."""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from sim.config.scenario import LinkConfig
+
+UP, DOWN = 0, 1
+
+
+class Medium:
+    """A medium several clients share: one transfer at a time per direction, FIFO."""
+
+    def __init__(self, env: simpy.Environment, name: str):
+        self.name = name
+        self.channels = (simpy.Resource(env, 1), simpy.Resource(env, 1))
+
+
+class LinkModel:
+    """One client group's link as seen by the simulation.
+
+    A transfer's serialisation time uses the bandwidth in force when it starts; half the
+    RTT per crossing is propagation (it does not occupy a shared medium); jitter adds a
+    random delay per transfer.
+    """
+
+    def __init__(
+        self,
+        cfg: LinkConfig,
+        trace: np.ndarray | None,
+        medium: Medium | None,
+        jitter_rng: np.random.Generator | None,
+    ):
+        self.nominal_mbps = (cfg.uplink_mbps, cfg.downlink_mbps)
+        self.half_rtt_s = cfg.rtt_ms * 1e-3 / 2
+        self.trace = trace
+        self.medium = medium
+        self.jitter = cfg.jitter.delay_ms if cfg.jitter else None
+        self.jitter_rng = jitter_rng
+
+    def mbps(self, direction: int, now_s: float) -> float:
+        """Bandwidth in force at `now_s` (the configured value when there is no trace)."""
+        if self.trace is None:
+            return self.nominal_mbps[direction]
+        i = int(np.searchsorted(self.trace[:, 0], now_s, side="right")) - 1
+        return float(self.trace[max(i, 0), 1 + direction])
+
+    def serialisation_s(self, direction: int, bytes_: float, now_s: float) -> float:
+        return bytes_ * 8.0 / (self.mbps(direction, now_s) * 1e6)
+
+    def delay_s(self, crossings: float) -> float:
+        """Propagation plus jitter of one transfer."""
+        extra = 0.0
+        if self.jitter is not None:
+            extra = float(self.jitter.sample(self.jitter_rng, 1)[0]) * 1e-3
+        return crossings * self.half_rtt_s + extra

@@ -1,0 +1,150 @@
+"""Plans per request class, cached, and the segments the engine executes for a plan.
+
+A plan's segments alternate between client compute, transfers and server compute. Plans
+use nominal link values; the engine realises them against queues and the actual link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sim.config import LoadedScenario
+from sim.costs import RequestWork, request_work
+from sim.engine.network import DOWN, UP
+from sim.split import Link, Plan, SplitProblem, build_problem, solve
+
+CLIENT, SERVER, XFER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """What the engine needs to run one request class on one client group."""
+
+    plan: Plan
+    segments: tuple[tuple, ...]
+    deadline_s: float
+    server_only_work: float
+    has_server: bool
+
+
+def _crossing(work: RequestWork, b: int) -> tuple[float, float]:
+    """Bytes and crossings of boundary b over the whole request (pass plus decode steps)."""
+    steps = work.steps
+    nbytes = work.act_pass[b] + steps * work.act_step[b]
+    crossings = float(work.act_pass[b] > 0) + steps * float(work.act_step[b] > 0)
+    return float(nbytes), crossings
+
+
+def plan_segments(problem: SplitProblem, work: RequestWork, on_client: np.ndarray) -> tuple:
+    """Client, server and transfer segments of a placement, consecutive units merged."""
+    segs: list[tuple] = []
+    L = work.n_units
+    prev_client = True
+    for u in range(L):
+        here_client = bool(on_client[u])
+        if here_client != prev_client:
+            segs.append((XFER, DOWN if here_client else UP, *_crossing(work, u)))
+        t = problem.client_time[u] if here_client else problem.server_time[u]
+        kind = CLIENT if here_client else SERVER
+        if segs and segs[-1][0] == kind:
+            segs[-1] = (kind, segs[-1][1] + float(t))
+        else:
+            segs.append((kind, float(t)))
+        prev_client = here_client
+    loop_server = not on_client[work.loop_start] and work.steps > 0
+    if not prev_client:
+        nbytes, crossings = _crossing(work, L)
+        if loop_server:  # tokens loop on the server; only the final delivery waits
+            nbytes -= work.steps * work.loop_bytes
+            crossings -= work.steps
+        segs.append((XFER, DOWN, nbytes, crossings))
+    elif loop_server:  # each token made on the client goes back up to the loop start
+        segs.append((XFER, UP, work.steps * work.loop_bytes, float(work.steps)))
+    return tuple(s for s in segs if not (s[0] != XFER and s[1] == 0.0))
+
+
+@dataclass(frozen=True)
+class RequestProblem:
+    """A request class's placement problem on one client group, with its deadline."""
+
+    problem: SplitProblem
+    work: RequestWork
+    deadline_s: float
+
+
+class ProblemBook:
+    """Placement problems per (request class, client group, sizes), shared by all policies."""
+
+    def __init__(self, ld: LoadedScenario):
+        self.ld = ld
+        self.split = ld.scenario.split
+        self._work: dict[tuple, RequestWork] = {}
+        self._problems: dict[tuple, RequestProblem] = {}
+
+    def work(self, klass: int, prompt: int, output: int) -> RequestWork:
+        key = (klass, prompt, output)
+        w = self._work.get(key)
+        if w is None:
+            cls = self.ld.scenario.workload.mix[klass]
+            model = self.ld.models[cls.model]
+            w = request_work(model, cls.task, prompt, output, self.split.granularity)
+            self._work[key] = w
+        return w
+
+    def get(self, klass: int, group: int, prompt: int, output: int) -> RequestProblem:
+        key = (klass, group, prompt, output)
+        found = self._problems.get(key)
+        if found is None:
+            found = self._build(klass, group, prompt, output)
+            self._problems[key] = found
+        return found
+
+    def _build(self, klass: int, group: int, prompt: int, output: int) -> RequestProblem:
+        sc = self.ld.scenario
+        cls, grp = sc.workload.mix[klass], sc.clients[group]
+        work = self.work(klass, prompt, output)
+        link = Link(grp.link.uplink_mbps, grp.link.downlink_mbps, grp.link.rtt_ms)
+        problem = build_problem(
+            self.ld.models[cls.model], cls.task, prompt, output, self.ld.client_devices[group],
+            self.ld.server_device, link, cls.deadline_s or 1.0, resident=grp.resident,
+            objective=self.split.objective, granularity=self.split.granularity, work=work,
+        )  # fmt: skip
+        deadline = cls.deadline_s
+        if deadline is None:  # relative SLA: a multiple of the server-only nominal latency
+            server_only = solve(problem, "server_only")
+            deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]
+            problem = replace(problem, deadline=deadline)
+        return RequestProblem(problem, work, float(deadline))
+
+
+class Planner:
+    """One policy's plans, cached per (request class, client group, sizes)."""
+
+    def __init__(self, book: ProblemBook, policy: str):
+        self.book = book
+        self.policy = policy
+        self.time_step_s = book.split.time_step_s
+        self._plans: dict[tuple, PlannedRequest] = {}
+
+    def get(self, klass: int, group: int, prompt: int, output: int) -> PlannedRequest:
+        key = (klass, group, prompt, output)
+        planned = self._plans.get(key)
+        if planned is None:
+            rp = self.book.get(klass, group, prompt, output)
+            plan = solve(rp.problem, self.policy, self.time_step_s)
+            segments = plan_segments(rp.problem, rp.work, plan.on_client)
+            planned = PlannedRequest(
+                plan=plan,
+                segments=segments,
+                deadline_s=rp.deadline_s,
+                server_only_work=float(rp.problem.server_work.sum()),
+                has_server=any(s[0] == SERVER for s in segments),
+            )
+            self._plans[key] = planned
+        return planned
+
+    @property
+    def cached_plans(self) -> int:
+        return len(self._plans)

@@ -1,0 +1,80 @@
+"""Column names of the per-request record and of the summaries, defined once.
+
+The engine writes these columns; `analysis/` reads result folders through these names.
+This module imports nothing from the engine so analysis code may import it.
+"""
+
+from __future__ import annotations
+
+# Per-request record (requests.csv): one row per request and policy.
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "request_id",
+    "client_id",
+    "client_class",
+    "request_class",
+    "model",
+    "task",
+    "prompt_tokens",
+    "output_tokens",
+    "status",  # completed | rejected | in_flight
+    "arrival_s",
+    "finish_s",
+    "latency_s",
+    "deadline_s",
+    "sla_met",
+    "planned_latency_s",
+    "plan_feasible",
+    "server_wait_s",
+    "server_busy_s",
+    "client_wait_s",
+    "client_busy_s",
+    "transfer_s",
+    "server_work",
+    "server_only_work",
+    "client_units",
+    "switches",
+)
+
+STATUS_COMPLETED = "completed"
+STATUS_REJECTED = "rejected"
+STATUS_IN_FLIGHT = "in_flight"
+
+# Per-policy summary (summary.csv / summary.json): one row per policy and replication.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "requests",
+    "completed",
+    "rejected",
+    "backlog_at_stop",
+    "in_flight_at_end",
+    "duration_s",
+    "throughput_rps",
+    "server_utilization",
+    "queue_length_mean",
+    "server_work_per_request",
+    "server_only_work_per_request",
+    "offload_fraction",
+    "sla_violation_rate",
+    "infeasible_plan_rate",
+    "latency_mean_s",
+    "latency_p50_s",
+    "latency_p95_s",
+    "latency_p99_s",
+    "wait_mean_s",
+    "wait_max_s",
+    "client_units_mean",
+    "switches_mean",
+)
+
+# Server state over time (timeseries.csv): time-weighted means over equal bins.
+TIMESERIES_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "time_s",
+    "server_busy_slots",
+    "server_utilization",
+    "queue_length",
+)

@@ -1,0 +1,169 @@
+"""`run_scenario()`: the one place that builds environments, runs them and writes results."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import sim
+from sim.config import LoadedScenario, effective_dict
+from sim.engine.planner import ProblemBook
+from sim.engine.run import RunResult, Simulation
+from sim.engine.workload import Streams, generate_arrivals, replication_seeds
+from sim.output import write_result_folder
+from sim.records import (
+    REQUEST_COLUMNS,
+    STATUS_COMPLETED,
+    STATUS_IN_FLIGHT,
+    STATUS_REJECTED,
+    SUMMARY_COLUMNS,
+    TIMESERIES_COLUMNS,
+)
+from sim.summary import summarize
+
+
+@dataclass
+class ScenarioResult:
+    """Everything one scenario run produced, as DataFrames plus the manifest."""
+
+    requests: pd.DataFrame
+    summary: pd.DataFrame
+    timeseries: pd.DataFrame
+    effective: dict
+    manifest: dict = field(default_factory=dict)
+
+
+def scenario_hash(effective: dict) -> str:
+    """Content hash of the effective scenario (stable across runs and machines)."""
+    text = json.dumps(effective, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame:
+    sc, arr = ld.scenario, res.arrivals
+    mix, groups = sc.workload.mix, sc.clients
+    status = np.where(
+        res.status == 1,
+        STATUS_COMPLETED,
+        np.where(res.status == 2, STATUS_REJECTED, STATUS_IN_FLIGHT),
+    )
+    latency = res.finish_s - arr.time_s
+    cols = {
+        "policy": res.policy,
+        "replication": replication,
+        "request_id": np.arange(len(arr)),
+        "client_id": arr.client,
+        "client_class": np.array([g.name for g in groups])[arr.group],
+        "request_class": np.array([c.name for c in mix])[arr.klass],
+        "model": np.array([c.model for c in mix])[arr.klass],
+        "task": np.array([c.task for c in mix])[arr.klass],
+        "prompt_tokens": arr.prompt_tokens,
+        "output_tokens": arr.output_tokens,
+        "status": status,
+        "arrival_s": arr.time_s,
+        "finish_s": res.finish_s,
+        "latency_s": latency,
+        "deadline_s": res.deadline_s,
+        "sla_met": (res.status == 1) & (latency <= res.deadline_s),
+        "planned_latency_s": res.planned_latency_s,
+        "plan_feasible": res.plan_feasible,
+        "server_wait_s": res.server_wait_s,
+        "server_busy_s": res.server_busy_s,
+        "client_wait_s": res.client_wait_s,
+        "client_busy_s": res.client_busy_s,
+        "transfer_s": res.transfer_s,
+        "server_work": res.server_work,
+        "server_only_work": res.server_only_work,
+        "client_units": res.client_units,
+        "switches": res.switches,
+    }
+    return pd.DataFrame(cols, columns=list(REQUEST_COLUMNS))
+
+
+def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
+    t, busy, queue = res.server.binned(res.end_s, bins)
+    return pd.DataFrame(
+        {
+            "policy": res.policy,
+            "replication": replication,
+            "time_s": t,
+            "server_busy_slots": busy,
+            "server_utilization": busy / res.server.slots,
+            "queue_length": queue,
+        },
+        columns=list(TIMESERIES_COLUMNS),
+    )
+
+
+def simulate(ld: LoadedScenario, progress: Callable[[int], None] | None = None) -> ScenarioResult:
+    """Run every replication and policy of a scenario in memory (no files)."""
+    sc = ld.scenario
+    frames, summaries, series = [], [], []
+    book = ProblemBook(ld)  # placement problems are the same for every policy
+    for rep, seq in enumerate(replication_seeds(sc.seed, sc.replications)):
+        streams = Streams.spawn(seq)
+        arrivals = generate_arrivals(ld, streams)  # shared by every policy
+        for policy in sc.policies:
+            sim_ = Simulation(ld, policy, arrivals, streams.jitter_seed, book, progress)
+            res = sim_.run()
+            frame = _frame(ld, res, rep)
+            util = res.server.utilization(sc.warmup_s, res.end_s)
+            queue = res.server.mean_queue(sc.warmup_s, res.end_s)
+            row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
+            summaries.append({"policy": policy, "replication": rep, **row})
+            frames.append(frame)
+            series.append(_timeseries(res, rep, sc.output.timeseries_bins))
+            if progress:
+                progress(-1)
+    effective = effective_dict(ld)
+    return ScenarioResult(
+        requests=pd.concat(frames, ignore_index=True),
+        summary=pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS)),
+        timeseries=pd.concat(series, ignore_index=True),
+        effective=effective,
+    )
+
+
+def run_scenario(
+    ld: LoadedScenario,
+    out_dir: str | Path | None = None,
+    command: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScenarioResult:
+    """Run a loaded scenario and, with `out_dir`, write its result folder atomically.
+
+    If the simulation fails, the folder still gets the effective scenario and a manifest
+    with `status: failed` and the error, but no results that could be mistaken for real.
+    """
+    started = time.perf_counter()
+    effective = effective_dict(ld)
+    manifest = {
+        "package": "splitsim",
+        "version": sim.__version__,
+        "seed": ld.scenario.seed,
+        "scenario": ld.source,
+        "scenario_hash": scenario_hash(effective),
+        "command": command if command is not None else sys.argv,
+        "python": sys.version.split()[0],
+    }
+    try:
+        result = simulate(ld, progress)
+    except Exception as err:
+        manifest.update(status="failed", error=f"{type(err).__name__}: {err}")
+        manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
+        if out_dir is not None:
+            write_result_folder(Path(out_dir), effective, manifest, None, ld.scenario.output.format)
+        raise
+    manifest.update(status="ok", wall_time_s=round(time.perf_counter() - started, 3))
+    result.manifest = manifest
+    if out_dir is not None:
+        write_result_folder(Path(out_dir), effective, manifest, result, ld.scenario.output.format)
+    return result

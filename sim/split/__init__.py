@@ -1,0 +1,20 @@
+"""The split problem, its allocators and their registry (the `sim.split` contract)."""
+
+from sim.split.build import Link, build_problem, resident_units
+from sim.split.dp import fastest_placement, grid_steps
+from sim.split.policies import POLICIES, solve
+from sim.split.problem import Plan, SplitProblem, evaluate, evaluate_many
+
+__all__ = [
+    "POLICIES",
+    "Link",
+    "Plan",
+    "SplitProblem",
+    "build_problem",
+    "evaluate",
+    "evaluate_many",
+    "fastest_placement",
+    "grid_steps",
+    "resident_units",
+    "solve",
+]

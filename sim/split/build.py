@@ -1,0 +1,84 @@
+"""Build a `SplitProblem` from a model, a request, two devices and a link."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.costs import (
+    RequestWork,
+    Task,
+    loop_time_s,
+    request_work,
+    transfer_times_s,
+    unit_times_s,
+)
+from sim.costs.units import Granularity
+from sim.split.problem import SplitProblem
+
+Objective = Literal["server_time", "server_flops"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """A client's network link: bandwidth each way and round-trip time."""
+
+    uplink_mbps: float
+    downlink_mbps: float
+    rtt_ms: float = 0.0
+
+
+def resident_units(work: RequestWork, resident, client: DeviceSpec) -> np.ndarray:
+    """Which units the client holds: `all`, `none`, `{'first': K}` or `fit` (device memory).
+
+    `fit` keeps as many units as the client's memory holds, in order, counting each unit's
+    weights and the KV cache it would keep for this request.
+    """
+    L = work.n_units
+    if resident in (None, "all"):
+        return np.ones(L, bool)
+    if resident == "none":
+        return np.zeros(L, bool)
+    if resident == "fit":
+        need = np.cumsum(work.weight_bytes + work.kv_bytes)
+        return need <= client.memory_bytes
+    if isinstance(resident, dict) and set(resident) == {"first"}:
+        return np.arange(L) < int(resident["first"])
+    raise ValueError(f"resident must be all, none, fit or {{first: K}}, got {resident!r}")
+
+
+def build_problem(
+    model: ModelSpec,
+    task: Task,
+    prompt_tokens: int,
+    output_tokens: int,
+    client: DeviceSpec,
+    server: DeviceSpec,
+    link: Link,
+    deadline_s: float,
+    resident="all",
+    objective: Objective = "server_time",
+    granularity: Granularity = "block",
+    work: RequestWork | None = None,
+) -> SplitProblem:
+    """The placement problem of one request, times from the roofline cost model."""
+    if work is None:
+        work = request_work(model, task, prompt_tokens, output_tokens, granularity)
+    dtype = model.activation_dtype
+    server_time = unit_times_s(work, server, dtype)
+    server_work = server_time if objective == "server_time" else work.total_flops()
+    return SplitProblem(
+        client_time=unit_times_s(work, client, dtype),
+        server_time=server_time,
+        server_work=server_work,
+        uplink_time=transfer_times_s(work, link.uplink_mbps, link.rtt_ms),
+        downlink_time=transfer_times_s(work, link.downlink_mbps, link.rtt_ms),
+        deadline=deadline_s,
+        client_allowed=resident_units(work, resident, client),
+        loop_start=work.loop_start,
+        loop_uplink_time=loop_time_s(work, link.uplink_mbps, link.rtt_ms),
+        loop_downlink_time=loop_time_s(work, link.downlink_mbps, link.rtt_ms),
+    )

@@ -1,0 +1,198 @@
+"""The SplitLLM dynamic program, and the exact least-latency placement used as fallback.
+
+The DP runs over units in order; for each unit, location (client or server) and latency
+used so far (on a grid of `time_step`), it keeps the least server work. Every time is
+rounded *up* to the grid, so a placement that fits the discretised deadline also fits the
+real one. Work is vectorised over the latency axis. With a generation loop (see
+`problem.py`) the DP runs once per location of the loop's start unit, so the loop's
+refund or extra crossing is known at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.split.problem import Plan, SplitProblem, make_plan
+
+DEFAULT_STEPS = 2000
+_REL_TOL = 1e-9
+
+
+def grid_steps(times, step: float, up: bool = True) -> np.ndarray:
+    """Times in whole steps, rounded up (or down); exact multiples stay exact despite float error."""
+    ratio = np.asarray(times, float) / step
+    nearest = np.rint(ratio)
+    exact = np.abs(ratio - nearest) <= _REL_TOL * np.maximum(1.0, np.abs(nearest))
+    rounded = np.ceil(ratio) if up else np.floor(ratio)
+    return np.where(exact, nearest, rounded).astype(np.int64)
+
+
+def _shift_min(dst: np.ndarray, src: np.ndarray, k: int, choice: np.ndarray) -> None:
+    """dst[t] = min(dst[t], src[t-k]); mark in `choice` where src won."""
+    n = dst.shape[0]
+    if k >= n:
+        return
+    a, b = dst[k:], src[: n - k]
+    np.less(b, a, out=choice[k:])
+    np.minimum(a, b, out=a)
+
+
+def _shift(dst: np.ndarray, src: np.ndarray, k: int) -> None:
+    """dst[t] = src[t-k] (inf before k)."""
+    n = dst.shape[0]
+    dst[: min(k, n)] = np.inf
+    if k < n:
+        dst[k:] = src[: n - k]
+
+
+def _dp_pass(problem: SplitProblem, g: dict, horizon: int, start_on: int | None):
+    """One DP sweep. start_on forces the loop-start unit to 0 (client) or 1 (server).
+
+    Returns (best work, end time, end location, choice arrays) or None if nothing fits.
+    """
+    L = problem.n_units
+    n = horizon + 1
+    cur_c = np.full(n, np.inf)
+    cur_c[0] = 0.0
+    cur_s = np.full(n, np.inf)
+    new_c, new_s = np.empty(n), np.empty(n)
+    from_s = np.zeros((L, n), bool)  # client entry came from the server
+    from_c = np.zeros((L, n), bool)  # server entry came from the client
+    cc, cs, up, dn, work = g["cc"], g["cs"], g["up"], g["dn"], problem.server_work
+    allowed = problem.client_allowed
+    for u in range(L):
+        client_ok = allowed[u] and not (u == problem.loop_start and start_on == 1)
+        server_ok = not (u == problem.loop_start and start_on == 0)
+        if client_ok:
+            _shift(new_c, cur_c, cc[u])
+            _shift_min(new_c, cur_s, dn[u] + cc[u], from_s[u])
+        else:
+            new_c.fill(np.inf)
+        if server_ok:
+            _shift(new_s, cur_s, cs[u])
+            _shift_min(new_s, cur_c, up[u] + cs[u], from_c[u])
+            new_s += work[u]
+        else:
+            new_s.fill(np.inf)
+        cur_c, new_c = new_c, cur_c
+        cur_s, new_s = new_s, cur_s
+    end_c_shift = g["loop_up"] if start_on == 1 else 0
+    end_s_shift = g["dn_end_loop"] if start_on == 1 else dn[L]
+    end_c = np.full(n, np.inf)
+    end_s = np.full(n, np.inf)
+    _shift(end_c, cur_c, end_c_shift)
+    _shift(end_s, cur_s, end_s_shift)
+    best_c, best_s = end_c.min(), end_s.min()
+    if not np.isfinite(min(best_c, best_s)):
+        return None
+    loc = 1 if best_s < best_c else 0
+    end = end_s if loc else end_c
+    t_end = int(np.flatnonzero(end == end.min())[0])
+    t_last = t_end - (end_s_shift if loc else end_c_shift)
+    return float(end.min()), t_end, loc, t_last, from_s, from_c
+
+
+def _trace(g: dict, loc: int, t: int, from_s, from_c) -> np.ndarray:
+    """Walk the choices back from the last unit to get the placement."""
+    L = from_s.shape[0]
+    on_client = np.zeros(L, bool)
+    for u in range(L - 1, -1, -1):
+        on_client[u] = loc == 0
+        if loc == 0:
+            came_from_server = bool(from_s[u, t])
+            t -= g["cc"][u] + (g["dn"][u] if came_from_server else 0)
+            loc = 1 if came_from_server else 0
+        else:
+            came_from_client = bool(from_c[u, t])
+            t -= g["cs"][u] + (g["up"][u] if came_from_client else 0)
+            loc = 0 if came_from_client else 1
+    assert t == 0 and loc == 0, "trace-back must end at the client at time 0"
+    return on_client
+
+
+def _grid(problem: SplitProblem, step: float) -> dict:
+    L = problem.n_units
+    dn_end_loop = problem.downlink_time[L] - problem.loop_downlink_time
+    return {
+        "cc": grid_steps(problem.client_time, step),
+        "cs": grid_steps(problem.server_time, step),
+        "up": grid_steps(problem.uplink_time, step),
+        "dn": grid_steps(problem.downlink_time, step),
+        "loop_up": int(grid_steps(problem.loop_uplink_time, step)),
+        "dn_end_loop": int(grid_steps(max(dn_end_loop, 0.0), step)),
+    }
+
+
+def solve_dp(problem: SplitProblem, time_step: float | None = None) -> Plan:
+    """Least server work within the deadline, on a latency grid of `time_step` seconds."""
+    if not np.isfinite(problem.deadline):
+        raise ValueError("dp needs a finite deadline")
+    step = time_step or problem.deadline / DEFAULT_STEPS
+    if step <= 0:
+        raise ValueError("time_step must be > 0")
+    horizon = int(grid_steps(problem.deadline, step, up=False))
+    g = _grid(problem, step)
+    starts = (0, 1) if problem.has_loop else (None,)
+    best = None
+    for start_on in starts:
+        found = _dp_pass(problem, g, horizon, start_on)
+        if found and (best is None or (found[0], found[1]) < (best[0], best[1])):
+            best = found
+    if best is None:
+        return fastest_plan(problem, "dp", reason="no placement fits the deadline on the grid")
+    _, _, loc, t_last, from_s, from_c = best
+    on_client = _trace(g, loc, t_last, from_s, from_c)
+    return make_plan(problem, on_client, "dp", time_step=step)
+
+
+def fastest_placement(problem: SplitProblem) -> np.ndarray:
+    """The exact least-latency placement (ties: least server work); exact, no grid."""
+    L = problem.n_units
+    best_key, best_oc = None, None
+    starts = (0, 1) if problem.has_loop else (None,)
+    for start_on in starts:
+        # state per location: (latency, work, placement list)
+        INF = (np.inf, np.inf)
+        prev = {0: (0.0, 0.0, []), 1: (*INF, [])}
+        for u in range(L):
+            cur = {}
+            for loc in (0, 1):
+                forbidden = (loc == 0 and not problem.client_allowed[u]) or (
+                    u == problem.loop_start and start_on is not None and loc != start_on
+                )
+                if forbidden:
+                    cur[loc] = (*INF, [])
+                    continue
+                run = problem.client_time[u] if loc == 0 else problem.server_time[u]
+                w = problem.server_work[u] if loc == 1 else 0.0
+                options = []
+                for p in (0, 1):
+                    lat, wk, path = prev[p]
+                    hop = (
+                        0.0
+                        if p == loc
+                        else (problem.uplink_time[u] if loc else problem.downlink_time[u])
+                    )
+                    options.append((lat + hop + run, wk + w, path))
+                lat, wk, path = min(options, key=lambda o: (o[0], o[1]))
+                cur[loc] = (lat, wk, path + [loc == 0])
+            prev = cur
+        for loc in (0, 1):
+            lat, wk, path = prev[loc]
+            if not np.isfinite(lat):
+                continue
+            if loc == 1:
+                lat += problem.downlink_time[L] - (
+                    problem.loop_downlink_time if start_on == 1 else 0
+                )
+            elif start_on == 1:
+                lat += problem.loop_uplink_time
+            if best_key is None or (lat, wk) < best_key:
+                best_key, best_oc = (lat, wk), path
+    assert best_oc is not None
+    return np.array(best_oc, bool)
+
+
+def fastest_plan(problem: SplitProblem, policy: str, **notes) -> Plan:
+    """Every policy's answer when nothing it considers fits: the least-latency placement."""
+    return make_plan(problem, fastest_placement(problem), policy, fallback=True, **notes)

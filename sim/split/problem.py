@@ -1,0 +1,132 @@
+"""The split problem as pure numbers, a placement's latency and server work, and `Plan`.
+
+Units u = 0..L-1 run in order; boundary b is the activation entering unit b, boundary L the
+output. The input starts on the client and the output must end on the client. A switch of
+location between consecutive units costs the boundary's uplink (client -> server) or
+downlink (server -> client) time.
+
+Generation adds a feedback loop: every decode step's token, made by the last unit, feeds
+unit `loop_start`. `downlink_time[L]` includes streaming those tokens to the client; when
+`loop_start` and the last unit both run on the server the tokens loop there and only the
+final token's delivery waits (`loop_downlink_time` is refunded). When `loop_start` runs on
+the server but the last unit on the client, each token must go up again
+(`loop_uplink_time` is added).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _vec(x, n: int, name: str, dtype=float) -> np.ndarray:
+    a = np.asarray(x, dtype=dtype).reshape(-1)
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have {n} entries, got {a.shape[0]}")
+    if dtype is float and (not np.all(np.isfinite(a)) or np.any(a < 0)):
+        raise ValueError(f"{name} must be finite and >= 0")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class SplitProblem:
+    """One request's placement problem: times in seconds, work in objective units."""
+
+    client_time: np.ndarray
+    server_time: np.ndarray
+    server_work: np.ndarray | None = None
+    uplink_time: np.ndarray | None = None
+    downlink_time: np.ndarray | None = None
+    deadline: float = np.inf
+    client_allowed: np.ndarray | None = None
+    loop_start: int = 0
+    loop_uplink_time: float = 0.0
+    loop_downlink_time: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = np.asarray(self.client_time).reshape(-1).shape[0]
+        if n < 1:
+            raise ValueError("a split problem needs at least one unit")
+        set_ = object.__setattr__
+        set_(self, "client_time", _vec(self.client_time, n, "client_time"))
+        set_(self, "server_time", _vec(self.server_time, n, "server_time"))
+        work = self.server_time if self.server_work is None else self.server_work
+        set_(self, "server_work", _vec(work, n, "server_work"))
+        for name in ("uplink_time", "downlink_time"):
+            value = getattr(self, name)
+            set_(self, name, _vec(np.zeros(n + 1) if value is None else value, n + 1, name))
+        allowed = np.ones(n, bool) if self.client_allowed is None else self.client_allowed
+        set_(self, "client_allowed", _vec(allowed, n, "client_allowed", dtype=bool))
+        if not (self.deadline > 0):
+            raise ValueError("deadline must be > 0")
+        if not 0 <= self.loop_start < n:
+            raise ValueError(f"loop_start must be in 0..{n - 1}")
+        if self.loop_downlink_time > self.downlink_time[n] + 1e-12:
+            raise ValueError("loop_downlink_time is part of downlink_time[L] and cannot exceed it")
+
+    @property
+    def n_units(self) -> int:
+        return self.client_time.shape[0]
+
+    @property
+    def has_loop(self) -> bool:
+        return self.loop_uplink_time > 0 or self.loop_downlink_time > 0
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A placement and what it costs: the answer of every policy."""
+
+    on_client: np.ndarray
+    latency: float
+    server_work: float
+    feasible: bool
+    policy: str = ""
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def client_units(self) -> int:
+        return int(self.on_client.sum())
+
+    @property
+    def switches(self) -> int:
+        """Location changes along the chain, including leaving and returning to the client."""
+        path = np.concatenate(([True], self.on_client, [True]))
+        return int(np.count_nonzero(path[1:] != path[:-1]))
+
+
+def evaluate_many(problem: SplitProblem, on_client: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Latency and server work of each placement (rows of a (K, L) bool array)."""
+    oc = np.asarray(on_client, bool)
+    if oc.ndim == 1:
+        oc = oc[None, :]
+    on_server = ~oc
+    compute = np.where(oc, problem.client_time, problem.server_time).sum(axis=1)
+    path = np.concatenate([np.ones((oc.shape[0], 1), bool), oc, np.ones((oc.shape[0], 1), bool)], 1)
+    up = path[:, :-1] & ~path[:, 1:]  # client before boundary b, server after
+    down = ~path[:, :-1] & path[:, 1:]
+    links = up.astype(float) @ problem.uplink_time + down.astype(float) @ problem.downlink_time
+    latency = compute + links
+    if problem.has_loop:
+        start_server = on_server[:, problem.loop_start]
+        last_server = on_server[:, -1]
+        latency = latency + np.where(start_server & ~last_server, problem.loop_uplink_time, 0.0)
+        latency = latency - np.where(start_server & last_server, problem.loop_downlink_time, 0.0)
+    work = on_server.astype(float) @ problem.server_work
+    return latency, work
+
+
+def evaluate(problem: SplitProblem, on_client) -> tuple[float, float]:
+    """(latency in s, server work) of one placement."""
+    latency, work = evaluate_many(problem, np.asarray(on_client, bool)[None, :])
+    return float(latency[0]), float(work[0])
+
+
+def make_plan(problem: SplitProblem, on_client, policy: str, **notes) -> Plan:
+    """A `Plan` for a placement, with its latency, work and feasibility evaluated exactly."""
+    oc = np.asarray(on_client, bool).copy()
+    oc.setflags(write=False)
+    latency, work = evaluate(problem, oc)
+    feasible = latency <= problem.deadline * (1 + 1e-12)
+    return Plan(oc, latency, work, bool(feasible), policy, dict(notes))

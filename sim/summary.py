@@ -1,0 +1,57 @@
+"""Per-policy summary metrics from request records (pure pandas; no engine imports)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sim.records import STATUS_COMPLETED, STATUS_REJECTED
+
+
+def summarize(
+    frame: pd.DataFrame,
+    warmup_s: float,
+    end_s: float,
+    server_utilization: float,
+    queue_length_mean: float,
+    backlog_at_stop: int,
+) -> dict:
+    """Summary of one policy and replication; requests arriving during warm-up are left out."""
+    df = frame[frame["arrival_s"] >= warmup_s]
+    done = df[df["status"] == STATUS_COMPLETED]
+    n = len(df)
+    window_s = max(end_s - warmup_s, 0.0)
+    lat = done["latency_s"].to_numpy()
+    only = df["server_only_work"].sum()
+    admitted = df[df["status"] != STATUS_REJECTED]
+
+    def pct(q: float) -> float:
+        return float(np.percentile(lat, q)) if lat.size else float("nan")
+
+    def mean(col: str, rows: pd.DataFrame = done) -> float:
+        return float(rows[col].mean()) if len(rows) else float("nan")
+
+    return {
+        "requests": n,
+        "completed": len(done),
+        "rejected": int((df["status"] == STATUS_REJECTED).sum()),
+        "backlog_at_stop": int(backlog_at_stop),
+        "in_flight_at_end": int((frame["status"] == "in_flight").sum()),
+        "duration_s": window_s,
+        "throughput_rps": len(done) / window_s if window_s > 0 else float("nan"),
+        "server_utilization": server_utilization,
+        "queue_length_mean": queue_length_mean,
+        "server_work_per_request": mean("server_work", admitted),
+        "server_only_work_per_request": mean("server_only_work", admitted),
+        "offload_fraction": float(1 - admitted["server_work"].sum() / only) if only > 0 else 0.0,
+        "sla_violation_rate": float(1 - done["sla_met"].sum() / n) if n else float("nan"),
+        "infeasible_plan_rate": float(1 - df["plan_feasible"].mean()) if n else float("nan"),
+        "latency_mean_s": float(lat.mean()) if lat.size else float("nan"),
+        "latency_p50_s": pct(50),
+        "latency_p95_s": pct(95),
+        "latency_p99_s": pct(99),
+        "wait_mean_s": mean("server_wait_s"),
+        "wait_max_s": float(done["server_wait_s"].max()) if len(done) else float("nan"),
+        "client_units_mean": mean("client_units", admitted),
+        "switches_mean": mean("switches", admitted),
+    }
