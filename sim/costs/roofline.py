@@ -30,7 +30,7 @@ def summed_roofline_s(x0, x1, y0, y1, first: int, count: int) -> np.ndarray:
         return n * a + b * n * (lo + hi) / 2
 
     slope = x1 - y1
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cross = np.where(slope != 0, (y0 - x0) / np.where(slope != 0, slope, 1), np.inf)
     # k: first context where x >= y when x grows faster; last where x >= y otherwise.
     split = np.clip(np.ceil(cross), first, last + 1)

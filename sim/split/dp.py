@@ -15,7 +15,7 @@ import numpy as np
 from sim.split.problem import Plan, SplitProblem, make_plan
 
 DEFAULT_STEPS = 2000
-_REL_TOL = 1e-9
+_REL_TOL = 1e-13  # below make_plan's 1e-12 deadline slack: snapping must not hide overruns
 
 
 def grid_steps(times, step: float, up: bool = True) -> np.ndarray:
@@ -25,16 +25,6 @@ def grid_steps(times, step: float, up: bool = True) -> np.ndarray:
     exact = np.abs(ratio - nearest) <= _REL_TOL * np.maximum(1.0, np.abs(nearest))
     rounded = np.ceil(ratio) if up else np.floor(ratio)
     return np.where(exact, nearest, rounded).astype(np.int64)
-
-
-def _shift_min(dst: np.ndarray, src: np.ndarray, k: int, choice: np.ndarray) -> None:
-    """dst[t] = min(dst[t], src[t-k]); mark in `choice` where src won."""
-    n = dst.shape[0]
-    if k >= n:
-        return
-    a, b = dst[k:], src[: n - k]
-    np.less(b, a, out=choice[k:])
-    np.minimum(a, b, out=a)
 
 
 def _shift(dst: np.ndarray, src: np.ndarray, k: int) -> None:
@@ -49,35 +39,50 @@ def _dp_pass(problem: SplitProblem, g: dict, horizon: int, start_on: int | None)
     """One DP sweep. start_on forces the loop-start unit to 0 (client) or 1 (server).
 
     Returns (best work, end time, end location, choice arrays) or None if nothing fits.
+    Per unit and location: new[t] = min(stay[t - run], switch[t - run - link]), marking in
+    the choice array where the switch strictly won. Each state array is the upper half of
+    a buffer whose lower half stays inf, so a shift by k is the view buf[n-k : 2n-k] and a
+    location costs one `less` and one `minimum` (per-call overhead dominates at ~2000 steps).
     """
     L = problem.n_units
     n = horizon + 1
-    cur_c = np.full(n, np.inf)
-    cur_c[0] = 0.0
-    cur_s = np.full(n, np.inf)
-    new_c, new_s = np.empty(n), np.empty(n)
+    inf = np.inf
+    less, minimum = np.less, np.minimum
+    cur_c, new_c, cur_s, new_s = np.full((4, 2 * n), inf)
+    cur_c[n] = 0.0  # time 0 on the client
     from_s = np.zeros((L, n), bool)  # client entry came from the server
     from_c = np.zeros((L, n), bool)  # server entry came from the client
-    cc, cs, up, dn, work = g["cc"], g["cs"], g["up"], g["dn"], problem.server_work
-    allowed = problem.client_allowed
+    cc, cs, up, dn = g["cc"], g["cs"], g["up"][:L], g["dn"]
+    # Where each shifted view starts: buffer index n - min(shift, n).
+    c_stay, c_switch = (n - np.minimum(cc, n)).tolist(), (n - np.minimum(cc + dn[:L], n)).tolist()
+    s_stay, s_switch = (n - np.minimum(cs, n)).tolist(), (n - np.minimum(cs + up, n)).tolist()
+    work = problem.server_work.tolist()
+    allowed = problem.client_allowed.tolist()
+    loop_start = problem.loop_start
     for u in range(L):
-        client_ok = allowed[u] and not (u == problem.loop_start and start_on == 1)
-        server_ok = not (u == problem.loop_start and start_on == 0)
-        if client_ok:
-            _shift(new_c, cur_c, cc[u])
-            _shift_min(new_c, cur_s, dn[u] + cc[u], from_s[u])
+        forced = start_on if u == loop_start else None
+        out = new_c[n:]
+        if allowed[u] and forced != 1:
+            a, b = c_stay[u], c_switch[u]
+            stay, switch = cur_c[a : a + n], cur_s[b : b + n]
+            less(switch, stay, out=from_s[u])
+            minimum(stay, switch, out=out)
         else:
-            new_c.fill(np.inf)
-        if server_ok:
-            _shift(new_s, cur_s, cs[u])
-            _shift_min(new_s, cur_c, up[u] + cs[u], from_c[u])
-            new_s += work[u]
+            out.fill(inf)
+        out = new_s[n:]
+        if forced != 0:
+            a, b = s_stay[u], s_switch[u]
+            stay, switch = cur_s[a : a + n], cur_c[b : b + n]
+            less(switch, stay, out=from_c[u])
+            minimum(stay, switch, out=out)
+            out += work[u]
         else:
-            new_s.fill(np.inf)
+            out.fill(inf)
         cur_c, new_c = new_c, cur_c
         cur_s, new_s = new_s, cur_s
+    cur_c, cur_s = cur_c[n:], cur_s[n:]
     end_c_shift = g["loop_up"] if start_on == 1 else 0
-    end_s_shift = g["dn_end_loop"] if start_on == 1 else dn[L]
+    end_s_shift = g["dn_end_loop"] if start_on == 1 else int(dn[L])
     end_c = np.full(n, np.inf)
     end_s = np.full(n, np.inf)
     _shift(end_c, cur_c, end_c_shift)
@@ -95,19 +100,21 @@ def _dp_pass(problem: SplitProblem, g: dict, horizon: int, start_on: int | None)
 def _trace(g: dict, loc: int, t: int, from_s, from_c) -> np.ndarray:
     """Walk the choices back from the last unit to get the placement."""
     L = from_s.shape[0]
-    on_client = np.zeros(L, bool)
+    cc, cs = g["cc"].tolist(), g["cs"].tolist()
+    up, dn = g["up"].tolist(), g["dn"].tolist()
+    on_client = [False] * L
     for u in range(L - 1, -1, -1):
         on_client[u] = loc == 0
         if loc == 0:
             came_from_server = bool(from_s[u, t])
-            t -= g["cc"][u] + (g["dn"][u] if came_from_server else 0)
+            t -= cc[u] + (dn[u] if came_from_server else 0)
             loc = 1 if came_from_server else 0
         else:
             came_from_client = bool(from_c[u, t])
-            t -= g["cs"][u] + (g["up"][u] if came_from_client else 0)
+            t -= cs[u] + (up[u] if came_from_client else 0)
             loc = 0 if came_from_client else 1
     assert t == 0 and loc == 0, "trace-back must end at the client at time 0"
-    return on_client
+    return np.array(on_client, bool)
 
 
 def _grid(problem: SplitProblem, step: float) -> dict:
