@@ -51,6 +51,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "backlog_at_stop",
     "in_flight_at_end",
     "duration_s",
+    "offered_rate_per_s",
     "throughput_rps",
     "server_utilization",
     "queue_length_mean",
@@ -77,4 +78,63 @@ TIMESERIES_COLUMNS: tuple[str, ...] = (
     "server_busy_slots",
     "server_utilization",
     "queue_length",
+)
+
+# Static allocation studies (allocation.csv): one row per study point, model and policy,
+# from solving placement problems directly (no queueing). `study` names the varied factor
+# (sla | tokens | client_speed | bandwidth) and `x` its value in `x_name` units.
+ALLOCATION_COLUMNS: tuple[str, ...] = (
+    "study",
+    "model",
+    "task",
+    "policy",
+    "x_name",
+    "x",
+    "client_device",
+    "prompt_tokens",
+    "output_tokens",
+    "uplink_mbps",
+    "deadline_s",
+    "server_work",
+    "server_only_work",
+    "workload_ratio",  # server_work / server_only_work
+    "latency_s",
+    "feasible",
+    "client_units",
+    "n_units",
+    "placement",  # one character per unit: C (client) or S (server)
+)
+
+# Per-unit costs (unit_costs.csv): FLOPs and time of each unit against sequence length.
+UNIT_COST_COLUMNS: tuple[str, ...] = (
+    "model",
+    "unit_index",
+    "unit",
+    "kind",
+    "tokens",
+    "flops",
+    "bytes",
+    "client_device",
+    "client_s",
+    "server_device",
+    "server_s",
+)
+
+# Capacity search (capacity.csv / capacity_ci.csv in a sweep folder).
+CAPACITY_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "capacity_rps",
+    "upper_rps",
+    "evaluations",
+)
+
+# Fixed policy order and names used by figures and tables.
+POLICY_ORDER: tuple[str, ...] = (
+    "server_only",
+    "greedy",
+    "greedy_ratio",
+    "best_cut",
+    "dp",
+    "client_only",
 )

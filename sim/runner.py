@@ -6,7 +6,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import sim
 from sim.config import LoadedScenario, effective_dict
 from sim.engine.planner import ProblemBook
 from sim.engine.run import RunResult, Simulation
-from sim.engine.workload import Streams, generate_arrivals, replication_seeds
+from sim.engine.workload import Streams, generate_arrivals, offered_rate, replication_seeds
 from sim.output import write_result_folder
 from sim.records import (
     REQUEST_COLUMNS,
@@ -103,14 +103,53 @@ def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
     )
 
 
-def simulate(ld: LoadedScenario, progress: Callable[[int], None] | None = None) -> ScenarioResult:
-    """Run every replication and policy of a scenario in memory (no files)."""
+def _server_only_time(ld: LoadedScenario, book: ProblemBook):
+    synthetic = [c.task == "synthetic" for c in ld.scenario.workload.mix]
+
+    def server_only_s(klass: int, group: int, prompt: int, output: int, service: float) -> float:
+        if synthetic[klass]:
+            return service
+        return float(book.get(klass, group, prompt, output).problem.server_time.sum())
+
+    return server_only_s
+
+
+def server_only_capacity(ld: LoadedScenario) -> float:
+    """Requests per second the server sustains serving everything itself (slots / mean time).
+
+    The scenario's arrival must be `load: 1.0`; its offered rate is exactly that capacity.
+    """
+    return offered_rate(ld, _server_only_time(ld, ProblemBook(ld)))
+
+
+def run_one(
+    ld: LoadedScenario, policy: str, replication: int = 0, log: list | None = None
+) -> RunResult:
+    """One policy on one replication's arrivals, in memory; `log` collects the event timeline."""
+    seq = replication_seeds(ld.scenario.seed, ld.scenario.replications)[replication]
+    book = ProblemBook(ld)
+    rate = offered_rate(ld, _server_only_time(ld, book))
+    streams = Streams.spawn(seq)
+    arrivals = generate_arrivals(ld, streams, rate)
+    sim_ = Simulation(ld, policy, arrivals, streams.jitter_seed, book, log=log)
+    return sim_.run()
+
+
+def simulate(
+    ld: LoadedScenario,
+    progress: Callable[[int], None] | None = None,
+    replications: Sequence[int] | None = None,
+) -> ScenarioResult:
+    """Run the scenario's replications (all, or the listed ones) and policies in memory."""
     sc = ld.scenario
     frames, summaries, series = [], [], []
     book = ProblemBook(ld)  # placement problems are the same for every policy
-    for rep, seq in enumerate(replication_seeds(sc.seed, sc.replications)):
+    rate = offered_rate(ld, _server_only_time(ld, book))
+    seeds = replication_seeds(sc.seed, sc.replications)
+    for rep in replications if replications is not None else range(sc.replications):
+        seq = seeds[rep]
         streams = Streams.spawn(seq)
-        arrivals = generate_arrivals(ld, streams)  # shared by every policy
+        arrivals = generate_arrivals(ld, streams, rate)  # shared by every policy
         for policy in sc.policies:
             sim_ = Simulation(ld, policy, arrivals, streams.jitter_seed, book, progress)
             res = sim_.run()
@@ -118,6 +157,7 @@ def simulate(ld: LoadedScenario, progress: Callable[[int], None] | None = None) 
             util = res.server.utilization(sc.warmup_s, res.end_s)
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
+            row["offered_rate_per_s"] = rate if np.isfinite(rate) else len(arrivals) / res.stop_s
             summaries.append({"policy": policy, "replication": rep, **row})
             frames.append(frame)
             series.append(_timeseries(res, rep, sc.output.timeseries_bins))

@@ -22,8 +22,8 @@ def summarize(
     n = len(df)
     window_s = max(end_s - warmup_s, 0.0)
     lat = done["latency_s"].to_numpy()
-    only = df["server_only_work"].sum()
     admitted = df[df["status"] != STATUS_REJECTED]
+    only = admitted["server_only_work"].sum()  # rejected requests are not offloaded work
 
     def pct(q: float) -> float:
         return float(np.percentile(lat, q)) if lat.size else float("nan")

@@ -65,6 +65,12 @@ class LogNormal(Section):
     min: float = Field(0.0, ge=0)
     max: float = Field(np.inf, gt=0)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> LogNormal:
+        if self.max < self.min:
+            raise ValueError("max must be >= min")
+        return self
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.clip(
             self.median * np.exp(self.sigma * rng.standard_normal(n)), self.min, self.max

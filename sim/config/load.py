@@ -126,7 +126,11 @@ def validate(raw: dict, source: str = "<scenario>", base_dir: Path | None = None
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> LoadedScenario:
     """Read, override, validate and resolve a scenario file."""
     p = Path(path)
-    raw = apply_overrides(read_yaml(p), overrides or [])
+    raw = read_yaml(p)
+    try:
+        raw = apply_overrides(raw, overrides or [])
+    except UserError as err:
+        raise UserError(f"{p}: {err}") from None
     return validate(raw, str(p), p.parent)
 
 
@@ -134,8 +138,16 @@ def _spec(cls, name: str, fields: dict, where: str, source: str):
     try:
         return cls(name=name, **fields)
     except ValidationError as err:
-        msg = _format_validation(source, err).split(": ", 1)[1]
-        raise UserError(f"{source}: {where}.{msg}") from None
+        first = err.errors()[0]
+        if first["type"] == "extra_forbidden":
+            key = ".".join(str(p) for p in first["loc"])
+            names = ", ".join(sorted(f for f in cls.model_fields if f != "name"))
+            raise UserError(
+                f"{source}: {where}: unknown key '{key}'; valid keys: {names}"
+            ) from None
+        path, msg = _format_validation(source, err).removeprefix(f"{source}: ").split(": ", 1)
+        path = where if path == "(top level)" else f"{where}.{path}"
+        raise UserError(f"{source}: {path}: {msg}") from None
     except TypeError as err:
         raise UserError(f"{source}: {where}: {err}") from None
 
@@ -165,6 +177,8 @@ def _resolve_names(ld: LoadedScenario) -> None:
     ]
     for i, cls in enumerate(sc.workload.mix):
         where = f"workload.mix.{i}"
+        if cls.task == "synthetic":
+            continue
         if cls.model not in ld.models:
             raise UserError(
                 f"{src}: {unknown_name('model', cls.model, ld.models, where + '.model')}"
@@ -224,8 +238,18 @@ def _resolve_files(ld: LoadedScenario) -> None:
     arrival = sc.workload.arrival
     if arrival.kind == "trace":
         ld.arrival_trace = _load_arrival_trace(ld, arrival.path or "", "workload.arrival.path")
+        t = ld.arrival_trace["arrival_s"].to_numpy()
+        times = (t[t >= arrival.start_s] - arrival.start_s) * arrival.time_scale
+        if sc.duration_s is not None:
+            times = times[times < sc.duration_s]
+        if times.size == 0:
+            stop = "" if sc.duration_s is None else f" and duration_s {sc.duration_s:g}"
+            raise UserError(
+                f"{src}: workload.arrival: no trace rows to replay: the trace spans"
+                f" {t[0]:g}-{t[-1]:g} s, with start_s {arrival.start_s:g}{stop}"
+            )
     for i, cls in enumerate(sc.workload.mix):
-        for key in ("prompt_tokens", "output_tokens"):
+        for key in ("prompt_tokens", "output_tokens", "service_s"):
             dist = getattr(cls, key)
             if isinstance(dist, Empirical):
                 where = f"workload.mix.{i}.{key}.path"

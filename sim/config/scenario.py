@@ -26,7 +26,9 @@ class ServerConfig(Section):
     device: str | dict = Field("a100-80gb", description="catalog name or inline device spec")
     slots: PositiveInt = Field(1, description="requests executed in parallel")
     discipline: Literal["fifo", "edf"] = Field("fifo", description="queue order")
-    max_queue: PositiveInt | None = Field(None, description="waiting requests before rejection")
+    max_queue: PositiveInt | None = Field(
+        None, description="a request reaching a server queue with this many waiting is rejected"
+    )
 
 
 class JitterConfig(Section):
@@ -77,6 +79,10 @@ class ArrivalConfig(Section):
     kind: Literal["poisson", "trace"] = "poisson"
     rate_per_s: PositiveFloat | None = Field(None, description="total Poisson rate")
     per_client_rate_per_s: PositiveFloat | None = None
+    load: PositiveFloat | None = Field(
+        None,
+        description="total rate as a fraction of the server-only capacity (slots / mean service)",
+    )
     path: str | None = Field(None, description="trace CSV (kind: trace)")
     time_scale: PositiveFloat = Field(1.0, description="trace times are multiplied by this")
     start_s: NonNegativeFloat = Field(0.0, description="skip trace rows before this time")
@@ -84,9 +90,10 @@ class ArrivalConfig(Section):
     @model_validator(mode="after")
     def _one_rate(self) -> ArrivalConfig:
         if self.kind == "poisson":
-            if (self.rate_per_s is None) == (self.per_client_rate_per_s is None):
+            given = [self.rate_per_s, self.per_client_rate_per_s, self.load]
+            if sum(v is not None for v in given) != 1:
                 raise ValueError(
-                    "poisson arrivals need exactly one of rate_per_s, per_client_rate_per_s"
+                    "poisson arrivals need exactly one of rate_per_s, per_client_rate_per_s, load"
                 )
         elif self.path is None:
             raise ValueError("trace arrivals need path")
@@ -97,13 +104,16 @@ class RequestClass(Section):
     """One kind of request in the mix."""
 
     name: str
-    model: str
-    task: Literal["forward", "generate"] = "forward"
+    model: str | None = Field(None, description="catalog or scenario model (not for synthetic)")
+    task: Literal["forward", "generate", "synthetic"] = "forward"
     prompt_tokens: Dist = Field(default_factory=lambda: Fixed(value=128))
     output_tokens: Dist = Field(default_factory=lambda: Fixed(value=0))
     deadline_s: PositiveFloat | None = None
     deadline_factor: PositiveFloat | None = Field(
         None, description="deadline = factor x the request's server-only nominal latency"
+    )
+    service_s: Dist | None = Field(
+        None, description="synthetic task: server time per request, no model, no network"
     )
     weight: PositiveFloat = 1.0
 
@@ -111,6 +121,12 @@ class RequestClass(Section):
     def _one_deadline(self) -> RequestClass:
         if (self.deadline_s is None) == (self.deadline_factor is None):
             raise ValueError("give exactly one of deadline_s, deadline_factor")
+        if self.task == "synthetic" and self.service_s is None:
+            raise ValueError("task synthetic needs service_s")
+        if self.task != "synthetic" and self.model is None:
+            raise ValueError("model is required (except for task synthetic)")
+        if self.task != "synthetic" and self.service_s is not None:
+            raise ValueError("service_s is only for task synthetic")
         return self
 
 
@@ -161,6 +177,14 @@ class Scenario(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    @field_validator("clients")
+    @classmethod
+    def _unique_clients(cls, v: list[ClientGroup]) -> list[ClientGroup]:
+        names = [g.name for g in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"client group names must be unique, got {names}")
+        return v
+
     @model_validator(mode="after")
     def _stop_rule(self) -> Scenario:
         no_stop = self.requests is None and self.duration_s is None
@@ -168,9 +192,6 @@ class Scenario(Section):
             raise ValueError("give a stop rule: requests or duration_s")
         if self.duration_s is not None and self.warmup_s >= self.duration_s:
             raise ValueError("warmup_s must be shorter than duration_s")
-        names = [g.name for g in self.clients]
-        if len(set(names)) != len(names):
-            raise ValueError(f"client group names must be unique, got {names}")
         if len(set(self.policies)) != len(self.policies):
             raise ValueError("policies must not repeat")
         return self

@@ -50,6 +50,16 @@ class LinkModel:
     def serialisation_s(self, direction: int, bytes_: float, now_s: float) -> float:
         return bytes_ * 8.0 / (self.mbps(direction, now_s) * 1e6)
 
+    @property
+    def fixed(self) -> bool:
+        """True when every transfer of given size takes the same time (no trace, jitter or
+        shared medium), so the engine can compute it once per plan."""
+        return self.trace is None and self.jitter is None and self.medium is None
+
+    def fixed_s(self, direction: int, bytes_: float, crossings: float) -> float:
+        """A transfer's time on a `fixed` link: exactly what `_transfer` would wait."""
+        return self.serialisation_s(direction, bytes_, 0.0) + self.delay_s(crossings)
+
     def delay_s(self, crossings: float) -> float:
         """Propagation plus jitter of one transfer."""
         extra = 0.0

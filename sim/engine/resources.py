@@ -41,8 +41,8 @@ class ServerPool:
         return self._busy
 
     def full(self) -> bool:
-        """True when a new request would exceed `max_queue` waiting requests."""
-        return self.max_queue is not None and self._queue >= self.max_queue
+        """True when `max_queue` requests already wait for a slot (a new one would be lost)."""
+        return self.max_queue is not None and len(self.resource.queue) >= self.max_queue
 
     def _advance(self) -> None:
         now = self.env.now
@@ -62,24 +62,60 @@ class ServerPool:
             self.change_busy.append(self._busy)
             self.change_queue.append(self._queue)
 
+    # request/granted/release are the engine's hot path: they inline `_advance` and
+    # `_record` (same arithmetic, same order) to save the calls.
+
     def request(self, priority: float):
         """Ask for a slot; the caller yields the returned event, then calls `granted`."""
-        self._advance()
-        self._queue += 1
-        self._record()
+        now = self.env.now
+        dt = now - self._last_t
+        if dt:
+            self.busy_integral += self._busy * dt
+            self.queue_integral += self._queue * dt
+            self._last_t = now
+        self._queue = queue = self._queue + 1
+        if self.change_t[-1] == now:
+            self.change_busy[-1] = self._busy
+            self.change_queue[-1] = queue
+        else:
+            self.change_t.append(now)
+            self.change_busy.append(self._busy)
+            self.change_queue.append(queue)
         return self.resource.request(priority=priority)
 
     def granted(self) -> None:
-        self._advance()
-        self._queue -= 1
-        self._busy += 1
-        self._record()
+        now = self.env.now
+        dt = now - self._last_t
+        if dt:
+            self.busy_integral += self._busy * dt
+            self.queue_integral += self._queue * dt
+            self._last_t = now
+        self._queue = queue = self._queue - 1
+        self._busy = busy = self._busy + 1
+        if self.change_t[-1] == now:
+            self.change_busy[-1] = busy
+            self.change_queue[-1] = queue
+        else:
+            self.change_t.append(now)
+            self.change_busy.append(busy)
+            self.change_queue.append(queue)
 
     def release(self, req, held_s: float) -> None:
-        self._advance()
-        self._busy -= 1
+        now = self.env.now
+        dt = now - self._last_t
+        if dt:
+            self.busy_integral += self._busy * dt
+            self.queue_integral += self._queue * dt
+            self._last_t = now
+        self._busy = busy = self._busy - 1
         self.busy_time_total += held_s
-        self._record()
+        if self.change_t[-1] == now:
+            self.change_busy[-1] = busy
+            self.change_queue[-1] = self._queue
+        else:
+            self.change_t.append(now)
+            self.change_busy.append(busy)
+            self.change_queue.append(self._queue)
         self.resource.release(req)
 
     def finish(self) -> None:

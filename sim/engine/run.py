@@ -9,13 +9,15 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
-from sim.engine.network import LinkModel, Medium
+from sim.engine.network import UP, LinkModel, Medium
 from sim.engine.planner import CLIENT, SERVER, Planner, ProblemBook
 from sim.engine.resources import ServerPool
 from sim.engine.workload import Arrivals
 
 # request status codes in the record arrays
 _PENDING, _DONE, _REJECTED = 0, 1, 2
+# a program op: a transfer on a fixed link, its time known in advance
+_FIXED = 3
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Simulation:
         jitter_seed: np.random.SeedSequence,
         book: ProblemBook,
         progress: Callable[[int], None] | None = None,
+        log: list | None = None,
     ):
         sc = ld.scenario
         self.ld, self.policy, self.arr = ld, policy, arrivals
@@ -75,6 +78,9 @@ class Simulation:
             self.links.append(LinkModel(g.link, ld.bandwidth_traces[i], medium, jitter_rngs[i]))
         self.planner = Planner(book, policy)
         self.progress = progress
+        self.log = log  # optional event log: (time_s, event, request_id), for exact-timeline tests
+        mix = ld.scenario.workload.mix
+        self.synthetic = np.array([c.task == "synthetic" for c in mix])
         n = len(arrivals)
         f = lambda: np.full(n, np.nan)  # noqa: E731
         self.status = np.zeros(n, np.int8)
@@ -92,77 +98,200 @@ class Simulation:
 
     def run(self) -> RunResult:
         sc = self.ld.scenario
+        self._prepare()
         source = self.env.process(self._arrivals())
         self.env.run(until=source)
         self.stop_s = self.env.now
         self.backlog_at_stop = self.in_flight
         if sc.drain_s is None:
             self.env.run()
-        else:
+        elif self.stop_s + sc.drain_s > self.env.now:  # SimPy refuses until <= now (drain_s 0)
             self.env.run(until=self.stop_s + sc.drain_s)
         self.server.finish()
+        events = next(self.env._eid)  # events SimPy scheduled (ids are consecutive from 0)
         return RunResult(
             self.policy, self.arr, self._status_codes(), self.finish_s, self.deadline_s,
             self.planned, self.feasible, self.s_wait, self.s_busy, self.c_wait, self.c_busy,
             self.xfer, self.work, self.only_work, self.units, self.switches, self.server,
             self.stop_s, float(self.env.now), self.backlog_at_stop,
-            self.planner.cached_plans, 0,
+            self.planner.cached_plans, events,
         )  # fmt: skip
 
     def _status_codes(self) -> np.ndarray:
         return self.status
 
+    def _prepare(self) -> None:
+        """Plan every request before the run and fill the per-request plan columns.
+
+        Plans are built in order of first arrival, as the arrivals would ask for them.
+        Each plan becomes a program for the engine: its segments with the transfers on
+        fixed links (no trace, jitter or shared medium) turned into a wait of known length,
+        computed exactly as `_transfer` would, and its busy times summed in segment order.
+        """
+        arr, mix = self.arr, self.ld.scenario.workload.mix
+        n = len(arr)
+        synthetic = self.synthetic.tolist()
+        index: dict[tuple, int] = {}
+        plans: list = []
+        plan_of = [0] * n
+        keys = zip(
+            arr.klass.tolist(), arr.group.tolist(),
+            arr.prompt_tokens.tolist(), arr.output_tokens.tolist(), strict=True,
+        )  # fmt: skip
+        for i, key in enumerate(keys):
+            p = index.get(key)
+            if p is None:
+                if synthetic[key[0]]:
+                    p = -1
+                else:
+                    p = len(plans)
+                    plans.append((key[1], self.planner.get(*key)))
+                index[key] = p
+            plan_of[i] = p
+        self._plan_of = plan_of
+        self._client = arr.client.tolist()
+        self._programs = [self._program(self.links[g], planned) for g, planned in plans]
+
+        pid = np.array(plan_of, np.intp)
+        model = pid >= 0
+        if plans:
+            at = pid[model]
+            ps = [planned for _, planned in plans]
+            self.deadline_s[model] = np.array([p.deadline_s for p in ps])[at]
+            self.planned[model] = np.array([p.plan.latency for p in ps])[at]
+            self.feasible[model] = np.array([p.plan.feasible for p in ps])[at]
+            self.work[model] = np.array([p.plan.server_work for p in ps])[at]
+            self.only_work[model] = np.array([p.server_only_work for p in ps])[at]
+            self.units[model] = np.array([p.plan.client_units for p in ps])[at]
+            self.switches[model] = np.array([p.plan.switches for p in ps])[at]
+        if not model.all():  # synthetic requests: one server segment of the drawn time
+            idx = np.flatnonzero(~model)
+            service = arr.service_s[idx]
+            deadline = np.empty(idx.size)
+            klass = arr.klass[idx]
+            for k, cls in enumerate(mix):
+                on = klass == k
+                if on.any():
+                    deadline[on] = cls.deadline_s or cls.deadline_factor * service[on]  # type: ignore[operator]
+            self.deadline_s[idx], self.planned[idx], self.feasible[idx] = deadline, service, True
+            self.work[idx] = self.only_work[idx] = service
+            self.units[idx], self.switches[idx] = 0, 2
+        self._service = arr.service_s.tolist()
+        self._deadline = self.deadline_s.tolist()
+
+    @staticmethod
+    def _program(link: LinkModel, planned) -> tuple:
+        """(ops, segments, has_server, server busy, client busy) of one plan on one link."""
+        ops = []
+        s_busy = c_busy = 0.0
+        for seg in planned.segments:
+            kind = seg[0]
+            if kind == SERVER:
+                s_busy += seg[1]
+                ops.append(seg)
+            elif kind == CLIENT:
+                c_busy += seg[1]
+                ops.append(seg)
+            elif link.fixed:
+                ops.append((_FIXED, link.fixed_s(seg[1], seg[2], seg[3])))
+            else:
+                ops.append(seg)
+        return tuple(ops), planned.segments, planned.has_server, s_busy, c_busy
+
     def _arrivals(self):
-        env, arr = self.env, self.arr
-        times, duration = arr.time_s, self.ld.scenario.duration_s
+        env = self.env
+        times, duration = self.arr.time_s.tolist(), self.ld.scenario.duration_s
+        timeout, admit, progress = env.timeout, self._admit, self.progress
         report_every = max(1, len(times) // 100)
         for i in range(len(times)):
             gap = times[i] - env.now
             if gap > 0:
-                yield env.timeout(gap)
-            self._admit(i)
-            if self.progress and i % report_every == 0:
-                self.progress(i)
+                yield timeout(gap)
+            admit(i)
+            if progress and i % report_every == 0:
+                progress(i)
         if duration is not None and env.now < duration:
             yield env.timeout(duration - env.now)
 
     def _admit(self, i: int) -> None:
-        arr = self.arr
-        planned = self.planner.get(
-            int(arr.klass[i]),
-            int(arr.group[i]),
-            int(arr.prompt_tokens[i]),
-            int(arr.output_tokens[i]),
-        )
-        plan = planned.plan
-        self.deadline_s[i] = planned.deadline_s
-        self.planned[i] = plan.latency
-        self.feasible[i] = plan.feasible
-        self.work[i] = plan.server_work
-        self.only_work[i] = planned.server_only_work
-        self.units[i] = plan.client_units
-        self.switches[i] = plan.switches
-        if planned.has_server and self.server.full():
-            self.status[i] = _REJECTED
-            return
+        env, log = self.env, self.log
+        if log is not None:
+            log.append((env.now, "arrive", i))
+        p = self._plan_of[i]
+        if p < 0:  # a validation request: one server segment of its drawn time, no network
+            service = self._service[i]
+            segments = ((SERVER, service),)
+            program = (segments, segments, True, service, 0.0)
+        else:
+            program = self._programs[p]
         self.in_flight += 1
-        self.env.process(self._request(i, planned.segments, planned.deadline_s))
+        if log is None:
+            env.process(self._run_program(i, program))
+        else:
+            env.process(self._request(i, program[1], self._deadline[i]))
+
+    def _run_program(self, i: int, program: tuple):
+        """A request without the event log: the same events as `_request`, less overhead."""
+        env, server = self.env, self.server
+        timeout = env.timeout
+        ops, _, _, s_busy, c_busy = program
+        priority = env.now + self._deadline[i] if server.edf else 0.0
+        device = self.devices[self._client[i]]
+        s_wait = c_wait = xfer = 0.0
+        for op in ops:
+            kind = op[0]
+            t0 = env.now
+            if kind == _FIXED:
+                yield timeout(op[1])
+                xfer += env.now - t0
+            elif kind == SERVER:
+                if server.full():
+                    self._reject(i)
+                    return
+                req = server.request(priority)
+                yield req
+                server.granted()
+                s_wait += env.now - t0
+                yield timeout(op[1])
+                server.release(req, op[1])
+            elif kind == CLIENT:
+                req = device.request()
+                yield req
+                c_wait += env.now - t0
+                yield timeout(op[1])
+                device.release(req)
+            else:
+                yield from self._transfer(self.links[self.arr.group[i]], op[1], op[2], op[3])
+                xfer += env.now - t0
+        self.finish_s[i] = env.now
+        self.status[i] = _DONE
+        self.s_wait[i], self.s_busy[i], self.c_wait[i] = s_wait, s_busy, c_wait
+        self.c_busy[i], self.xfer[i] = c_busy, xfer
+        self.in_flight -= 1
 
     def _request(self, i: int, segments: tuple, deadline_s: float):
+        """A request with the event log (the reference the fast path must match)."""
         env, server = self.env, self.server
         arr = self.arr
         t_arrival = env.now
         priority = t_arrival + deadline_s if server.edf else 0.0
         device = self.devices[arr.client[i]]
         link = self.links[arr.group[i]]
+        log = self.log
         s_wait = s_busy = c_wait = c_busy = xfer = 0.0
         for seg in segments:
             kind = seg[0]
             t0 = env.now
             if kind == SERVER:
+                if server.full():
+                    self._reject(i)
+                    return
                 req = server.request(priority)
                 yield req
                 server.granted()
+                if log is not None:
+                    log.append((t0, "server_queue", i))
+                    log.append((env.now, "server_start", i))
                 s_wait += env.now - t0
                 yield env.timeout(seg[1])
                 server.release(req, seg[1])
@@ -170,18 +299,33 @@ class Simulation:
             elif kind == CLIENT:
                 req = device.request()
                 yield req
+                if log is not None:
+                    log.append((env.now, "client_start", i))
                 c_wait += env.now - t0
                 yield env.timeout(seg[1])
                 device.release(req)
                 c_busy += seg[1]
             else:
+                if log is not None:
+                    log.append((t0, "uplink_start" if seg[1] == UP else "downlink_start", i))
                 yield from self._transfer(link, seg[1], seg[2], seg[3])
                 xfer += env.now - t0
+            if log is not None:
+                log.append((env.now, ("client_end", "server_end", "transfer_end")[kind], i))
+        if log is not None:
+            log.append((env.now, "done", i))
         self.finish_s[i] = env.now
         self.status[i] = _DONE
         self.s_wait[i], self.s_busy[i], self.c_wait[i] = s_wait, s_busy, c_wait
         self.c_busy[i], self.xfer[i] = c_busy, xfer
         self.in_flight -= 1
+
+    def _reject(self, i: int) -> None:
+        """The server queue is full when the request reaches it: the request is lost."""
+        self.status[i] = _REJECTED
+        self.in_flight -= 1
+        if self.log is not None:
+            self.log.append((self.env.now, "reject", i))
 
     def _transfer(self, link: LinkModel, direction: int, nbytes: float, crossings: float):
         env = self.env

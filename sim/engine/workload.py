@@ -6,6 +6,7 @@ Generated once per replication from its own random streams and shared by every p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,9 @@ from sim.config import LoadedScenario
 
 # Poisson arrivals are drawn in blocks; a block is this many gaps.
 _BLOCK = 4096
+# Requests sampled to estimate the server-only capacity for `load`, and their stream's key.
+_LOAD_SAMPLE = 1000
+_LOAD_SAMPLE_KEY = 0x10AD
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Arrivals:
     klass: np.ndarray  # request class index
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    service_s: np.ndarray  # synthetic requests' server time; NaN for model requests
 
     def __len__(self) -> int:
         return self.time_s.shape[0]
@@ -40,13 +45,14 @@ class Streams:
     classes: np.random.Generator
     prompt: np.random.Generator
     output: np.random.Generator
+    service: np.random.Generator
     jitter_seed: np.random.SeedSequence
 
     @classmethod
     def spawn(cls, seq: np.random.SeedSequence) -> Streams:
-        kids = seq.spawn(6)
-        gens = [np.random.default_rng(k) for k in kids[:5]]
-        return cls(*gens, jitter_seed=kids[5])
+        kids = seq.spawn(7)
+        gens = [np.random.default_rng(k) for k in kids[:6]]
+        return cls(*gens, jitter_seed=kids[6])
 
 
 def replication_seeds(seed: int, replications: int) -> list[np.random.SeedSequence]:
@@ -72,13 +78,20 @@ def _poisson_times(rng: np.random.Generator, rate: float, count: int | None, unt
     return times[:count] if count is not None else times
 
 
-def generate_arrivals(ld: LoadedScenario, streams: Streams) -> Arrivals:
-    """Draw the replication's requests: when, from which client, what class and size."""
+def generate_arrivals(
+    ld: LoadedScenario, streams: Streams, rate_per_s: float = 0.0, count: int | None = None
+) -> Arrivals:
+    """Draw the replication's requests: when, from which client, what class and size.
+
+    `rate_per_s` is the total Poisson rate (see `offered_rate`); traces ignore it.
+    """
     sc = ld.scenario
     arrival = sc.workload.arrival
     if arrival.kind == "poisson":
-        rate = arrival.rate_per_s or (arrival.per_client_rate_per_s or 0) * sc.total_clients
-        times = _poisson_times(streams.arrivals, rate, sc.requests, sc.duration_s)
+        if count is not None:
+            times = _poisson_times(streams.arrivals, rate_per_s, count, None)
+        else:
+            times = _poisson_times(streams.arrivals, rate_per_s, sc.requests, sc.duration_s)
         prompt = output = None
     else:
         times, prompt, output = _trace_rows(ld)
@@ -94,7 +107,40 @@ def generate_arrivals(ld: LoadedScenario, streams: Streams) -> Arrivals:
     output = np.rint(output).astype(np.int64)
     generate = np.array([c.task == "generate" for c in sc.workload.mix])[klass]
     output = np.where(generate, np.maximum(output, 1), 0)
-    return Arrivals(times, client, group_of_client[client], klass, prompt, output)
+    service = _sizes(sc.workload.mix, "service_s", klass, streams.service)
+    synthetic = np.array([c.task == "synthetic" for c in sc.workload.mix])[klass]
+    service = np.where(synthetic, service, np.nan)
+    return Arrivals(times, client, group_of_client[client], klass, prompt, output, service)
+
+
+def offered_rate(
+    ld: LoadedScenario, server_only_s: Callable[[int, int, int, int, float], float]
+) -> float:
+    """Total Poisson arrival rate of the scenario (NaN for trace replay).
+
+    With `load`, the rate is that fraction of the server-only capacity: slots divided by
+    the mean server-only service time, estimated on a fixed sample of requests drawn from
+    their own stream, so it is the same for every policy and replication.
+    `server_only_s(klass, group, prompt, output, service)` is a request's server-only time.
+    """
+    sc = ld.scenario
+    arrival = sc.workload.arrival
+    if arrival.kind != "poisson":
+        return float("nan")
+    if arrival.rate_per_s is not None:
+        return arrival.rate_per_s
+    if arrival.per_client_rate_per_s is not None:
+        return arrival.per_client_rate_per_s * sc.total_clients
+    rng_seq = np.random.SeedSequence([sc.seed, _LOAD_SAMPLE_KEY])
+    sample = generate_arrivals(ld, Streams.spawn(rng_seq), rate_per_s=1.0, count=_LOAD_SAMPLE)
+    times = [
+        server_only_s(int(k), int(g), int(p), int(o), float(s))
+        for k, g, p, o, s in zip(
+            sample.klass, sample.group, sample.prompt_tokens, sample.output_tokens,
+            sample.service_s, strict=True,
+        )
+    ]  # fmt: skip
+    return float(arrival.load * sc.server.slots / np.mean(times))
 
 
 def _sizes(mix, key: str, klass: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,8 +148,9 @@ def _sizes(mix, key: str, klass: np.ndarray, rng: np.random.Generator) -> np.nda
     out = np.zeros(klass.shape[0])
     for i, cls in enumerate(mix):
         idx = np.flatnonzero(klass == i)
-        if idx.size:
-            out[idx] = getattr(cls, key).sample(rng, idx.size)
+        dist = getattr(cls, key)
+        if idx.size and dist is not None:
+            out[idx] = dist.sample(rng, idx.size)
     return out
 
 

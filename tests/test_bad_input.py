@@ -1,0 +1,508 @@
+"""Bad input through the real command line: one line, exit status 2, nothing on disk lost.
+
+Each row of `CASES` is a broken scenario (or a broken `--set`). It is run with
+`splitsim run` twice -- into a folder that does not exist and into an existing complete
+result folder -- and with `splitsim check`. Every time: exit status 2, nothing on stdout,
+exactly one line on stderr naming the scenario file (and the field, where there is one),
+no traceback; the new folder is not created and the old result is unchanged byte for byte.
+A few rows also go through `python -m sim` in a fresh process.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.cli import main
+
+# A small valid scenario; every case breaks one thing in it.
+BASE: dict = {
+    "name": "bad",
+    "seed": 1,
+    "requests": 20,
+    "policies": ["dp", "server_only"],
+    "server": {"device": "a100-80gb", "slots": 1},
+    "clients": [
+        {
+            "name": "phones",
+            "count": 2,
+            "device": "phone-flagship",
+            "link": {"uplink_mbps": 50, "downlink_mbps": 200, "rtt_ms": 20},
+        }
+    ],
+    "workload": {
+        "arrival": {"kind": "poisson", "rate_per_s": 5},
+        "mix": [
+            {
+                "name": "score",
+                "model": "gpt2",
+                "task": "forward",
+                "prompt_tokens": 128,
+                "deadline_factor": 4,
+            }
+        ],
+    },
+}
+
+DELETE = object()
+
+
+def edit(*changes: tuple[str, object]) -> Callable[[], dict]:
+    """BASE with dotted-path changes (list items by index); DELETE removes a key."""
+
+    def build() -> dict:
+        raw = copy.deepcopy(BASE)
+        for dotted, value in changes:
+            *parents, last = dotted.split(".")
+            node = raw
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if value is DELETE:
+                del node[last]
+            elif isinstance(node, list):
+                node[int(last)] = value
+            else:
+                node[last] = value
+        return raw
+
+    return build
+
+
+@dataclass
+class Case:
+    id: str
+    scenario: Callable[[], dict] | str | bytes | None  # None: the file does not exist
+    expect: list[str]  # fragments of the error line (after "splitsim: error: FILE: ")
+    args: list[str] = field(default_factory=list)  # extra arguments, e.g. --set
+    files: dict[str, str] = field(default_factory=dict)  # files next to the scenario
+    marks: tuple = ()
+
+
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
+GOOD_DEVICE = {
+    "kind": "server",
+    "peak_tflops": {"fp16": 100},
+    "memory_bandwidth_gb_s": 1000,
+    "memory_gb": 40,
+}
+TINY_MODEL = {
+    "architecture": "decoder",
+    "layers": 2,
+    "hidden_size": 64,
+    "heads": 3,
+    "kv_heads": 2,
+    "mlp_size": 128,
+    "mlp_kind": "gelu",
+    "vocab_size": 1000,
+    "max_positions": 512,
+}
+
+CASES = [
+    # --- the scenario file itself
+    Case("file_not_found", None, ["file not found"]),
+    Case("binary_file", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe\x80", ["not a text file"]),
+    Case("control_chars", "name: x\x00\x01\n", ["not valid YAML"]),
+    Case("colons", ": : :\n", ["not valid YAML (line 1)"]),
+    Case("yaml_list", "- name: a\n- name: b\n", ["expected a mapping"]),
+    Case("yaml_scalar", "42\n", ["expected a mapping"]),
+    Case("empty_file", "", ["expected a mapping"]),
+    # --- keys and names
+    Case(
+        "unknown_top_level_key",
+        edit(("colour", "red")),
+        ["(top level)", "unknown key 'colour'", "valid keys:", "clients", "workload"],
+    ),
+    Case(
+        "misspelt_nested_key",
+        edit(("clients.0.link", {"uplink_mpbs": 50, "downlink_mbps": 200})),
+        ["clients.0.link", "unknown key 'uplink_mpbs'", "valid keys:", "uplink_mbps"],
+    ),
+    Case(
+        "misspelt_policy",
+        edit(("policies", ["dp", "greedyy"])),
+        ["policies.1", "unknown policy 'greedyy'", "known:", "greedy", "server_only"],
+    ),
+    Case(
+        "unknown_model",
+        edit(("workload.mix.0.model", "gpt5")),
+        ["workload.mix.0.model", "unknown model 'gpt5'", "known:", "gpt2-medium"],
+    ),
+    Case(
+        "unknown_client_device",
+        edit(("clients.0.device", "iphone-99")),
+        ["clients.0.device", "unknown device 'iphone-99'", "known:", "phone-flagship"],
+    ),
+    Case(
+        "unknown_server_device",
+        edit(("server.device", "dgx-9000")),
+        ["server.device", "unknown device 'dgx-9000'", "a100-80gb"],
+    ),
+    Case(
+        "duplicate_client_names",
+        edit(("clients", [{"name": "a"}, {"name": "a", "count": 3}])),
+        ["clients", "client group names must be unique"],
+    ),
+    Case(
+        "bad_discipline",
+        edit(("server.discipline", "lifo")),
+        ["server.discipline", "'fifo' or 'edf'"],
+    ),
+    Case(
+        "unknown_distribution",
+        edit(("workload.mix.0.prompt_tokens", {"kind": "gamma", "shape": 2})),
+        ["workload.mix.0.prompt_tokens", "'gamma'", "lognormal"],
+    ),
+    # --- values out of range
+    Case(
+        "negative_rate",
+        edit(("workload.arrival.rate_per_s", -5)),
+        ["workload.arrival.rate_per_s", "greater than 0"],
+    ),
+    Case(
+        "zero_rate",
+        edit(("workload.arrival.rate_per_s", 0)),
+        ["workload.arrival.rate_per_s", "greater than 0"],
+    ),
+    Case("empty_mix", edit(("workload.mix", [])), ["workload.mix", "at least 1 item"]),
+    Case(
+        "deadline_zero",
+        edit(("workload.mix.0.deadline_factor", DELETE), ("workload.mix.0.deadline_s", 0)),
+        ["workload.mix.0.deadline_s", "greater than 0"],
+    ),
+    Case(
+        "both_deadlines",
+        edit(("workload.mix.0.deadline_s", 1.0)),
+        ["workload.mix.0", "exactly one of deadline_s, deadline_factor"],
+    ),
+    Case(
+        "no_deadline",
+        edit(("workload.mix.0.deadline_factor", DELETE)),
+        ["workload.mix.0", "exactly one of deadline_s, deadline_factor"],
+    ),
+    Case("missing_stop_rule", edit(("requests", DELETE)), ["stop rule", "requests or duration_s"]),
+    Case(
+        "warmup_not_before_end",
+        edit(("requests", DELETE), ("duration_s", 10), ("warmup_s", 10)),
+        ["warmup_s must be shorter than duration_s"],
+    ),
+    Case(
+        "generate_on_encoder",
+        edit(
+            ("workload.mix.0.model", "bert-base"),
+            ("workload.mix.0.task", "generate"),
+            ("workload.mix.0.output_tokens", 16),
+        ),
+        ["workload.mix.0.task", "'bert-base' cannot generate"],
+    ),
+    Case(
+        "lognormal_negative_sigma",
+        edit(("workload.mix.0.prompt_tokens", {"kind": "lognormal", "median": 100, "sigma": -1})),
+        ["workload.mix.0.prompt_tokens", "sigma", "greater than or equal to 0"],
+    ),
+    Case(
+        "lognormal_min_above_max",
+        edit(
+            (
+                "workload.mix.0.prompt_tokens",
+                {"kind": "lognormal", "median": 100, "sigma": 1, "min": 500, "max": 10},
+            )
+        ),
+        ["workload.mix.0.prompt_tokens.lognormal", "max must be >= min"],
+    ),
+    Case(
+        "resident_first_negative",
+        edit(("clients.0.resident", {"first": -1})),
+        ["clients.0.resident", "{first: K}"],
+    ),
+    Case(
+        "parquet_without_pyarrow",
+        edit(("output", {"format": "parquet"})),
+        ["output.format", "pyarrow"],
+        marks=(pytest.mark.skipif(HAS_PYARROW, reason="pyarrow is installed"),),
+    ),
+    Case(
+        "inline_device_bad_value",
+        edit(("server.device", {**GOOD_DEVICE, "memory_gb": -1})),
+        ["server.device.memory_gb", "greater than 0"],
+    ),
+    Case(
+        "inline_device_unknown_key",
+        edit(("server.device", {**GOOD_DEVICE, "tflops": 3})),
+        ["server.device", "unknown key 'tflops'", "valid keys:", "peak_tflops"],
+    ),
+    Case(
+        "inline_model_bad_shape",
+        edit(("models", {"tiny": TINY_MODEL}), ("workload.mix.0.model", "tiny")),
+        ["models.tiny", "multiple of kv_heads"],
+    ),
+    # --- files the scenario names
+    Case(
+        "missing_trace_file",
+        edit(("requests", DELETE), ("workload.arrival", {"kind": "trace", "path": "nope.csv"})),
+        ["workload.arrival.path", "file not found", "nope.csv"],
+    ),
+    Case(
+        "trace_wrong_columns",
+        edit(("workload.arrival", {"kind": "trace", "path": "trace.csv"})),
+        ["workload.arrival.path", "trace.csv", "arrived_at", "it has time, prompt, output"],
+        files={"trace.csv": "time,prompt,output\n0.0,10,5\n1.0,20,5\n"},
+    ),
+    Case(
+        "trace_missing_token_column",
+        edit(("workload.arrival", {"kind": "trace", "path": "trace.csv"})),
+        ["workload.arrival.path", "num_prefill_tokens", "prompt_tokens"],
+        files={"trace.csv": "arrived_at,num_decode_tokens\n0.0,5\n1.0,5\n"},
+    ),
+    Case(
+        "trace_not_numbers",
+        edit(("workload.arrival", {"kind": "trace", "path": "trace.csv"})),
+        ["workload.arrival.path", "num_prefill_tokens", "must hold numbers"],
+        files={"trace.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1,lots,5\n"},
+    ),
+    Case(
+        "trace_nothing_after_start",
+        edit(("workload.arrival", {"kind": "trace", "path": "trace.csv", "start_s": 100})),
+        ["workload.arrival", "no trace rows to replay", "start_s 100"],
+        files={"trace.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\n1,20,5\n"},
+    ),
+    Case(
+        "bandwidth_time_not_increasing",
+        edit(("clients.0.link.trace", "bw.csv")),
+        ["clients.0.link.trace", "time_s must increase strictly"],
+        files={"bw.csv": "time_s,uplink_mbps,downlink_mbps\n0,10,50\n5,8,40\n5,12,60\n"},
+    ),
+    Case(
+        "bandwidth_wrong_columns",
+        edit(("clients.0.link.trace", "bw.csv")),
+        ["clients.0.link.trace", "uplink_mbps", "it has time_s, up, down"],
+        files={"bw.csv": "time_s,up,down\n0,10,50\n5,8,40\n"},
+    ),
+    Case(
+        "empirical_missing_column",
+        edit(
+            ("workload.mix.0.prompt_tokens", {"kind": "empirical", "path": "s.csv", "column": "n"})
+        ),
+        ["workload.mix.0.prompt_tokens.path", "one of n;", "it has tokens"],
+        files={"s.csv": "tokens\n10\n20\n"},
+    ),
+    # --- --set overrides
+    Case(
+        "set_into_scalar",
+        edit(),
+        ["--set seed.x", "'seed' is a value, not a section"],
+        args=["--set", "seed.x=1"],
+    ),
+    Case(
+        "set_invalid_value",
+        edit(),
+        ["server.slots", "greater than 0"],
+        args=["--set", "server.slots=0"],
+    ),
+    Case(
+        "set_without_equals",
+        edit(),
+        ["--set server.slots", "key.path=value"],
+        args=["--set", "server.slots"],
+    ),
+    Case(
+        "set_bad_index",
+        edit(),
+        ["--set clients.3.count", "'3' is not an index of a 1-item list"],
+        args=["--set", "clients.3.count=5"],
+    ),
+    Case(
+        "set_unknown_key",
+        edit(),
+        ["server", "unknown key 'slotz'", "slots"],
+        args=["--set", "server.slotz=2"],
+    ),
+]
+
+SUBPROCESS_CASES = {"binary_file", "unknown_top_level_key", "set_without_equals", "file_not_found"}
+
+
+def write_case(case: Case, where: Path) -> Path:
+    """Write the case's scenario (and its side files) into `where`; return the path."""
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"bad_{case.id}.yaml"
+    for name, text in case.files.items():
+        (where / name).write_text(text)
+    content = case.scenario() if callable(case.scenario) else case.scenario
+    if isinstance(content, dict):
+        path.write_text(yaml.safe_dump(content, sort_keys=False))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file and folder under `root`, with file contents (folders map to None)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def assert_one_error_line(err: str, scenario: Path, expect: list[str]) -> str:
+    assert "Traceback" not in err
+    assert err.endswith("\n") and err.count("\n") == 1, f"not exactly one line: {err!r}"
+    line = err.rstrip("\n")
+    prefix = f"splitsim: error: {scenario}: "
+    assert line.startswith(prefix), line
+    for fragment in expect:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+@pytest.fixture(scope="module")
+def good_result(tmp_path_factory) -> Path:
+    """A complete result folder from a real (tiny) run of BASE."""
+    root = tmp_path_factory.mktemp("good")
+    scenario = root / "good.yaml"
+    scenario.write_text(yaml.safe_dump(BASE, sort_keys=False))
+    out = root / "result"
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["status"] == "ok"
+    return out
+
+
+def test_base_scenario_is_valid(tmp_path, capsys):
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert main(["check", str(path)]) == 0
+    assert "valid" in capsys.readouterr().err
+
+
+def test_enough_cases():
+    assert len(CASES) >= 20
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, tmp_path, capsys, good_result):
+    scenario = write_case(case, tmp_path / "in")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    fresh = runs / "fresh"
+    previous = runs / "previous"
+    shutil.copytree(good_result, previous)
+    before = snapshot(runs)
+
+    lines = []
+    for argv in (
+        ["run", str(scenario), "-o", str(fresh), *case.args],
+        ["run", str(scenario), "-o", str(previous), *case.args],
+        ["check", str(scenario), *case.args],
+    ):
+        status = main(argv)
+        out, err = capsys.readouterr()
+        assert status == 2, argv
+        assert out == ""
+        lines.append(assert_one_error_line(err, scenario, case.expect))
+
+    assert len(set(lines)) == 1, lines  # run and check say the same thing
+    assert not fresh.exists()
+    assert snapshot(runs) == before  # the old result is untouched, no temporary leftovers
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in SUBPROCESS_CASES], ids=lambda c: c.id)
+def test_bad_input_in_a_fresh_process(case: Case, tmp_path):
+    scenario = write_case(case, tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim", "run", str(scenario), "-o", str(out), *case.args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert_one_error_line(proc.stderr, scenario, case.expect)
+    assert not out.exists()
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "scenario" in err
+
+
+# --- result folders
+
+
+def _good_scenario(where: Path, **changes) -> Path:
+    path = where / "good.yaml"
+    path.write_text(yaml.safe_dump({**BASE, **changes}, sort_keys=False))
+    return path
+
+
+def test_refuses_folder_that_is_not_a_result(tmp_path, capsys):
+    scenario = _good_scenario(tmp_path)
+    out = tmp_path / "thesis"
+    (out / "chapters").mkdir(parents=True)
+    (out / "notes.txt").write_text("do not lose me\n")
+    (out / "chapters" / "one.tex").write_text("\\chapter{One}\n")
+    before = snapshot(tmp_path)
+
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == 2
+    std_out, err = capsys.readouterr()
+    assert std_out == ""
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"{out}: " in err and "not a splitsim result" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_refuses_output_that_is_a_file(tmp_path, capsys):
+    scenario = _good_scenario(tmp_path)
+    out = tmp_path / "results.txt"
+    out.write_text("precious\n")
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a folder" in err
+    assert out.read_text() == "precious\n"
+
+
+def test_refuses_output_below_a_file(tmp_path, capsys):
+    scenario = _good_scenario(tmp_path)
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("precious\n")
+    out = blocker / "run1"
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out}: " in err and "not a folder" in err
+    assert blocker.read_text() == "precious\n"
+
+
+def test_rerun_replaces_result_completely(tmp_path, capsys):
+    scenario = _good_scenario(tmp_path)
+    out = tmp_path / "runs" / "r"
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == 0
+    first = snapshot(out)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    # A leftover of an older run with other settings must not survive the rerun.
+    (out / "requests.parquet").write_bytes(b"stale")
+
+    assert main(["run", str(scenario), "-o", str(out), "--quiet", "--set", "seed=2"]) == 0
+    second = snapshot(out)
+    assert set(second) == set(first)  # same files; the stale one is gone
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 2
+    assert yaml.safe_load((out / "scenario.yaml").read_text())["seed"] == 2
+    assert second["requests.csv"] != first["requests.csv"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["r"]  # no temporary siblings
+    capsys.readouterr()
