@@ -205,6 +205,11 @@ CASES = [
         ["workload.mix.0.task", "'bert-base' cannot generate"],
     ),
     Case(
+        "prompt_longer_than_context",
+        edit(("workload.mix.0.model", "gpt2"), ("workload.mix.0.prompt_tokens", 5000)),
+        ["workload.mix.0.prompt_tokens", "at most 1024 positions"],
+    ),
+    Case(
         "lognormal_negative_sigma",
         edit(("workload.mix.0.prompt_tokens", {"kind": "lognormal", "median": 100, "sigma": -1})),
         ["workload.mix.0.prompt_tokens", "sigma", "greater than or equal to 0"],

@@ -33,6 +33,10 @@ class Fixed(Section):
         return np.full(n, self.value)
 
     @property
+    def upper(self) -> float:
+        return self.value
+
+    @property
     def expected(self) -> float:
         return self.value
 
@@ -50,6 +54,10 @@ class Uniform(Section):
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.uniform(self.low, self.high, n)
+
+    @property
+    def upper(self) -> float:
+        return self.high
 
     @property
     def expected(self) -> float:
@@ -71,6 +79,10 @@ class LogNormal(Section):
             raise ValueError("max must be >= min")
         return self
 
+    @property
+    def upper(self) -> float:
+        return self.max
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.clip(
             self.median * np.exp(self.sigma * rng.standard_normal(n)), self.min, self.max
@@ -89,6 +101,10 @@ class Exponential(Section):
         return rng.exponential(self.mean, n)
 
     @property
+    def upper(self) -> float:
+        return float("inf")
+
+    @property
     def expected(self) -> float:
         return self.mean
 
@@ -104,6 +120,11 @@ class Empirical(Section):
     def bind(self, values: np.ndarray) -> None:
         """Attach the column's values (loaded by the scenario loader)."""
         self._values = values
+
+    @property
+    def upper(self) -> float:
+        assert self._values is not None, "empirical values not loaded"
+        return float(np.max(self._values))
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         assert self._values is not None, "empirical values not loaded"

@@ -256,12 +256,38 @@ def _resolve_files(ld: LoadedScenario) -> None:
                 frame, path = _csv(ld, dist.path, where)
                 col = _pick(frame, (dist.column,), where, src, path)
                 dist.bind(_numeric(frame, col, where, src, 0))
+    _check_context_lengths(ld)
     ld.bandwidth_traces = []
     for i, group in enumerate(sc.clients):
         trace = None
         if group.link.trace:
             trace = _load_bandwidth(ld, group.link.trace, f"clients.{i}.link.trace")
         ld.bandwidth_traces.append(trace)
+
+
+def _check_context_lengths(ld: LoadedScenario) -> None:
+    """Requests must fit the model's context: prompt (plus output when generating)."""
+    trace = ld.arrival_trace
+    for i, cls in enumerate(ld.scenario.workload.mix):
+        if cls.task == "synthetic":
+            continue
+        model = ld.models[cls.model]  # type: ignore[index]
+        if model.input == "image":
+            continue
+        generate = cls.task == "generate"
+        if trace is not None:
+            longest = trace["prompt_tokens"] + (trace["output_tokens"] if generate else 0)
+            tokens, where = float(longest.max()), "workload.arrival.path"
+        else:
+            tokens = cls.prompt_tokens.upper + (cls.output_tokens.upper if generate else 0)
+            where = f"workload.mix.{i}.prompt_tokens"
+        if tokens > model.max_positions:
+            bound = "prompt plus output tokens" if generate else "prompt tokens"
+            raise UserError(
+                f"{ld.source}: {where}: {bound} can reach {tokens:g} but model "
+                f"'{model.name}' takes at most {model.max_positions} positions; bound the "
+                "distribution (e.g. max:) or pick a model with a longer context"
+            )
 
 
 def _load_arrival_trace(ld: LoadedScenario, rel: str, where: str) -> pd.DataFrame:
