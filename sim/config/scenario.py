@@ -147,6 +147,9 @@ class SplitConfig(Section):
     time_step_s: PositiveFloat | None = Field(None, description="DP grid; default deadline/2000")
     objective: Literal["server_time", "server_flops"] = "server_time"
     granularity: Literal["block", "sublayer"] = "block"
+    slack_fraction: float = Field(
+        0.0, ge=0, lt=1, description="plans must fit (1 - slack) x SLA, leaving room for queueing"
+    )
 
 
 class OutputConfig(Section):

@@ -115,7 +115,8 @@ class ProblemBook:
         if deadline is None:  # relative SLA: a multiple of the server-only nominal latency
             server_only = solve(problem, "server_only")
             deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]
-            problem = replace(problem, deadline=deadline)
+        # plans aim at the SLA less the slack kept for queueing and link variation
+        problem = replace(problem, deadline=deadline * (1 - self.split.slack_fraction))
         return RequestProblem(problem, work, float(deadline))
 
 

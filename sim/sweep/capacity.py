@@ -1,0 +1,92 @@
+"""Capacity search: the highest arrival rate at which a policy still meets the targets.
+
+Per policy and replication: bracket by doubling or halving from a start rate, then bisect
+(geometrically) until the bracket is within the relative tolerance. Every evaluation of a
+replication uses the same seed, so arrival times scale exactly with the rate (common random
+numbers across rates) and the criterion is close to monotone. The CI comes from the spread
+of the per-replication capacities.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sim.sweep.tasks import scenario_for
+
+
+def _evaluate(task: dict, rate: float) -> dict:
+    from sim.runner import simulate
+
+    arrival = {"kind": "poisson", "rate_per_s": rate, "per_client_rate_per_s": None, "load": None}
+    ld = scenario_for(task, **{"workload.arrival": arrival, "policies": [task["policy"]]})
+    row = simulate(ld, replications=[task["replication"]]).summary.iloc[0].to_dict()
+    if not row["requests"]:
+        raise ValueError(
+            f"no requests arrive after warmup_s at {rate:.4g}/s; use a duration_s stop rule "
+            "or more requests so every rate leaves a measurement window"
+        )
+    return row
+
+
+def meets(row: dict, cfg: dict) -> bool:
+    """The targets: SLA violations and utilisation at or below their limits."""
+    return (
+        row["sla_violation_rate"] <= cfg["max_sla_violation_rate"]
+        and row["server_utilization"] < cfg["max_utilization"]
+    )
+
+
+def start_rate(task: dict) -> float:
+    """Half the server-only capacity (slots / mean server-only service time)."""
+    from sim.runner import server_only_capacity
+
+    cfg = task["capacity"]
+    if cfg.get("start_rate_per_s"):
+        return float(cfg["start_rate_per_s"])
+    arrival = {"kind": "poisson", "rate_per_s": None, "per_client_rate_per_s": None, "load": 1.0}
+    return 0.5 * server_only_capacity(scenario_for(task, **{"workload.arrival": arrival}))
+
+
+def capacity_task(task: dict) -> dict:
+    """Search one policy's capacity on one replication."""
+    cfg = task["capacity"]
+    evaluations = 0
+
+    def ok(rate: float) -> bool:
+        nonlocal evaluations
+        evaluations += 1
+        return meets(_evaluate(task, rate), cfg)
+
+    rate = start_rate(task)
+    lo, hi = None, None
+    if ok(rate):
+        lo = rate
+        while hi is None and evaluations < cfg["max_evaluations"]:
+            rate *= 2
+            if ok(rate):
+                lo = rate
+            else:
+                hi = rate
+    else:
+        hi = rate
+        while lo is None and evaluations < cfg["max_evaluations"]:
+            rate /= 2
+            if ok(rate):
+                lo = rate
+            else:
+                hi = rate
+    if lo is None or hi is None:
+        raise RuntimeError(f"no bracket after {evaluations} evaluations (last rate {rate:g}/s)")
+    while (hi - lo) / lo > cfg["rel_tol"] and evaluations < cfg["max_evaluations"]:
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {
+        "policy": task["policy"],
+        "replication": task["replication"],
+        "capacity_rps": lo,
+        "upper_rps": hi,
+        "evaluations": evaluations,
+    }
