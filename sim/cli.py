@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -42,47 +43,54 @@ def _add_solve(sub) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="splitsim", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    _add_solve(sub)
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run a scenario and write its result folder")
     run.add_argument("scenario", help="scenario YAML file")
     run.add_argument("-o", "--output", default=None, help="result folder (default: runs/<name>)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a scenario value, e.g. workload.arrival.rate_per_s=30",
-    )
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario value, e.g. workload.arrival.rate_per_s=30")  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bar or table")
     check = sub.add_parser("check", help="validate a scenario and print it with every default")
     check.add_argument("scenario")
     check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sim.commands.paper import add_paper_parser
+    from sim.commands.plot import add_plot_parser
+    from sim.commands.sweep import add_sweep_parsers
+
+    parser = _Parser(prog="splitsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_solve(sub)
+    _add_run(sub)
+    add_sweep_parsers(sub)
+    add_plot_parser(sub)
+    add_paper_parser(sub)
     cat = sub.add_parser("catalog", help="list built-in models, devices or policies")
     cat.add_argument("what", choices=["models", "devices", "policies"])
     return parser
 
 
+# command -> (module, function); modules load on use so `splitsim --help` stays fast
+_COMMANDS = {
+    "solve": ("sim.commands.solve", "run_solve"),
+    "run": ("sim.commands.run", "run_run"),
+    "check": ("sim.commands.run", "run_check"),
+    "sweep": ("sim.commands.sweep", "run_sweep_cmd"),
+    "capacity": ("sim.commands.sweep", "run_capacity_cmd"),
+    "plot": ("sim.commands.plot", "run_plot"),
+    "paper": ("sim.commands.paper", "run_paper"),
+    "catalog": ("sim.commands.catalog", "run_catalog_args"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `splitsim` console script."""
     args = build_parser().parse_args(argv)
+    module, function = _COMMANDS[args.command]
     try:
-        if args.command == "solve":
-            from sim.commands.solve import run_solve
-
-            return run_solve(args)
-        if args.command in ("run", "check"):
-            from sim.commands.run import run_check, run_run
-
-            return run_run(args) if args.command == "run" else run_check(args)
-        if args.command == "catalog":
-            from sim.commands.catalog import run_catalog
-
-            return run_catalog(args.what)
+        return getattr(importlib.import_module(module), function)(args)
     except UserError as err:
         print(f"splitsim: error: {err}", file=sys.stderr)
         return 2
-    return 0

@@ -7,6 +7,10 @@ from sim.commands.table import format_table
 from sim.costs import param_count
 
 
+def run_catalog_args(args) -> int:
+    return run_catalog(args.what)
+
+
 def run_catalog(what: str) -> int:
     if what == "models":
         rows = [

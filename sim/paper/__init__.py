@@ -1,0 +1,1 @@
+"""The SplitLLM paper reproduction: static studies and the orchestration of its runs."""

@@ -1,0 +1,96 @@
+"""The SplitLLM reproduction: static studies, one run, a load sweep and a capacity search.
+
+Everything lands in one folder (default `results/paper/`):
+- `allocation.csv`, `unit_costs.csv`: static studies (no queueing), from `studies.yaml`;
+- `run/`: one run of the queueing setting (`setting.yaml`), for latency CDFs and timelines;
+- `queueing/`: the load sweep (offered load 0.2-1.6 of the server-only capacity);
+- `capacity/`: the highest sustainable arrival rate per policy.
+Figures and `claims.md` are made from these files by `analysis` (see `sim.commands.paper`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sim.config import load_scenario, read_yaml
+from sim.errors import UserError
+from sim.paper.studies import StudySpec, allocation_table, unit_cost_table
+from sim.runner import run_scenario
+from sim.sweep.run import run_sweep
+from sim.sweep.spec import CapacityConfig, SweepSpec
+from sim.sweep.store import atomic_write_text
+
+PAPER_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "paper"
+LOADS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]
+
+
+@dataclass(frozen=True)
+class PaperPlan:
+    """How much to run: the full reproduction or a quick smoke version."""
+
+    run_duration_s: float
+    sweep_duration_s: float
+    replications: int
+    loads: tuple[float, ...]
+    rel_tol: float
+
+    @classmethod
+    def full(cls) -> PaperPlan:
+        return cls(5.0, 10.0, 3, tuple(LOADS), 0.03)
+
+    @classmethod
+    def quick(cls) -> PaperPlan:
+        return cls(1.0, 2.0, 2, (0.4, 1.2), 0.1)
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to write into a non-empty folder that is not an earlier reproduction."""
+    earlier = (out / "claims.md").exists() or (out / "allocation.csv").exists()
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise UserError(f"{out}: folder exists and is not a paper reproduction; choose another -o")
+
+
+def static_studies(out: Path, scenario_dir: Path = PAPER_DIR) -> None:
+    """allocation.csv and unit_costs.csv from the study definitions."""
+    raw = read_yaml(scenario_dir / "studies.yaml")
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValueError as err:
+        raise UserError(f"{scenario_dir / 'studies.yaml'}: {err}") from None
+    atomic_write_text(out / "allocation.csv", allocation_table(spec).to_csv(index=False))
+    atomic_write_text(out / "unit_costs.csv", unit_cost_table(spec).to_csv(index=False))
+
+
+def reproduce(
+    out: Path, plan: PaperPlan, jobs: int, scenario_dir: Path = PAPER_DIR, progress: bool = True
+) -> dict[str, Path]:
+    """Run every part of the reproduction into `out`; returns the folders written."""
+    _check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    static_studies(out, scenario_dir)
+    setting = scenario_dir / "setting.yaml"
+    duration = f"duration_s={plan.run_duration_s}"
+    run_dir = out / "run"
+    ld = load_scenario(setting, [duration, "replications=1", "warmup_s=0.5"])
+    run_scenario(ld, run_dir, command=["splitsim", "paper"])
+    base = read_yaml(setting)
+    sweep_set = {"duration_s": plan.sweep_duration_s, "warmup_s": 1.0}
+    common = {"base": str(setting), "replications": plan.replications, "set": sweep_set}
+    load_spec = SweepSpec(
+        name="paper-queueing", grid={"workload.arrival.load": list(plan.loads)}, **common
+    )
+    cap = CapacityConfig(max_sla_violation_rate=0.05, max_utilization=0.95, rel_tol=plan.rel_tol)
+    cap_spec = SweepSpec(name="paper-capacity", capacity=cap, **common)
+    for spec, sub in ((load_spec, "queueing"), (cap_spec, "capacity")):
+        raw = dict(base)
+        for key, value in sweep_set.items():
+            raw[key] = value
+        run_sweep(spec, raw, setting.parent, str(setting), out / sub, jobs, None, fresh=True,
+                  progress=progress)  # fmt: skip
+    return {
+        "static": out,
+        "run": run_dir,
+        "queueing": out / "queueing",
+        "capacity": out / "capacity",
+    }

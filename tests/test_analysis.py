@@ -1,0 +1,447 @@
+"""Figures from result folders: every figure on synthetic frames, `splitsim plot` end to end,
+and the rule that analysis/ imports nothing from the simulator but records and stats."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+
+from analysis.figures import FIGURES
+from analysis.io import MissingData, load_folder
+from analysis.style import POLICY_STYLES, parse_formats, policy_style, save_figure
+from sim.cli import main
+from sim.records import (
+    ALLOCATION_COLUMNS,
+    REQUEST_COLUMNS,
+    TIMESERIES_COLUMNS,
+    UNIT_COST_COLUMNS,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = ["server_only", "greedy", "greedy_ratio", "best_cut", "dp"]
+LABELS = [POLICY_STYLES[p].label for p in POLICIES]
+
+
+# --- synthetic frames, built from the record column names ---------------------------------
+
+
+def unit_cost_frame() -> pd.DataFrame:
+    rows = []
+    hidden, params = 1024, 12.6e6
+    units = [("embed", "embed")] + [(f"block{i}", "block") for i in range(4)] + [("head", "head")]
+    for tokens in (64, 128, 256, 512, 1024, 2048, 4096):
+        for i, (name, kind) in enumerate(units):
+            flops = 2 * params * tokens + (4 * tokens**2 * hidden if kind == "block" else 0)
+            rows.append(dict(model="gpt2-large", unit_index=i, unit=name, kind=kind, tokens=tokens,
+                             flops=flops, bytes=2 * params, client_device="phone-flagship",
+                             client_s=flops / 2e12, server_device="a100-80gb",
+                             server_s=flops / 2e14))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(UNIT_COST_COLUMNS))
+
+
+STUDIES = {  # study -> (x_name, x values)
+    "sla": ("deadline_factor", [1.5, 2, 3, 5, 10, 20]),
+    "tokens": ("prompt_tokens", [64, 128, 256, 512, 1024, 2048]),
+    "client_speed": ("client_tflops", [0.1, 2.0, 5.0, 14.0, 40.0, 80.0]),
+    "bandwidth": ("uplink_mbps", [2, 6.3, 20, 63, 200]),
+}
+DEVICES = ["rpi4", "phone-flagship", "jetson-orin-nano", "laptop-m2", "jetson-agx-orin", "rtx-4090"]
+
+
+def allocation_frame() -> pd.DataFrame:
+    rows = []
+    n_units = 8
+    for study, (x_name, xs) in STUDIES.items():
+        for model in ("bert-large", "gpt2-large"):
+            for pi, policy in enumerate(POLICIES):
+                for xi, x in enumerate(xs):
+                    ratio = 1.0 if policy == "server_only" else max(0.2, 1 - 0.05 * pi * (xi + 1))
+                    on_client = round((1 - ratio) * n_units)
+                    rows.append(dict(
+                        study=study, model=model, task="forward", policy=policy, x_name=x_name,
+                        x=x, client_device=DEVICES[xi] if study == "client_speed" else "laptop-m2",
+                        prompt_tokens=x if study == "tokens" else 256, output_tokens=0,
+                        uplink_mbps=x if study == "bandwidth" else 50, deadline_s=0.1,
+                        server_work=ratio * 0.01, server_only_work=0.01, workload_ratio=ratio,
+                        latency_s=0.09, feasible=xi > 0, client_units=on_client, n_units=n_units,
+                        placement="C" * on_client + "S" * (n_units - on_client),
+                    ))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(ALLOCATION_COLUMNS))
+
+
+def sweep_ci_frame() -> pd.DataFrame:
+    rows = []
+    for point, load in enumerate((0.2, 0.6, 1.0, 1.4)):
+        for pi, policy in enumerate(POLICIES):
+            wait = load**3 / (1 + pi)
+            rows.append({"point": point, "workload.arrival.load": load, "policy": policy,
+                         "replications": 3, "offered_rate_per_s_mean": 100 * load,
+                         "offered_rate_per_s_ci95": 0.0, "wait_mean_s_mean": wait,
+                         "wait_mean_s_ci95": 0.1 * wait, "wait_max_s_mean": 4 * wait,
+                         "wait_max_s_ci95": 0.4 * wait, "sla_violation_rate_mean": min(1, wait),
+                         "sla_violation_rate_ci95": 0.05})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def capacity_ci_frame() -> pd.DataFrame:
+    caps = dict(zip(POLICIES, (30.0, 36.0, 38.0, 37.0, 45.0), strict=True))
+    return pd.DataFrame([{"point": 0, "policy": p, "replications": 3, "capacity_rps_mean": c,
+                          "capacity_rps_ci95": 1.5,
+                          "gain_of_dp_pct_mean": np.nan if p == "dp" else (45 / c - 1) * 100,
+                          "gain_of_dp_pct_ci95": np.nan if p == "dp" else 2.0}
+                         for p, c in caps.items()])  # fmt: skip
+
+
+def requests_frame(fixed_deadline: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 300
+    frames = []
+    for pi, policy in enumerate(POLICIES):
+        deadline = np.full(n, 0.2) if fixed_deadline else rng.uniform(0.05, 0.5, n)
+        latency = deadline * rng.uniform(0.2, 1.0 + 0.05 * pi, n)
+        frame = pd.DataFrame({c: 0 for c in REQUEST_COLUMNS}, index=range(n))
+        frame["policy"], frame["request_id"] = policy, np.arange(n)
+        frame["status"] = np.where(np.arange(n) % 50 == 0, "rejected", "completed")
+        frame["latency_s"], frame["deadline_s"] = latency, deadline
+        frame["sla_met"] = latency <= deadline
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def timeseries_frame() -> pd.DataFrame:
+    t = np.arange(0.25, 20, 0.5)
+    return pd.DataFrame(
+        [dict(policy=p, replication=r, time_s=ti, server_busy_slots=u, server_utilization=u,
+              queue_length=3 * u) for p in POLICIES for r in (0, 1)
+         for ti, u in zip(t, 0.5 + 0.3 * np.sin(t + POLICIES.index(p)), strict=True)],
+        columns=list(TIMESERIES_COLUMNS),
+    )  # fmt: skip
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def policy_artists(ax) -> list[str]:
+    """Policies drawn in a panel, from the gid each line or bar container carries."""
+    gids = [a.get_gid() for a in ax.get_lines()]
+    gids += [c.patches[0].get_gid() for c in ax.containers if isinstance(c, BarContainer)]
+    return [g.split(":", 1)[1] for g in gids if g and g.startswith("policy:")]
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def has_unit(label: str) -> bool:
+    return "(" in label and label.rstrip().endswith(")")
+
+
+def ylabel(ax) -> str:
+    """The panel's y label, or the figure's shared one."""
+    return ax.get_ylabel() or ax.figure.get_supylabel()
+
+
+def visible_axes(fig: Figure):
+    return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+
+
+# --- every figure on synthetic data -------------------------------------------------------
+
+
+def test_registry_names_nine_figures_with_known_tables():
+    from analysis.io import TABLES
+
+    assert len(FIGURES) == 9
+    for name, spec in FIGURES.items():
+        assert callable(spec.function) and spec.about, name
+        assert all(t in TABLES for t in spec.needs), name
+
+
+def test_unit_costs_shows_flops_and_client_and_server_time_against_tokens():
+    fig = FIGURES["unit_costs"].function(unit_cost_frame())
+    top, bottom = fig.axes
+    assert top.get_ylabel() == "Compute per unit (GFLOP)"
+    assert bottom.get_ylabel() == "Time per transformer block (ms)"
+    assert bottom.get_xlabel() == "Sequence length (tokens)"
+    names = [line.get_label() for line in top.get_lines()]
+    assert names == ["embedding", "transformer block", "head", "linear in tokens"]
+    block, linear = top.get_lines()[1].get_ydata(), top.get_lines()[3].get_ydata()
+    assert block[-1] > 1.5 * linear[-1]  # the quadratic attention term is visible
+    assert [line.get_label() for line in bottom.get_lines()] == ["phone-flagship", "a100-80gb"]
+
+
+def test_unit_costs_shows_one_client_device_at_a_time():
+    costs = unit_cost_frame()
+    rpi = costs.assign(client_device="rpi4", client_s=costs["client_s"] * 20)
+    fig = FIGURES["unit_costs"].function(pd.concat([costs, rpi]), client_device="rpi4")
+    labels = [line.get_label() for line in fig.axes[1].get_lines()]
+    assert labels == ["rpi4", "a100-80gb"]
+
+
+@pytest.mark.parametrize(
+    ("name", "xlabel"),
+    [("workload_vs_sla", "SLA (deadline / server-only latency, ×)"),
+     ("workload_vs_tokens", "Sequence length (tokens)")],
+)  # fmt: skip
+def test_workload_figures_have_a_line_per_policy_and_a_panel_per_model(name, xlabel):
+    fig = FIGURES[name].function(allocation_frame())
+    axes = visible_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["bert-large", "gpt2-large"]
+    for ax in axes:
+        assert policy_artists(ax) == POLICIES
+        assert ylabel(ax) == "Server workload (% of server-only)"
+    assert axes[-1].get_xlabel() == xlabel
+    assert legend_texts(fig) == LABELS
+
+
+def test_workload_figure_can_show_absolute_server_work():
+    fig = FIGURES["workload_vs_sla"].function(allocation_frame(), y="server_work")
+    assert ylabel(visible_axes(fig)[0]) == "Server work per request (s)"
+
+
+def test_sensitivity_has_a_client_speed_and_a_log_bandwidth_panel():
+    alloc = allocation_frame()
+    fig = FIGURES["sensitivity"].function(alloc[alloc["model"] == "gpt2-large"])
+    speed, bandwidth = visible_axes(fig)
+    assert speed.get_xlabel() == "Client speed (TFLOP/s)"
+    assert bandwidth.get_xlabel() == "Uplink bandwidth (Mbit/s)"
+    assert bandwidth.get_xscale() == "log"
+    for ax in (speed, bandwidth):
+        assert policy_artists(ax) == POLICIES
+        assert has_unit(ylabel(ax))
+    top = [c for c in speed.child_axes]
+    assert [t.get_text() for t in top[0].get_xticklabels()] == DEVICES
+
+
+def test_queueing_has_waits_and_violations_with_bands_per_policy():
+    fig = FIGURES["queueing"].function(sweep_ci_frame())
+    axes = visible_axes(fig)
+    assert [ax.get_ylabel() for ax in axes] == ["Mean wait (s)", "Max. wait (s)",
+                                                "SLA violations (%)"]  # fmt: skip
+    assert axes[-1].get_xlabel() == "Offered arrival rate (requests/s)"
+    for ax in axes:
+        assert policy_artists(ax) == POLICIES
+        assert len(ax.collections) == len(POLICIES)  # one confidence band per policy
+    assert legend_texts(fig) == LABELS
+
+
+def test_queueing_falls_back_to_the_varied_load_column():
+    ci = sweep_ci_frame().drop(columns=["offered_rate_per_s_mean", "offered_rate_per_s_ci95"])
+    fig = FIGURES["queueing"].function(ci)
+    assert visible_axes(fig)[-1].get_xlabel() == "Offered load (× server-only capacity)"
+
+
+def test_queueing_refuses_a_sweep_that_does_not_vary_the_rate():
+    ci = sweep_ci_frame().assign(offered_rate_per_s_mean=100.0, **{"workload.arrival.load": 1.0})
+    with pytest.raises(MissingData, match="arrival rate does not vary"):
+        FIGURES["queueing"].function(ci)
+
+
+def test_capacity_has_a_bar_per_policy_and_gain_bars_per_baseline():
+    fig = FIGURES["capacity"].function(capacity_ci_frame())
+    cap, gain = visible_axes(fig)
+    assert policy_artists(cap) == POLICIES
+    assert policy_artists(gain) == POLICIES[:-1]
+    assert cap.get_ylabel() == "Capacity (requests/s)"
+    assert gain.get_ylabel() == "Capacity gain of DP (%)"
+    assert [t.get_text() for t in cap.get_xticklabels()] == LABELS
+
+
+def test_capacity_of_several_points_groups_bars_by_point():
+    one = capacity_ci_frame()
+    both = pd.concat([one.assign(**{"clients.0.link.uplink_mbps": 10.0}),
+                      one.assign(point=1, **{"clients.0.link.uplink_mbps": 100.0})])  # fmt: skip
+    cap, _gain = visible_axes(FIGURES["capacity"].function(both))
+    assert policy_artists(cap) == POLICIES
+    assert [len(c.patches) for c in cap.containers if isinstance(c, BarContainer)] == [2] * 5
+    assert [t.get_text() for t in cap.get_xticklabels()] == ["uplink_mbps=10", "uplink_mbps=100"]
+
+
+def test_placement_map_shows_client_units_per_sequence_length():
+    fig = FIGURES["placement_map"].function(allocation_frame())
+    axes = visible_axes(fig)
+    assert len(axes) == 2
+    image = axes[0].get_images()[0].get_array()
+    assert image.shape == (len(STUDIES["tokens"][1]), 8)
+    assert image[-1].sum() > image[0].sum()  # more units on the client for longer sequences
+    assert ylabel(axes[0]) == "Sequence length (tokens)"
+    assert axes[-1].get_xlabel() == "Unit (input → output)"
+    assert legend_texts(fig) == ["client", "server", "* SLA infeasible"]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_latency_cdf_has_a_line_per_policy_and_marks_the_sla(fixed):
+    fig = FIGURES["latency_cdf"].function(requests_frame(fixed_deadline=fixed))
+    (ax,) = fig.axes
+    assert policy_artists(ax) == POLICIES
+    assert ax.get_ylabel() == "Completed requests (%)"
+    if fixed:
+        assert ax.get_xlabel() == "Latency (ms)"
+        assert "SLA (200 ms)" in legend_texts(fig)
+    else:
+        assert ax.get_xlabel() == "Latency / request's deadline (×)"
+        assert "SLA (own deadline)" in legend_texts(fig)
+
+
+def test_server_timeline_plots_one_replication():
+    fig = FIGURES["server_timeline"].function(timeseries_frame())
+    util, queue = visible_axes(fig)
+    assert util.get_ylabel() == "Server utilisation (%)"
+    assert queue.get_ylabel() == "Queue length (requests)"
+    assert queue.get_xlabel() == "Time (s)"
+    for ax in (util, queue):
+        assert policy_artists(ax) == POLICIES
+        assert len(ax.get_lines()[0].get_xdata()) == 40  # replication 0 only
+
+
+def test_every_axis_label_carries_a_unit():
+    frames = {"unit_costs": unit_cost_frame(), "allocation": allocation_frame(),
+              "sweep_ci": sweep_ci_frame(), "capacity_ci": capacity_ci_frame(),
+              "requests": requests_frame(), "timeseries": timeseries_frame()}  # fmt: skip
+    for name, spec in FIGURES.items():
+        fig = spec.function(*(frames[t] for t in spec.needs))
+        for ax in visible_axes(fig):
+            for label in (ax.get_xlabel(), ylabel(ax)):
+                assert not label or has_unit(label) or label.startswith("Unit ("), (name, label)
+
+
+def test_missing_rows_or_columns_are_reported_not_crashed():
+    alloc = allocation_frame()
+    with pytest.raises(MissingData, match="study 'sla'"):
+        FIGURES["workload_vs_sla"].function(alloc[alloc["study"] != "sla"])
+    with pytest.raises(MissingData, match="lacks column"):
+        FIGURES["latency_cdf"].function(requests_frame().drop(columns="deadline_s"))
+
+
+# --- style and files ----------------------------------------------------------------------
+
+
+def test_each_policy_has_a_fixed_distinct_look():
+    looks = [(s.color, s.marker) for s in POLICY_STYLES.values()]
+    assert len(set(looks)) == len(looks)
+    assert policy_style("dp") == POLICY_STYLES["dp"]
+    assert policy_style("my_policy").label == "my_policy"
+
+
+def test_formats_are_checked():
+    assert parse_formats("pdf, PNG,pdf") == ["pdf", "png"]
+    with pytest.raises(ValueError, match="unknown format 'jpg'"):
+        parse_formats("pdf,jpg")
+
+
+def test_save_figure_writes_each_format_and_no_temporary_files(tmp_path):
+    fig = FIGURES["server_timeline"].function(timeseries_frame())
+    paths = save_figure(fig, tmp_path / "out" / "timeline", ["pdf", "png", "svg"])
+    assert [p.name for p in paths] == ["timeline.pdf", "timeline.png", "timeline.svg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
+    assert paths[0].read_bytes().startswith(b"%PDF")
+    assert paths[1].read_bytes().startswith(b"\x89PNG")
+
+
+# --- splitsim plot ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plot") / "run"
+    scenario = str(ROOT / "scenarios/examples/quickstart.yaml")
+    assert main(["run", scenario, "-o", str(out), "--set", "requests=200", "--quiet"]) == 0
+    return out
+
+
+def test_plot_writes_pdf_and_png_and_reports_skipped_figures(run_dir, capsys):
+    assert main(["plot", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    for name in ("latency_cdf", "server_timeline"):
+        for ext in ("pdf", "png"):
+            path = run_dir / "figures" / f"{name}.{ext}"
+            assert path.stat().st_size > 1000, path
+        assert f"wrote {name}:" in out
+    assert "skipped queueing: no sweep_ci.csv in the folder" in out
+    assert "skipped unit_costs: no unit_costs.csv in the folder" in out
+
+
+def test_plot_reads_the_run_folder_by_record_names(run_dir):
+    data = load_folder(run_dir)
+    assert {"requests", "summary", "timeseries"} <= set(data.tables)
+    assert list(data["requests"].columns[: len(REQUEST_COLUMNS)]) == list(REQUEST_COLUMNS)
+
+
+def test_plot_draws_only_the_named_figures_in_the_named_format(run_dir, tmp_path, capsys):
+    assert main(["plot", str(run_dir), "--figure", "latency_cdf", "--format", "svg"]) == 0
+    assert (run_dir / "figures" / "latency_cdf.svg").stat().st_size > 1000
+    assert "server_timeline" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["plot", "{tmp}/nowhere"], "no such folder"),
+     (["plot", "{tmp}"], "no result files to plot (looked for requests.csv"),
+     (["plot", "{run}/summary.csv"], "summary.csv: not a folder"),
+     (["plot", "{run}", "--figure", "pie"], "unknown figure 'pie'; known: unit_costs,"),
+     (["plot", "{run}", "--format", "pdf,gif"], "--format: unknown format 'gif'")],
+)  # fmt: skip
+def test_plot_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys, args, message):
+    argv = [a.format(tmp=tmp_path, run=run_dir) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_plot_skips_the_figures_of_an_unreadable_table(tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    timeseries_frame().to_csv(folder / "timeseries.csv", index=False)
+    (folder / "requests.csv").write_text("policy,latency\ndp,1\n")
+    assert main(["plot", str(folder), "--format", "png"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote server_timeline:" in out
+    assert (
+        "skipped latency_cdf: " in out and "not a requests table: lacks column(s) latency_s" in out
+    )
+
+
+def test_plot_with_no_usable_figure_lists_the_reasons(tmp_path, capsys):
+    (tmp_path / "requests.csv").write_text("")
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to plot (latency_cdf: " in err and "requests.csv: file is empty)" in err
+
+
+# --- the import rule ----------------------------------------------------------------------
+
+ALLOWED_SIM = {"sim.records", "sim.stats"}
+
+
+def test_analysis_imports_nothing_from_sim_but_records_and_stats():
+    for path in sorted((ROOT / "analysis").glob("**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+                if node.module == "sim":
+                    modules = [f"sim.{a.name}" for a in node.names]
+            else:
+                continue
+            for module in modules:
+                if module == "sim" or module.startswith("sim."):
+                    assert module in ALLOWED_SIM, f"{path.name} imports {module}"
+
+
+def test_importing_analysis_loads_no_engine_module():
+    code = (
+        "import sys, analysis.plot, analysis.figures, analysis.io, analysis.style\n"
+        "print(sorted(m for m in sys.modules if m == 'sim' or m.startswith('sim.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert set(ast.literal_eval(out.stdout.strip())) <= {"sim"} | ALLOWED_SIM

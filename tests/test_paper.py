@@ -1,0 +1,87 @@
+"""The paper reproduction: static studies, the claims table, and the command end to end."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis.claims import claims_markdown, headline_table, reductions
+from sim.cli import main
+from sim.paper.studies import StudySpec, allocation_table, mean_ratio, unit_cost_table
+from sim.records import ALLOCATION_COLUMNS, UNIT_COST_COLUMNS
+
+TINY = {
+    "server": "a100-80gb",
+    "clients": ["jetson-orin-nano"],
+    "models": ["bert-base", "vit-b16"],
+    "policies": ["server_only", "greedy", "greedy_ratio", "best_cut", "dp"],
+    "link": {"uplink_mbps": 500, "downlink_mbps": 1000, "rtt_ms": 5},
+    "tokens": 128,
+    "deadline_factor": 3,
+    "sla_factors": [1.5, 3, 10],
+    "token_values": [64, 256],
+    "speed_clients": ["rpi4", "rtx-4090"],
+    "uplink_values_mbps": [10, 1000],
+    "unit_cost_model": "gpt2",
+    "unit_cost_tokens": [64, 128],
+}
+
+
+def test_allocation_table_covers_every_study_model_and_policy():
+    table = allocation_table(StudySpec.model_validate(TINY))
+    assert list(table.columns) == list(ALLOCATION_COLUMNS)
+    assert set(table["study"]) == {"sla", "tokens", "client_speed", "bandwidth"}
+    # ViT always sees 197 tokens, so it has no sequence-length study
+    assert set(table.loc[table["study"] == "tokens", "model"]) == {"bert-base"}
+    per_point = table.groupby(["study", "model", "x", "client_device"])["policy"].nunique()
+    assert (per_point == len(TINY["policies"])).all()
+    assert (table["placement"].str.len() == table["n_units"]).all()
+    assert (table["client_units"] == table["placement"].str.count("C")).all()
+    # dp never does worse than any other feasible policy at the same point
+    key = ["study", "model", "x", "client_device"]
+    for _, g in table[table["feasible"]].groupby(key):
+        dp = g[g["policy"] == "dp"]
+        if len(dp):
+            assert dp["server_work"].iloc[0] <= g["server_work"].min() + 1e-12
+    assert 0 <= mean_ratio(table, "dp") <= mean_ratio(table, "server_only")
+    assert mean_ratio(table, "server_only") == pytest.approx(1.0)
+
+
+def test_unit_cost_table_shows_quadratic_attention():
+    table = unit_cost_table(StudySpec.model_validate(TINY))
+    assert list(table.columns) == list(UNIT_COST_COLUMNS)
+    block = table[table["unit"] == "block0"].set_index("tokens")["flops"]
+    # doubling the tokens more than doubles a block's FLOPs (the n^2 term)
+    assert block[128] > 2 * block[64]
+
+
+def _rows(policy: str, work: float, only: float = 10.0, model: str = "m", x: float = 3.0):
+    return {"study": "sla", "model": model, "policy": policy, "x": x,
+            "server_work": work, "server_only_work": only}  # fmt: skip
+
+
+def test_reductions_use_summed_work_over_the_mix():
+    frame = pd.DataFrame(
+        [_rows("server_only", 10), _rows("dp", 6), _rows("greedy", 8), _rows("greedy_ratio", 7),
+         _rows("best_cut", 6), _rows("server_only", 10, model="n"), _rows("dp", 4, model="n"),
+         _rows("greedy", 10, model="n"), _rows("greedy_ratio", 5, model="n"),
+         _rows("best_cut", 4, model="n")]
+    )  # fmt: skip
+    r = reductions(frame)
+    assert r["dp_vs_server_only"] == pytest.approx(1 - 10 / 20)
+    assert r["dp_over_greedy"] == pytest.approx(1 - 10 / 18)
+    head = headline_table(frame, 3.0)
+    assert list(head["model"]) == ["m", "n", "all (mix)"]
+    assert head.loc[0, "dp_vs_server_only"] == pytest.approx(0.4)
+    text = claims_markdown(frame, 3.0)
+    assert "roughly 1/3 | 50.0 %" in text
+    assert "19 % | 44.4 %" in text
+
+
+@pytest.mark.slow
+def test_paper_quick_writes_figures_and_claims(tmp_path):
+    out = tmp_path / "paper"
+    assert main(["paper", "-o", str(out), "--quick", "--quiet", "--jobs", "1"]) == 0
+    assert (out / "claims.md").read_text().startswith("# SplitLLM")
+    assert any((out / "figures").glob("*.png"))
+    assert (out / "capacity" / "capacity_ci.csv").is_file()
