@@ -44,83 +44,40 @@ class ServerPool:
         """True when `max_queue` requests already wait for a slot (a new one would be lost)."""
         return self.max_queue is not None and len(self.resource.queue) >= self.max_queue
 
-    def _advance(self) -> None:
+    def _change(self, d_queue: int, d_busy: int) -> None:
+        """Advance the integrals to now, then change the levels and record the change point."""
         now = self.env.now
         dt = now - self._last_t
         if dt:
             self.busy_integral += self._busy * dt
             self.queue_integral += self._queue * dt
             self._last_t = now
-
-    def _record(self) -> None:
-        t = self.env.now
-        if self.change_t[-1] == t:
-            self.change_busy[-1] = self._busy
-            self.change_queue[-1] = self._queue
+        self._queue = queue = self._queue + d_queue
+        self._busy = busy = self._busy + d_busy
+        if self.change_t[-1] == now:
+            self.change_busy[-1] = busy
+            self.change_queue[-1] = queue
         else:
-            self.change_t.append(t)
-            self.change_busy.append(self._busy)
-            self.change_queue.append(self._queue)
-
-    # request/granted/release are the engine's hot path: they inline `_advance` and
-    # `_record` (same arithmetic, same order) to save the calls.
+            self.change_t.append(now)
+            self.change_busy.append(busy)
+            self.change_queue.append(queue)
 
     def request(self, priority: float):
         """Ask for a slot; the caller yields the returned event, then calls `granted`."""
-        now = self.env.now
-        dt = now - self._last_t
-        if dt:
-            self.busy_integral += self._busy * dt
-            self.queue_integral += self._queue * dt
-            self._last_t = now
-        self._queue = queue = self._queue + 1
-        if self.change_t[-1] == now:
-            self.change_busy[-1] = self._busy
-            self.change_queue[-1] = queue
-        else:
-            self.change_t.append(now)
-            self.change_busy.append(self._busy)
-            self.change_queue.append(queue)
+        self._change(1, 0)
         return self.resource.request(priority=priority)
 
     def granted(self) -> None:
-        now = self.env.now
-        dt = now - self._last_t
-        if dt:
-            self.busy_integral += self._busy * dt
-            self.queue_integral += self._queue * dt
-            self._last_t = now
-        self._queue = queue = self._queue - 1
-        self._busy = busy = self._busy + 1
-        if self.change_t[-1] == now:
-            self.change_busy[-1] = busy
-            self.change_queue[-1] = queue
-        else:
-            self.change_t.append(now)
-            self.change_busy.append(busy)
-            self.change_queue.append(queue)
+        self._change(-1, 1)
 
     def release(self, req, held_s: float) -> None:
-        now = self.env.now
-        dt = now - self._last_t
-        if dt:
-            self.busy_integral += self._busy * dt
-            self.queue_integral += self._queue * dt
-            self._last_t = now
-        self._busy = busy = self._busy - 1
+        self._change(0, -1)
         self.busy_time_total += held_s
-        if self.change_t[-1] == now:
-            self.change_busy[-1] = busy
-            self.change_queue[-1] = self._queue
-        else:
-            self.change_t.append(now)
-            self.change_busy.append(busy)
-            self.change_queue.append(self._queue)
         self.resource.release(req)
 
     def finish(self) -> None:
         """Close the integrals at the current time."""
-        self._advance()
+        self._change(0, 0)
 
     def utilization(self, start_s: float, end_s: float) -> float:
         """Time-weighted share of slots busy over [start_s, end_s]."""
@@ -142,18 +99,15 @@ class ServerPool:
         if end_s <= 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
         edges = np.linspace(0.0, end_s, bins + 1)
-        t = np.append(np.asarray(self.change_t), end_s)
-        busy, queue = (np.asarray(x, float) for x in (self.change_busy, self.change_queue))
-        cum_t = t
-        area_b = np.concatenate([[0.0], np.cumsum(busy * np.diff(cum_t))])
-        area_q = np.concatenate([[0.0], np.cumsum(queue * np.diff(cum_t))])
-
-        def area(cum, x):
-            i = np.clip(np.searchsorted(cum_t, x, side="right") - 1, 0, len(busy) - 1)
-            level = (busy if cum is area_b else queue)[i]
-            return cum[i] + level * (x - cum_t[i])
-
+        t = np.asarray(self.change_t)
         width = np.diff(edges)
-        mean_b = (area(area_b, edges[1:]) - area(area_b, edges[:-1])) / width
-        mean_q = (area(area_q, edges[1:]) - area(area_q, edges[:-1])) / width
-        return (edges[:-1] + edges[1:]) / 2, mean_b, mean_q
+
+        def bin_means(levels) -> np.ndarray:
+            lv = np.asarray(levels, float)
+            area = np.concatenate([[0.0], np.cumsum(lv * np.diff(np.append(t, end_s)))])
+            i = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(lv) - 1)
+            at_edges = area[i] + lv[i] * (edges - t[i])  # area under the step curve up to each edge
+            return np.diff(at_edges) / width
+
+        centres = (edges[:-1] + edges[1:]) / 2
+        return centres, bin_means(self.change_busy), bin_means(self.change_queue)
