@@ -85,3 +85,26 @@ def test_paper_quick_writes_figures_and_claims(tmp_path):
     assert (out / "claims.md").read_text().startswith("# SplitLLM")
     assert any((out / "figures").glob("*.png"))
     assert (out / "capacity" / "capacity_ci.csv").is_file()
+
+
+def test_claims_read_a_real_load_sweep(tmp_path):
+    """The queueing part of claims.md from a small real sweep (synthetic server, 2 loads)."""
+    from sim.sweep.run import run_sweep
+    from sim.sweep.spec import SweepSpec
+
+    base = {
+        "seed": 3, "duration_s": 30, "warmup_s": 2, "policies": ["server_only", "dp"],
+        "clients": [{"name": "c", "link": {"rtt_ms": 0}}],
+        "workload": {"arrival": {"kind": "poisson", "load": 0.5}, "mix": [
+            {"name": "job", "task": "synthetic", "deadline_s": 1.0,
+             "service_s": {"kind": "exponential", "mean": 0.1}}]},
+    }  # fmt: skip
+    spec = SweepSpec(base=base, replications=2, grid={"workload.arrival.load": [0.3, 0.8]})
+    out = run_sweep(spec, base, tmp_path, "inline", tmp_path / "q", jobs=1, progress=False)
+    alloc = pd.DataFrame([_rows("server_only", 10), _rows("dp", 5), _rows("greedy", 8),
+                          _rows("greedy_ratio", 6), _rows("best_cut", 5)])  # fmt: skip
+    text = claims_markdown(alloc, 3.0, queueing_ci=out.ci)
+    rows = [line for line in text.splitlines() if line.startswith("| 0.")]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.8"]
+    # a synthetic request cannot be split: dp waits exactly as long as server_only
+    assert all("| 0.0 % |" in r for r in rows)

@@ -51,6 +51,14 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out}: folder exists and is not a paper reproduction; choose another -o")
 
 
+def _display_path(path: Path) -> Path:
+    """The path relative to the working folder when it lies below it (for manifests)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def static_studies(out: Path, scenario_dir: Path = PAPER_DIR) -> None:
     """allocation.csv and unit_costs.csv from the study definitions."""
     raw = read_yaml(scenario_dir / "studies.yaml")
@@ -69,7 +77,7 @@ def reproduce(
     _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     static_studies(out, scenario_dir)
-    setting = scenario_dir / "setting.yaml"
+    setting = _display_path(scenario_dir / "setting.yaml")
     duration = f"duration_s={plan.run_duration_s}"
     run_dir = out / "run"
     ld = load_scenario(setting, [duration, "replications=1", "warmup_s=0.5"])
