@@ -35,6 +35,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "server_only_work",
     "client_units",
     "switches",
+    "client_energy_j",  # client power_w x client_busy_s + radio energy of its transfers
 )
 
 STATUS_COMPLETED = "completed"
@@ -68,6 +69,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "wait_max_s",
     "client_units_mean",
     "switches_mean",
+    "client_energy_j_mean",
 )
 
 # Server state over time (timeseries.csv): time-weighted means over equal bins.

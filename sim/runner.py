@@ -84,6 +84,7 @@ def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame
         "server_only_work": res.server_only_work,
         "client_units": res.client_units,
         "switches": res.switches,
+        "client_energy_j": res.client_energy_j,
     }
     return pd.DataFrame(cols, columns=list(REQUEST_COLUMNS))
 

@@ -54,4 +54,5 @@ def summarize(
         "wait_max_s": float(done["server_wait_s"].max()) if len(done) else float("nan"),
         "client_units_mean": mean("client_units", admitted),
         "switches_mean": mean("switches", admitted),
+        "client_energy_j_mean": mean("client_energy_j"),
     }

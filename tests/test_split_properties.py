@@ -8,7 +8,7 @@ step the DP must be exactly optimal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
@@ -313,3 +313,55 @@ def test_dp_default_grid_on_real_times_is_safe_and_near_optimal(p: SplitProblem,
 
 def test_registry_holds_the_policies_under_test():
     assert set(ALL_POLICIES) <= set(POLICIES.names())
+
+
+@st.composite
+def entry_cases(draw) -> GridCase:
+    """A grid case with a server entry time (a whole number of steps) and a deadline that
+    leaves room for a few entries."""
+    case = draw(grid_cases())
+    k = draw(st.integers(0, 6))
+    extra = draw(st.integers(0, 2 * k))
+    exact = replace(case.exact, server_entry_time=float(k), deadline=case.exact.deadline + extra)
+    problem = replace(
+        case.problem,
+        server_entry_time=k * case.step,
+        deadline=(case.exact.deadline + extra) * case.step,
+    )
+    return GridCase(problem, exact, case.step)
+
+
+@SETTINGS
+@given(entry_cases())
+def test_server_entry_time_dp_is_exactly_optimal(case: GridCase):
+    """evaluate() adds one entry time per client -> server switch; dp and dp_queue_aware
+    (its wait moved into server_entry_time) are exactly optimal against the oracle."""
+    p, exact = case.problem, case.exact
+    oracle = Oracle.of(exact)
+    no_entry = Oracle.of(replace(exact, server_entry_time=0.0))
+    path = np.concatenate([np.ones((len(oracle.placements), 1), bool), oracle.placements], axis=1)
+    entries = (path[:, :-1] & ~path[:, 1:]).sum(axis=1)
+    np.testing.assert_array_equal(
+        oracle.latency, no_entry.latency + entries * exact.server_entry_time
+    )
+    lat_s, _ = evaluate_many(p, oracle.placements)
+    np.testing.assert_allclose(lat_s, oracle.latency * case.step, rtol=1e-12, atol=1e-12)
+    best = oracle.best_work(case.deadline_steps)
+    wait_moved = replace(p, server_entry_time=0.0)
+    for plan in (
+        solve(p, "dp", time_step=case.step),
+        solve(wait_moved, "dp_queue_aware", case.step, server_wait_s=p.server_entry_time),
+    ):
+        check_plan_basics(p, plan)
+        steps, _ = evaluate(exact, plan.on_client)
+        if np.isfinite(best):
+            assert plan.feasible and steps <= case.deadline_steps
+            assert close(plan.server_work, best), (plan.server_work, best)
+        elif plan.policy == "dp":
+            assert not plan.feasible
+            fastest = float(oracle.latency.min()) * case.step
+            assert close(plan.latency, fastest, 1e-12), (plan.latency, fastest)
+        else:  # dp_queue_aware falls back to dp's plan without the wait
+            assert not plan.feasible
+            unloaded = solve(wait_moved, "dp", time_step=case.step)
+            assert (plan.on_client == unloaded.on_client).all()

@@ -111,6 +111,12 @@ class DeviceSpec(_Strict):
     bandwidth_efficiency: float = Field(0.8, gt=0, le=1, description="achievable share of peak")
     overhead_us: float = Field(10.0, ge=0, description="fixed time per unit per pass")
     power_w: PositiveFloat | None = None
+    radio_nj_per_bit: float = Field(
+        100.0,
+        ge=0,
+        description="client radio energy per bit sent or received (nJ); default 100, an order "
+        "of magnitude between LTE/Wi-Fi downlink (~50-140) and uplink (~280-440) nJ/bit",
+    )
     source: str = ""
 
     def flops_per_s(self, dtype: str) -> float:

@@ -150,6 +150,24 @@ class SplitConfig(Section):
     slack_fraction: float = Field(
         0.0, ge=0, lt=1, description="plans must fit (1 - slack) x SLA, leaving room for queueing"
     )
+    link_estimate: Literal["nominal", "oracle", "ewma"] = Field(
+        "nominal",
+        description="bandwidth every policy plans with: the configured link (nominal), the "
+        "trace's value at arrival (oracle), or an EWMA of the group's realised transfer rates",
+    )
+    link_ewma_alpha: float = Field(
+        0.3, gt=0, le=1, description="ewma link estimate: weight of the newest transfer's rate"
+    )
+    wait_ewma_alpha: float = Field(
+        0.1, gt=0, le=1, description="load-aware policies: weight of the newest server hold time"
+    )
+    plan_bucket_fraction: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="plans made at arrival are cached per bucket: bandwidth in steps of this "
+        "relative size (log scale), server wait in steps of this fraction of the deadline; 0 = exact",
+    )
 
 
 class OutputConfig(Section):

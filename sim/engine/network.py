@@ -39,6 +39,21 @@ class LinkModel:
         self.medium = medium
         self.jitter = cfg.jitter.delay_ms if cfg.jitter else None
         self.jitter_rng = jitter_rng
+        # `split.link_estimate: ewma`: the group's estimated bandwidth per direction (Mbit/s)
+        self.estimate_mbps = list(self.nominal_mbps)
+
+    def observe(self, direction: int, bytes_: float, seconds: float, alpha: float) -> None:
+        """Fold a transfer's realised serialisation rate into the EWMA estimate.
+
+        The rate is bytes over the time from asking for the medium to releasing it (just the
+        serialisation time on an unshared link). Fixed links realise their nominal rate, so
+        they are not observed (the estimate stays nominal exactly).
+        """
+        if bytes_ <= 0 or seconds <= 0 or self.fixed:
+            return
+        rate = bytes_ * 8.0 / seconds / 1e6
+        est = self.estimate_mbps
+        est[direction] = alpha * rate + (1 - alpha) * est[direction]
 
     def mbps(self, direction: int, now_s: float) -> float:
         """Bandwidth in force at `now_s` (the configured value when there is no trace)."""

@@ -1,7 +1,10 @@
 """Plans per request class, cached, and the segments the engine executes for a plan.
 
-A plan's segments alternate between client compute, transfers and server compute. Plans
-use nominal link values; the engine realises them against queues and the actual link.
+A plan's segments alternate between client compute, transfers and server compute. By
+default plans use nominal link values and are cached per request class; the engine
+realises them against queues and the actual link. Plans that depend on time (a load-aware
+policy's expected server wait, a non-nominal link estimate) are made at arrival by
+`Planner.get_at`, cached per quantised (wait, bandwidth) bucket.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from sim.config import LoadedScenario
 from sim.costs import RequestWork, request_work
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
+from sim.split.policies import LOAD_AWARE
 
 CLIENT, SERVER, XFER = 0, 1, 2
 
@@ -27,6 +31,7 @@ class PlannedRequest:
     deadline_s: float
     server_only_work: float
     has_server: bool
+    transfer_bytes: float = 0.0  # bytes sent and received by the client over the request
 
 
 def _crossing(work: RequestWork, b: int) -> tuple[float, float]:
@@ -82,6 +87,7 @@ class ProblemBook:
         self.split = ld.scenario.split
         self._work: dict[tuple, RequestWork] = {}
         self._problems: dict[tuple, RequestProblem] = {}
+        self._linked: dict[tuple, RequestProblem] = {}
 
     def work(self, klass: int, prompt: int, output: int) -> RequestWork:
         key = (klass, prompt, output)
@@ -101,11 +107,31 @@ class ProblemBook:
             self._problems[key] = found
         return found
 
-    def _build(self, klass: int, group: int, prompt: int, output: int) -> RequestProblem:
+    def get_link(
+        self, klass: int, group: int, prompt: int, output: int, up_mbps: float, down_mbps: float
+    ) -> RequestProblem:
+        """The problem planned with other link bandwidths; deadline as with the nominal link."""
+        cfg = self.ld.scenario.clients[group].link
+        if up_mbps == cfg.uplink_mbps and down_mbps == cfg.downlink_mbps:
+            return self.get(klass, group, prompt, output)
+        key = (klass, group, prompt, output, up_mbps, down_mbps)
+        found = self._linked.get(key)
+        if found is None:
+            nominal = self.get(klass, group, prompt, output)
+            built = self._build(klass, group, prompt, output, Link(up_mbps, down_mbps, cfg.rtt_ms))
+            problem = replace(built.problem, deadline=nominal.problem.deadline)
+            found = RequestProblem(problem, built.work, nominal.deadline_s)
+            self._linked[key] = found
+        return found
+
+    def _build(
+        self, klass: int, group: int, prompt: int, output: int, link: Link | None = None
+    ) -> RequestProblem:
         sc = self.ld.scenario
         cls, grp = sc.workload.mix[klass], sc.clients[group]
         work = self.work(klass, prompt, output)
-        link = Link(grp.link.uplink_mbps, grp.link.downlink_mbps, grp.link.rtt_ms)
+        if link is None:
+            link = Link(grp.link.uplink_mbps, grp.link.downlink_mbps, grp.link.rtt_ms)
         problem = build_problem(
             self.ld.models[cls.model], cls.task, prompt, output, self.ld.client_devices[group],
             self.ld.server_device, link, cls.deadline_s or 1.0, resident=grp.resident,
@@ -120,32 +146,92 @@ class ProblemBook:
         return RequestProblem(problem, work, float(deadline))
 
 
+def _planned(rp: RequestProblem, plan: Plan) -> PlannedRequest:
+    segments = plan_segments(rp.problem, rp.work, plan.on_client)
+    return PlannedRequest(
+        plan=plan,
+        segments=segments,
+        deadline_s=rp.deadline_s,
+        server_only_work=float(rp.problem.server_work.sum()),
+        has_server=any(s[0] == SERVER for s in segments),
+        transfer_bytes=float(sum(s[2] for s in segments if s[0] == XFER)),
+    )
+
+
+def bucket_log(value: float, nominal: float, width: float) -> float:
+    """`value` snapped to the nearest of nominal x (1 + width)^k (unchanged when width is 0)."""
+    if width <= 0 or value == nominal:
+        return value
+    k = round(np.log(value / nominal) / np.log1p(width))
+    return nominal * (1 + width) ** k if k else nominal
+
+
+def bucket_linear(value: float, quantum: float) -> float:
+    """`value` snapped to the nearest multiple of `quantum` (unchanged when quantum is 0)."""
+    if quantum <= 0:
+        return value
+    return round(value / quantum) * quantum
+
+
 class Planner:
-    """One policy's plans, cached per (request class, client group, sizes)."""
+    """One policy's plans, cached per (request class, client group, sizes).
+
+    `dynamic` is true when plans depend on the time of arrival: a load-aware policy (it
+    plans with the server's expected wait) or a non-nominal `split.link_estimate`.
+    """
 
     def __init__(self, book: ProblemBook, policy: str):
         self.book = book
         self.policy = policy
         self.time_step_s = book.split.time_step_s
+        self.load_aware = policy in LOAD_AWARE
+        self.dynamic = self.load_aware or book.split.link_estimate != "nominal"
+        self.bucket = book.split.plan_bucket_fraction
         self._plans: dict[tuple, PlannedRequest] = {}
+        self._dynamic: dict[tuple, PlannedRequest] = {}
 
     def get(self, klass: int, group: int, prompt: int, output: int) -> PlannedRequest:
         key = (klass, group, prompt, output)
         planned = self._plans.get(key)
         if planned is None:
             rp = self.book.get(klass, group, prompt, output)
-            plan = solve(rp.problem, self.policy, self.time_step_s)
-            segments = plan_segments(rp.problem, rp.work, plan.on_client)
-            planned = PlannedRequest(
-                plan=plan,
-                segments=segments,
-                deadline_s=rp.deadline_s,
-                server_only_work=float(rp.problem.server_work.sum()),
-                has_server=any(s[0] == SERVER for s in segments),
-            )
+            planned = _planned(rp, solve(rp.problem, self.policy, self.time_step_s))
             self._plans[key] = planned
+        return planned
+
+    def get_at(
+        self,
+        key: tuple,
+        server_wait_s: float,
+        up_mbps: float,
+        down_mbps: float,
+    ) -> PlannedRequest:
+        """A plan made at arrival with the current estimates, cached per quantised bucket.
+
+        The wait is snapped to multiples of `plan_bucket_fraction` x the request's
+        deadline, each bandwidth to steps of (1 + `plan_bucket_fraction`) around nominal.
+        """
+        klass, group = key[0], key[1]
+        cfg = self.book.ld.scenario.clients[group].link
+        up = bucket_log(up_mbps, cfg.uplink_mbps, self.bucket)
+        down = bucket_log(down_mbps, cfg.downlink_mbps, self.bucket)
+        if self.load_aware and server_wait_s > 0:
+            deadline = self.book.get(*key).deadline_s
+            wait = bucket_linear(server_wait_s, self.bucket * deadline)
+        else:
+            wait = 0.0
+        full = (*key, wait, up, down)
+        planned = self._dynamic.get(full)
+        if planned is None:
+            if wait == 0.0 and up == cfg.uplink_mbps and down == cfg.downlink_mbps:
+                planned = self.get(*key)  # exactly the static plan
+            else:
+                rp = self.book.get_link(klass, group, key[2], key[3], up, down)
+                plan = solve(rp.problem, self.policy, self.time_step_s, server_wait_s=wait)
+                planned = _planned(rp, plan)
+            self._dynamic[full] = planned
         return planned
 
     @property
     def cached_plans(self) -> int:
-        return len(self._plans)
+        return len(self._plans) + len(self._dynamic)

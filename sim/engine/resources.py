@@ -16,7 +16,14 @@ class ServerPool:
     series; they grow with the number of server segments, two entries each.
     """
 
-    def __init__(self, env: simpy.Environment, slots: int, edf: bool, max_queue: int | None):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        slots: int,
+        edf: bool,
+        max_queue: int | None,
+        hold_alpha: float = 0.1,
+    ):
         self.env = env
         self.slots = slots
         self.edf = edf
@@ -31,6 +38,10 @@ class ServerPool:
         self.change_t = array("d", [0.0])  # compact: 8 bytes per change point
         self.change_busy = array("l", [0])
         self.change_queue = array("l", [0])
+        # live state for load-aware planning (no effect on the simulation itself)
+        self.hold_alpha = hold_alpha
+        self.hold_ewma_s: float | None = None  # EWMA of finished hold times, seeded by the first
+        self._ends_sum = 0.0  # sum of the end times of the segments in service
 
     @property
     def queue_length(self) -> int:
@@ -67,13 +78,36 @@ class ServerPool:
         self._change(1, 0)
         return self.resource.request(priority=priority)
 
-    def granted(self) -> None:
+    def granted(self, hold_s: float = 0.0) -> None:
+        """A slot is granted for `hold_s` seconds (kept for the residual of busy slots)."""
         self._change(-1, 1)
+        self._ends_sum += self.env.now + hold_s
 
     def release(self, req, held_s: float) -> None:
         self._change(0, -1)
         self.busy_time_total += held_s
+        self._ends_sum = self._ends_sum - self.env.now if self._busy else 0.0
+        ewma = self.hold_ewma_s
+        a = self.hold_alpha
+        self.hold_ewma_s = held_s if ewma is None else a * held_s + (1 - a) * ewma
         self.resource.release(req)
+
+    def expected_wait_s(self) -> float:
+        """Expected wait of a segment joining the queue now (FIFO, all slots alike).
+
+        Zero while a slot is free and nobody waits; otherwise (residual hold time of the busy
+        slots + queue length x EWMA of recent hold times) / slots. Before the first hold has
+        finished, the mean residual of the segments in service stands in for the EWMA.
+        """
+        busy, queue = self._busy, self._queue
+        if busy < self.slots and queue == 0:
+            return 0.0
+        now = self.env.now
+        residual = max(self._ends_sum - busy * now, 0.0)
+        mean_hold = self.hold_ewma_s
+        if mean_hold is None:
+            mean_hold = residual / busy if busy else 0.0
+        return (residual + queue * mean_hold) / self.slots
 
     def finish(self) -> None:
         """Close the integrals at the current time."""

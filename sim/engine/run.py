@@ -9,13 +9,15 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
-from sim.engine.network import UP, LinkModel, Medium
+from sim.engine.network import DOWN, UP, LinkModel, Medium
 from sim.engine.planner import CLIENT, SERVER, Planner, ProblemBook
 from sim.engine.resources import ServerPool
 from sim.engine.workload import Arrivals
 
 # request status codes in the record arrays
 _PENDING, _DONE, _REJECTED = 0, 1, 2
+# plan index of a request planned at its arrival (load-aware policy or link estimate)
+_AT_ARRIVAL = -2
 # a program op: a transfer on a fixed link, its time known in advance
 _FIXED = 3
 
@@ -46,6 +48,7 @@ class RunResult:
     backlog_at_stop: int
     cached_plans: int
     events: int
+    client_energy_j: np.ndarray | None = None
 
 
 class Simulation:
@@ -65,8 +68,9 @@ class Simulation:
         self.ld, self.policy, self.arr = ld, policy, arrivals
         self.env = simpy.Environment()
         self.server = ServerPool(
-            self.env, sc.server.slots, sc.server.discipline == "edf", sc.server.max_queue
-        )
+            self.env, sc.server.slots, sc.server.discipline == "edf", sc.server.max_queue,
+            hold_alpha=sc.split.wait_ewma_alpha,
+        )  # fmt: skip
         self.devices = [simpy.Resource(self.env, 1) for _ in range(sc.total_clients)]
         media: dict[str, Medium] = {}
         jitter_rngs = [np.random.default_rng(s) for s in jitter_seed.spawn(len(sc.clients))]
@@ -77,6 +81,13 @@ class Simulation:
                 medium = media.setdefault(g.link.shared, Medium(self.env, g.link.shared))
             self.links.append(LinkModel(g.link, ld.bandwidth_traces[i], medium, jitter_rngs[i]))
         self.planner = Planner(book, policy)
+        self.link_estimate = sc.split.link_estimate
+        self.link_alpha = sc.split.link_ewma_alpha
+        self._observe = self.link_estimate == "ewma"
+        # client energy: device power (W; 0 when the spec has none) and radio J per byte
+        devs = ld.client_devices
+        self._power_w = [float(d.power_w or 0.0) for d in devs]
+        self._radio_j_per_byte = [8e-9 * d.radio_nj_per_bit for d in devs]
         self.progress = progress
         self.log = log  # optional event log: (time_s, event, request_id), for exact-timeline tests
         mix = ld.scenario.workload.mix
@@ -92,7 +103,10 @@ class Simulation:
         self.work, self.only_work = f(), f()
         self.units = np.zeros(n, np.int32)
         self.switches = np.zeros(n, np.int32)
+        self.energy = np.zeros(n)
         self.in_flight = 0
+        self._deadline_of: dict[tuple, float] = {}
+        self._dyn_programs: dict[int, tuple] = {}
         self.stop_s = 0.0
         self.backlog_at_stop = 0
 
@@ -114,7 +128,7 @@ class Simulation:
             self.planned, self.feasible, self.s_wait, self.s_busy, self.c_wait, self.c_busy,
             self.xfer, self.work, self.only_work, self.units, self.switches, self.server,
             self.stop_s, float(self.env.now), self.backlog_at_stop,
-            self.planner.cached_plans, events,
+            self.planner.cached_plans, events, self.energy,
         )  # fmt: skip
 
     def _status_codes(self) -> np.ndarray:
@@ -127,6 +141,9 @@ class Simulation:
         Each plan becomes a program for the engine: its segments with the transfers on
         fixed links (no trace, jitter or shared medium) turned into a wait of known length,
         computed exactly as `_transfer` would, and its busy times summed in segment order.
+        When the planner is dynamic (a load-aware policy or a non-nominal link estimate)
+        requests of a model are planned at arrival instead (`_plan_at_arrival`); only
+        their deadlines are filled here.
         """
         arr, mix = self.arr, self.ld.scenario.workload.mix
         n = len(arr)
@@ -138,11 +155,18 @@ class Simulation:
             arr.klass.tolist(), arr.group.tolist(),
             arr.prompt_tokens.tolist(), arr.output_tokens.tolist(), strict=True,
         )  # fmt: skip
+        dynamic = getattr(self.planner, "dynamic", False)  # stand-in planners: static
+        self._keys: list = []
         for i, key in enumerate(keys):
             p = index.get(key)
+            if dynamic:
+                self._keys.append(key)
             if p is None:
                 if synthetic[key[0]]:
                     p = -1
+                elif dynamic:
+                    p = _AT_ARRIVAL
+                    self._deadline_of[key] = self.planner.book.get(*key).deadline_s
                 else:
                     p = len(plans)
                     plans.append((key[1], self.planner.get(*key)))
@@ -150,9 +174,13 @@ class Simulation:
             plan_of[i] = p
         self._plan_of = plan_of
         self._client = arr.client.tolist()
-        self._programs = [self._program(self.links[g], planned) for g, planned in plans]
+        self._group = arr.group.tolist()
+        self._programs = [self._program(g, planned) for g, planned in plans]
 
         pid = np.array(plan_of, np.intp)
+        if dynamic:
+            at_arrival = np.flatnonzero(pid == _AT_ARRIVAL)
+            self.deadline_s[at_arrival] = [self._deadline_of[self._keys[i]] for i in at_arrival]
         model = pid >= 0
         if plans:
             at = pid[model]
@@ -164,8 +192,8 @@ class Simulation:
             self.only_work[model] = np.array([p.server_only_work for p in ps])[at]
             self.units[model] = np.array([p.plan.client_units for p in ps])[at]
             self.switches[model] = np.array([p.plan.switches for p in ps])[at]
-        if not model.all():  # synthetic requests: one server segment of the drawn time
-            idx = np.flatnonzero(~model)
+        if (pid == -1).any():  # synthetic requests: one server segment of the drawn time
+            idx = np.flatnonzero(pid == -1)
             service = arr.service_s[idx]
             deadline = np.empty(idx.size)
             klass = arr.klass[idx]
@@ -179,11 +207,12 @@ class Simulation:
         self._service = arr.service_s.tolist()
         self._deadline = self.deadline_s.tolist()
 
-    @staticmethod
-    def _program(link: LinkModel, planned) -> tuple:
-        """(ops, segments, has_server, server busy, client busy) of one plan on one link."""
+    def _program(self, group: int, planned) -> tuple:
+        """(ops, segments, has_server, server busy, client busy, client energy) of one plan
+        on one client group's link."""
+        link = self.links[group]
         ops = []
-        s_busy = c_busy = 0.0
+        s_busy = c_busy = nbytes = 0.0
         for seg in planned.segments:
             kind = seg[0]
             if kind == SERVER:
@@ -193,10 +222,40 @@ class Simulation:
                 c_busy += seg[1]
                 ops.append(seg)
             elif link.fixed:
+                nbytes += seg[2]
                 ops.append((_FIXED, link.fixed_s(seg[1], seg[2], seg[3])))
             else:
+                nbytes += seg[2]
                 ops.append(seg)
-        return tuple(ops), planned.segments, planned.has_server, s_busy, c_busy
+        energy = self._energy_j(group, c_busy, nbytes)
+        return tuple(ops), planned.segments, planned.has_server, s_busy, c_busy, energy
+
+    def _energy_j(self, group: int, client_busy_s: float, nbytes: float) -> float:
+        """Client energy of a request: device power x busy time + radio energy per bit."""
+        return self._power_w[group] * client_busy_s + self._radio_j_per_byte[group] * nbytes
+
+    def _plan_at_arrival(self, i: int) -> tuple:
+        """Plan request i now, with the current server-wait and link estimates."""
+        planner, g = self.planner, self._group[i]
+        wait = self.server.expected_wait_s() if planner.load_aware else 0.0
+        link = self.links[g]
+        if self.link_estimate == "oracle":
+            now = self.env.now
+            up, down = link.mbps(UP, now), link.mbps(DOWN, now)
+        elif self.link_estimate == "ewma":
+            up, down = link.estimate_mbps
+        else:
+            up, down = link.nominal_mbps
+        planned = planner.get_at(self._keys[i], wait, up, down)
+        cache = self._dyn_programs
+        program = cache.get(id(planned))
+        if program is None:
+            program = cache[id(planned)] = (self._program(g, planned), planned)
+        plan = planned.plan
+        self.planned[i], self.feasible[i] = plan.latency, plan.feasible
+        self.work[i], self.only_work[i] = plan.server_work, planned.server_only_work
+        self.units[i], self.switches[i] = plan.client_units, plan.switches
+        return program[0]
 
     def _arrivals(self):
         env = self.env
@@ -218,10 +277,12 @@ class Simulation:
         if log is not None:
             log.append((env.now, "arrive", i))
         p = self._plan_of[i]
-        if p < 0:  # a validation request: one server segment of its drawn time, no network
+        if p == -1:  # a validation request: one server segment of its drawn time, no network
             service = self._service[i]
             segments = ((SERVER, service),)
-            program = (segments, segments, True, service, 0.0)
+            program = (segments, segments, True, service, 0.0, 0.0)
+        elif p == _AT_ARRIVAL:
+            program = self._plan_at_arrival(i)
         else:
             program = self._programs[p]
         self.in_flight += 1
@@ -234,7 +295,7 @@ class Simulation:
         """A request without the event log: the same events as `_request`, less overhead."""
         env, server = self.env, self.server
         timeout = env.timeout
-        ops, _, _, s_busy, c_busy = program
+        ops, _, _, s_busy, c_busy, energy = program
         priority = env.now + self._deadline[i] if server.edf else 0.0
         device = self.devices[self._client[i]]
         s_wait = c_wait = xfer = 0.0
@@ -250,7 +311,7 @@ class Simulation:
                     return
                 req = server.request(priority)
                 yield req
-                server.granted()
+                server.granted(op[1])
                 s_wait += env.now - t0
                 yield timeout(op[1])
                 server.release(req, op[1])
@@ -267,6 +328,7 @@ class Simulation:
         self.status[i] = _DONE
         self.s_wait[i], self.s_busy[i], self.c_wait[i] = s_wait, s_busy, c_wait
         self.c_busy[i], self.xfer[i] = c_busy, xfer
+        self.energy[i] = energy
         self.in_flight -= 1
 
     def _request(self, i: int, segments: tuple, deadline_s: float):
@@ -278,7 +340,7 @@ class Simulation:
         device = self.devices[arr.client[i]]
         link = self.links[arr.group[i]]
         log = self.log
-        s_wait = s_busy = c_wait = c_busy = xfer = 0.0
+        s_wait = s_busy = c_wait = c_busy = xfer = nbytes = 0.0
         for seg in segments:
             kind = seg[0]
             t0 = env.now
@@ -288,7 +350,7 @@ class Simulation:
                     return
                 req = server.request(priority)
                 yield req
-                server.granted()
+                server.granted(seg[1])
                 if log is not None:
                     log.append((t0, "server_queue", i))
                     log.append((env.now, "server_start", i))
@@ -310,6 +372,7 @@ class Simulation:
                     log.append((t0, "uplink_start" if seg[1] == UP else "downlink_start", i))
                 yield from self._transfer(link, seg[1], seg[2], seg[3])
                 xfer += env.now - t0
+                nbytes += seg[2]
             if log is not None:
                 log.append((env.now, ("client_end", "server_end", "transfer_end")[kind], i))
         if log is not None:
@@ -318,6 +381,7 @@ class Simulation:
         self.status[i] = _DONE
         self.s_wait[i], self.s_busy[i], self.c_wait[i] = s_wait, s_busy, c_wait
         self.c_busy[i], self.xfer[i] = c_busy, xfer
+        self.energy[i] = self._energy_j(self._group[i], c_busy, nbytes)
         self.in_flight -= 1
 
     def _reject(self, i: int) -> None:
@@ -333,10 +397,15 @@ class Simulation:
         delay = link.delay_s(crossings)
         if link.medium is None:
             yield env.timeout(serial + delay)
+            if self._observe:  # the estimate learns a transfer's rate when it completes
+                link.observe(direction, nbytes, serial, self.link_alpha)
             return
         channel = link.medium.channels[direction]
+        t0 = env.now
         req = channel.request()
         yield req
         yield env.timeout(serial)
         channel.release(req)
+        if self._observe:
+            link.observe(direction, nbytes, env.now - t0, self.link_alpha)
         yield env.timeout(delay)

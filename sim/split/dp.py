@@ -117,20 +117,27 @@ def _trace(g: dict, loc: int, t: int, from_s, from_c) -> np.ndarray:
     return np.array(on_client, bool)
 
 
+def _entry_times(problem: SplitProblem) -> np.ndarray:
+    """Cost of each client -> server switch: the uplink plus the expected server wait."""
+    if problem.server_entry_time:
+        return problem.uplink_time + problem.server_entry_time
+    return problem.uplink_time
+
+
 def _grid(problem: SplitProblem, step: float) -> dict:
     L = problem.n_units
     dn_end_loop = problem.downlink_time[L] - problem.loop_downlink_time
     return {
         "cc": grid_steps(problem.client_time, step),
         "cs": grid_steps(problem.server_time, step),
-        "up": grid_steps(problem.uplink_time, step),
+        "up": grid_steps(_entry_times(problem), step),
         "dn": grid_steps(problem.downlink_time, step),
         "loop_up": int(grid_steps(problem.loop_uplink_time, step)),
         "dn_end_loop": int(grid_steps(max(dn_end_loop, 0.0), step)),
     }
 
 
-def solve_dp(problem: SplitProblem, time_step: float | None = None) -> Plan:
+def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = "dp") -> Plan:
     """Least server work within the deadline, on a latency grid of `time_step` seconds."""
     if not np.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
@@ -146,15 +153,16 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None) -> Plan:
         if found and (best is None or (found[0], found[1]) < (best[0], best[1])):
             best = found
     if best is None:
-        return fastest_plan(problem, "dp", reason="no placement fits the deadline on the grid")
+        return fastest_plan(problem, name, reason="no placement fits the deadline on the grid")
     _, _, loc, t_last, from_s, from_c = best
     on_client = _trace(g, loc, t_last, from_s, from_c)
-    return make_plan(problem, on_client, "dp", time_step=step)
+    return make_plan(problem, on_client, name, time_step=step)
 
 
 def fastest_placement(problem: SplitProblem) -> np.ndarray:
     """The exact least-latency placement (ties: least server work); exact, no grid."""
     L = problem.n_units
+    entry = _entry_times(problem)
     best_key, best_oc = None, None
     starts = (0, 1) if problem.has_loop else (None,)
     for start_on in starts:
@@ -175,11 +183,7 @@ def fastest_placement(problem: SplitProblem) -> np.ndarray:
                 options = []
                 for p in (0, 1):
                     lat, wk, path = prev[p]
-                    hop = (
-                        0.0
-                        if p == loc
-                        else (problem.uplink_time[u] if loc else problem.downlink_time[u])
-                    )
+                    hop = 0.0 if p == loc else (entry[u] if loc else problem.downlink_time[u])
                     options.append((lat + hop + run, wk + w, path))
                 lat, wk, path = min(options, key=lambda o: (o[0], o[1]))
                 cur[loc] = (lat, wk, path + [loc == 0])

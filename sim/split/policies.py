@@ -7,6 +7,7 @@ meets the deadline it returns the least-latency placement with `feasible=False`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,10 +30,40 @@ def _finish(problem: SplitProblem, on_client: np.ndarray, name: str) -> Plan:
     return plan if plan.feasible else fastest_plan(problem, name)
 
 
+# Policies whose plan depends on the server's live state: the engine plans their requests
+# at arrival with the current expected server wait (`solve(..., server_wait_s=...)`).
+LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware"})
+
+
 @POLICIES.register("dp")
-def dp(problem: SplitProblem, time_step: float | None = None) -> Plan:
+def dp(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
     """The SplitLLM dynamic program: least server work within the deadline."""
     return solve_dp(problem, time_step)
+
+
+@POLICIES.register("dp_queue_aware")
+def dp_queue_aware(
+    problem: SplitProblem, time_step: float | None = None, server_wait_s: float = 0.0, **_
+) -> Plan:
+    """The DP with the server's expected wait added to every entry onto the server.
+
+    `server_wait_s` (s) is added to the problem's `server_entry_time`: each client -> server
+    switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait, so
+    under load the DP trades server entries for client work. With `server_wait_s=0` it is
+    exactly `dp`. The plan's latency includes the expected waits. When the wait leaves no
+    placement within the deadline it returns dp's plan without the wait (`fallback`,
+    `feasible=False`), not the least-latency placement: that one would send everything to
+    the server just when it is overloaded.
+    """
+    if not server_wait_s:
+        return solve_dp(problem, time_step, name="dp_queue_aware")
+    entry = problem.server_entry_time + float(server_wait_s)
+    waited = replace(problem, server_entry_time=entry)
+    plan = solve_dp(waited, time_step, name="dp_queue_aware")
+    if plan.feasible:
+        return plan
+    unloaded = solve_dp(problem, time_step)
+    return make_plan(waited, unloaded.on_client, "dp_queue_aware", fallback=True, wait=True)
 
 
 @POLICIES.register("server_only")
@@ -108,7 +139,18 @@ def greedy_ratio(problem: SplitProblem, **_) -> Plan:
     return make_plan(problem, on_client, "greedy_ratio")
 
 
-def solve(problem: SplitProblem, policy: str = "dp", time_step: float | None = None) -> Plan:
-    """Place the problem's units with the named policy."""
+def solve(
+    problem: SplitProblem,
+    policy: str = "dp",
+    time_step: float | None = None,
+    server_wait_s: float = 0.0,
+) -> Plan:
+    """Place the problem's units with the named policy.
+
+    `server_wait_s` is the expected server wait per entry; only load-aware policies
+    (`LOAD_AWARE`) use it, the others ignore it.
+    """
     fn = POLICIES.get(policy)
+    if policy in LOAD_AWARE:
+        return fn(problem, time_step=time_step, server_wait_s=server_wait_s)
     return fn(problem, time_step=time_step)

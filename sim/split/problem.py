@@ -11,6 +11,11 @@ unit `loop_start`. `downlink_time[L]` includes streaming those tokens to the cli
 final token's delivery waits (`loop_downlink_time` is refunded). When `loop_start` runs on
 the server but the last unit on the client, each token must go up again
 (`loop_uplink_time` is added).
+
+`server_entry_time` (default 0) is added once per entry onto the server, i.e. per
+client -> server switch, including the start when unit 0 runs on the server: the expected
+queueing delay of each server segment, which load-aware policies set from the live server
+state (each server segment queues separately in the engine).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class SplitProblem:
     loop_start: int = 0
     loop_uplink_time: float = 0.0
     loop_downlink_time: float = 0.0
+    server_entry_time: float = 0.0
 
     def __post_init__(self) -> None:
         n = np.asarray(self.client_time).reshape(-1).shape[0]
@@ -62,6 +68,8 @@ class SplitProblem:
             raise ValueError("deadline must be > 0")
         if not 0 <= self.loop_start < n:
             raise ValueError(f"loop_start must be in 0..{n - 1}")
+        if not (np.isfinite(self.server_entry_time) and self.server_entry_time >= 0):
+            raise ValueError("server_entry_time must be finite and >= 0")
         if self.loop_downlink_time > self.downlink_time[n] + 1e-12:
             raise ValueError("loop_downlink_time is part of downlink_time[L] and cannot exceed it")
 
@@ -107,6 +115,8 @@ def evaluate_many(problem: SplitProblem, on_client: np.ndarray) -> tuple[np.ndar
     up = path[:, :-1] & ~path[:, 1:]  # client before boundary b, server after
     down = ~path[:, :-1] & path[:, 1:]
     links = up.astype(float) @ problem.uplink_time + down.astype(float) @ problem.downlink_time
+    if problem.server_entry_time:  # one expected wait per entry onto the server
+        links = links + up.sum(axis=1) * problem.server_entry_time
     latency = compute + links
     if problem.has_loop:
         start_server = on_server[:, problem.loop_start]
