@@ -36,6 +36,14 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "client_units",
     "switches",
     "client_energy_j",  # client power_w x client_busy_s + radio energy of its transfers
+    # token granularity only (NaN with simulation.granularity: request), vLLM's terms:
+    "ttft_s",  # time to first token: arrival to the first output token at the client
+    "tpot_s",  # time per output token after the first: (last - first token) / (tokens - 1)
+    "itl_p50_s",  # inter-token latency at the client, median over the request's gaps
+    "itl_p99_s",
+    "itl_max_s",
+    "ttft_deadline_s",  # the request class's SLAs on TTFT and TPOT (NaN when not given)
+    "tpot_deadline_s",
 )
 
 STATUS_COMPLETED = "completed"
@@ -70,6 +78,24 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "client_units_mean",
     "switches_mean",
     "client_energy_j_mean",
+    # token granularity only (NaN with simulation.granularity: request)
+    "ttft_mean_s",
+    "ttft_p50_s",
+    "ttft_p99_s",
+    "tpot_mean_s",
+    "tpot_p50_s",
+    "tpot_p99_s",
+    "itl_p50_s",  # over every inter-token gap of the completed requests
+    "itl_p95_s",
+    "itl_p99_s",
+    "output_tokens_per_s",  # output tokens of completed requests per second of the window
+    "server_tokens_per_s",  # prefill + decode tokens the server processed per second
+    "batch_size_mean",  # requests per iteration, time-weighted (0 while idle)
+    "batch_size_max",
+    "kv_memory_gb_mean",  # server KV cache in use, time-weighted
+    "kv_memory_gb_max",
+    "kv_memory_gb_capacity",
+    "preemptions",
 )
 
 # Server state over time (timeseries.csv): time-weighted means over equal bins.
@@ -80,6 +106,8 @@ TIMESERIES_COLUMNS: tuple[str, ...] = (
     "server_busy_slots",
     "server_utilization",
     "queue_length",
+    "batch_size",  # token granularity only (NaN otherwise): requests per iteration
+    "kv_memory_gb",  # token granularity only: server KV cache in use
 )
 
 # Static allocation studies (allocation.csv): one row per study point, model and policy,

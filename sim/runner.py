@@ -17,6 +17,7 @@ import sim
 from sim.config import LoadedScenario, effective_dict
 from sim.engine.planner import ProblemBook
 from sim.engine.run import RunResult, Simulation
+from sim.engine.token import TokenSimulation
 from sim.engine.workload import Streams, generate_arrivals, offered_rate, replication_seeds
 from sim.output import write_result_folder
 from sim.records import (
@@ -27,7 +28,7 @@ from sim.records import (
     SUMMARY_COLUMNS,
     TIMESERIES_COLUMNS,
 )
-from sim.summary import summarize
+from sim.summary import TOKEN_SUMMARY_KEYS, summarize, token_summary
 
 
 @dataclass
@@ -56,6 +57,18 @@ def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame
         np.where(res.status == 2, STATUS_REJECTED, STATUS_IN_FLIGHT),
     )
     latency = res.finish_s - arr.time_s
+    n = len(arr)
+    nan = np.full(n, np.nan)
+    tok = res.token
+    ttft_dl = np.array([c.ttft_deadline_s or np.nan for c in mix], float)[arr.klass]
+    tpot_dl = np.array([c.tpot_deadline_s or np.nan for c in mix], float)[arr.klass]
+    sla_met = (res.status == 1) & (latency <= res.deadline_s)
+    if tok is not None:  # every SLA the class gives must hold
+        e2e = np.array([c.deadline_s is not None or c.deadline_factor is not None for c in mix])
+        ok_e2e = ~e2e[arr.klass] | (latency <= res.deadline_s)
+        ok_ttft = np.isnan(ttft_dl) | (tok.ttft_s <= ttft_dl)
+        ok_tpot = np.isnan(tpot_dl) | np.isnan(tok.tpot_s) | (tok.tpot_s <= tpot_dl)
+        sla_met = (res.status == 1) & ok_e2e & ok_ttft & ok_tpot
     cols = {
         "policy": res.policy,
         "replication": replication,
@@ -72,7 +85,7 @@ def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame
         "finish_s": res.finish_s,
         "latency_s": latency,
         "deadline_s": res.deadline_s,
-        "sla_met": (res.status == 1) & (latency <= res.deadline_s),
+        "sla_met": sla_met,
         "planned_latency_s": res.planned_latency_s,
         "plan_feasible": res.plan_feasible,
         "server_wait_s": res.server_wait_s,
@@ -85,12 +98,22 @@ def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame
         "client_units": res.client_units,
         "switches": res.switches,
         "client_energy_j": res.client_energy_j,
+        "ttft_s": tok.ttft_s if tok is not None else nan,
+        "tpot_s": tok.tpot_s if tok is not None else nan,
+        "itl_p50_s": tok.itl_p50_s if tok is not None else nan,
+        "itl_p99_s": tok.itl_p99_s if tok is not None else nan,
+        "itl_max_s": tok.itl_max_s if tok is not None else nan,
+        "ttft_deadline_s": ttft_dl,
+        "tpot_deadline_s": tpot_dl,
     }
     return pd.DataFrame(cols, columns=list(REQUEST_COLUMNS))
 
 
 def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
     t, busy, queue = res.server.binned(res.end_s, bins)
+    tok = res.token
+    batch = tok.batch.binned(res.end_s, bins) if tok is not None else np.full(len(t), np.nan)
+    kv = tok.kv_bytes.binned(res.end_s, bins) / 1e9 if tok is not None else np.full(len(t), np.nan)
     return pd.DataFrame(
         {
             "policy": res.policy,
@@ -99,6 +122,8 @@ def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
             "server_busy_slots": busy,
             "server_utilization": busy / res.server.slots,
             "queue_length": queue,
+            "batch_size": batch,
+            "kv_memory_gb": kv,
         },
         columns=list(TIMESERIES_COLUMNS),
     )
@@ -132,8 +157,29 @@ def run_one(
     rate = offered_rate(ld, _server_only_time(ld, book))
     streams = Streams.spawn(seq)
     arrivals = generate_arrivals(ld, streams, rate)
-    sim_ = Simulation(ld, policy, arrivals, streams.jitter_seed, book, log=log)
+    engine = TokenSimulation if ld.scenario.simulation.granularity == "token" else Simulation
+    sim_ = engine(ld, policy, arrivals, streams.jitter_seed, book, log=log)
     return sim_.run()
+
+
+def _token_row(frame: pd.DataFrame, res: RunResult, warmup_s: float) -> dict:
+    """The summary's token-granularity metrics (all NaN for a request-granularity run)."""
+    tok = res.token
+    if tok is None:
+        return dict.fromkeys(TOKEN_SUMMARY_KEYS, float("nan"))
+    row = token_summary(frame, warmup_s, res.end_s, tok.gaps)
+    window = res.end_s - warmup_s
+    tokens = tok.server_tokens
+    done_by = lambda t: float(np.asarray(tokens.level)[np.asarray(tokens.t) <= t][-1])  # noqa: E731
+    served = done_by(res.end_s) - done_by(warmup_s)
+    row["server_tokens_per_s"] = served / window if window > 0 else float("nan")
+    row["batch_size_mean"] = tok.batch.mean(warmup_s, res.end_s)
+    row["batch_size_max"] = tok.batch.max(warmup_s, res.end_s)
+    row["kv_memory_gb_mean"] = tok.kv_bytes.mean(warmup_s, res.end_s) / 1e9
+    row["kv_memory_gb_max"] = tok.kv_bytes.max(warmup_s, res.end_s) / 1e9
+    row["kv_memory_gb_capacity"] = tok.kv_capacity_bytes / 1e9
+    row["preemptions"] = tok.preemptions
+    return row
 
 
 def simulate(
@@ -152,13 +198,15 @@ def simulate(
         streams = Streams.spawn(seq)
         arrivals = generate_arrivals(ld, streams, rate)  # shared by every policy
         for policy in sc.policies:
-            sim_ = Simulation(ld, policy, arrivals, streams.jitter_seed, book, progress)
+            engine = TokenSimulation if sc.simulation.granularity == "token" else Simulation
+            sim_ = engine(ld, policy, arrivals, streams.jitter_seed, book, progress)
             res = sim_.run()
             frame = _frame(ld, res, rep)
             util = res.server.utilization(sc.warmup_s, res.end_s)
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
             row["offered_rate_per_s"] = rate if np.isfinite(rate) else len(arrivals) / res.stop_s
+            row.update(_token_row(frame, res, sc.warmup_s))
             summaries.append({"policy": policy, "replication": rep, **row})
             frames.append(frame)
             series.append(_timeseries(res, rep, sc.output.timeseries_bins))

@@ -56,3 +56,42 @@ def summarize(
         "switches_mean": mean("switches", admitted),
         "client_energy_j_mean": mean("client_energy_j"),
     }
+
+
+TOKEN_SUMMARY_KEYS = (
+    "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s", "tpot_p99_s",
+    "itl_p50_s", "itl_p95_s", "itl_p99_s", "output_tokens_per_s", "server_tokens_per_s",
+    "batch_size_mean", "batch_size_max", "kv_memory_gb_mean", "kv_memory_gb_max",
+    "kv_memory_gb_capacity", "preemptions",
+)  # fmt: skip
+
+
+def token_summary(frame: pd.DataFrame, warmup_s: float, end_s: float, gaps: list) -> dict:
+    """vLLM-style metrics from the request records of a token-granularity run.
+
+    `gaps` holds each request's inter-token gaps (None when it made fewer than two tokens
+    or did not finish); the ITL percentiles pool the gaps of completed requests that
+    arrived after warm-up. Server-state metrics are filled in by the runner.
+    """
+    keep = (frame["arrival_s"] >= warmup_s).to_numpy()
+    done = keep & (frame["status"] == STATUS_COMPLETED).to_numpy()
+    window_s = max(end_s - warmup_s, 0.0)
+
+    def stats(col: str) -> tuple[float, float, float]:
+        v = frame[col].to_numpy()[done]
+        v = v[np.isfinite(v)]
+        if not v.size:
+            return (float("nan"),) * 3
+        return float(v.mean()), float(np.percentile(v, 50)), float(np.percentile(v, 99))
+
+    pooled = [g for g, d in zip(gaps, done, strict=True) if d and g is not None]
+    all_gaps = np.concatenate(pooled) if pooled else np.zeros(0)
+    itl = np.percentile(all_gaps, [50, 95, 99]) if all_gaps.size else [float("nan")] * 3
+    out_tokens = float(frame["output_tokens"].to_numpy()[done].sum())
+    ttft, tpot = stats("ttft_s"), stats("tpot_s")
+    return {
+        "ttft_mean_s": ttft[0], "ttft_p50_s": ttft[1], "ttft_p99_s": ttft[2],
+        "tpot_mean_s": tpot[0], "tpot_p50_s": tpot[1], "tpot_p99_s": tpot[2],
+        "itl_p50_s": float(itl[0]), "itl_p95_s": float(itl[1]), "itl_p99_s": float(itl[2]),
+        "output_tokens_per_s": out_tokens / window_s if window_s > 0 else float("nan"),
+    }  # fmt: skip

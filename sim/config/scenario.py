@@ -109,6 +109,12 @@ class RequestClass(Section):
     prompt_tokens: Dist = Field(default_factory=lambda: Fixed(value=128))
     output_tokens: Dist = Field(default_factory=lambda: Fixed(value=0))
     deadline_s: PositiveFloat | None = None
+    ttft_deadline_s: PositiveFloat | None = Field(
+        None, description="token granularity: SLA on time to first token (s)"
+    )
+    tpot_deadline_s: PositiveFloat | None = Field(
+        None, description="token granularity: SLA on mean time per output token after the first (s)"
+    )
     deadline_factor: PositiveFloat | None = Field(
         None, description="deadline = factor x the request's server-only nominal latency"
     )
@@ -119,8 +125,16 @@ class RequestClass(Section):
 
     @model_validator(mode="after")
     def _one_deadline(self) -> RequestClass:
-        if (self.deadline_s is None) == (self.deadline_factor is None):
+        both = self.deadline_s is not None and self.deadline_factor is not None
+        token_sla = self.ttft_deadline_s is not None or self.tpot_deadline_s is not None
+        if both or (self.deadline_s is None and self.deadline_factor is None and not token_sla):
             raise ValueError("give exactly one of deadline_s, deadline_factor")
+        no_e2e = self.deadline_s is None and self.deadline_factor is None
+        if no_e2e and (self.ttft_deadline_s is None or self.tpot_deadline_s is None):
+            raise ValueError("without deadline_s or deadline_factor give both ttft_deadline_s "
+                             "and tpot_deadline_s")  # fmt: skip
+        if token_sla and self.task != "generate":
+            raise ValueError("ttft_deadline_s and tpot_deadline_s are for task generate")
         if self.task == "synthetic" and self.service_s is None:
             raise ValueError("task synthetic needs service_s")
         if self.task != "synthetic" and self.model is None:
@@ -170,6 +184,34 @@ class SplitConfig(Section):
     )
 
 
+class SimulationConfig(Section):
+    """How the engine runs requests: whole server segments, or token by token with batching."""
+
+    granularity: Literal["request", "token"] = Field(
+        "request",
+        description="request: each server segment holds a slot for its whole time; token: "
+        "prefill and every decode step go through an iteration-level batching server",
+    )
+    max_batch_requests: PositiveInt = Field(
+        256, description="token: most requests running on the server at once (vLLM max_num_seqs)"
+    )
+    max_batch_tokens: PositiveInt = Field(
+        8192, description="token: new tokens per server iteration (prefill budget; no chunking)"
+    )
+    kv_memory_gb: PositiveFloat | None = Field(
+        None, description="token: server KV-cache memory; default kv_memory_fraction of the rest"
+    )
+    kv_memory_fraction: float = Field(
+        0.9, gt=0, le=1,
+        description="token: share of server memory left after the models' weights kept for KV",
+    )  # fmt: skip
+    on_kv_full: Literal["wait", "preempt"] = Field(
+        "wait",
+        description="token: wait = reserve a request's final KV at admission; preempt = grow KV "
+        "per token and preempt (recompute) the newest request when memory runs out",
+    )
+
+
 class OutputConfig(Section):
     format: Literal["csv", "parquet"] = "csv"
     timeseries_bins: PositiveInt = Field(200, description="bins of the utilisation time series")
@@ -196,6 +238,7 @@ class Scenario(Section):
     clients: list[ClientGroup] = Field(min_length=1)
     workload: WorkloadConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("clients")
@@ -215,6 +258,16 @@ class Scenario(Section):
             raise ValueError("warmup_s must be shorter than duration_s")
         if len(set(self.policies)) != len(self.policies):
             raise ValueError("policies must not repeat")
+        if self.simulation.granularity == "request":
+            for c in self.workload.mix:
+                if c.ttft_deadline_s is not None or c.tpot_deadline_s is not None:
+                    raise ValueError(
+                        f"request class '{c.name}': ttft_deadline_s / tpot_deadline_s need "
+                        "simulation.granularity: token"
+                    )
+        else:
+            if any(c.task == "synthetic" for c in self.workload.mix):
+                raise ValueError("task synthetic is not supported with granularity token")
         return self
 
     @property

@@ -138,6 +138,11 @@ class ProblemBook:
             objective=self.split.objective, granularity=self.split.granularity, work=work,
         )  # fmt: skip
         deadline = cls.deadline_s
+        if deadline is None and cls.deadline_factor is None:
+            # token SLAs only: plan for the end-to-end time they allow together
+            deadline = (cls.ttft_deadline_s or 0.0) + (cls.tpot_deadline_s or 0.0) * max(
+                output - 1, 0
+            )
         if deadline is None:  # relative SLA: a multiple of the server-only nominal latency
             server_only = solve(problem, "server_only")
             deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]

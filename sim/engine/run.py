@@ -49,6 +49,7 @@ class RunResult:
     cached_plans: int
     events: int
     client_energy_j: np.ndarray | None = None
+    token: object | None = None  # token granularity: `sim.engine.token.TokenStats`
 
 
 class Simulation:

@@ -1,0 +1,169 @@
+"""Iteration-level server costs: one roofline over a whole batch (continuous batching).
+
+An iteration runs every scheduled request's server work at once. Per server unit used in
+the iteration, the time is the roofline of the batch as a whole:
+
+    max(sum of the requests' FLOPs / FLOP/s, (weight bytes once + sum of the requests'
+        own bytes: KV-cache reads and writes, activations, gathered embeddings) / bytes/s)
+    + the device's per-unit overhead once
+
+so batching amortises weight reads, and offloading some requests' units removes only
+their own FLOPs and KV bytes, not the weight reads the other requests still need. Units
+of different models are separate kernels: their times add. With one request the time is
+exactly the request-granularity unit time (the same RequestWork coefficients).
+"""
+
+from __future__ import annotations
+
+from array import array
+from functools import cache
+
+import numpy as np
+
+from sim.catalog.specs import ModelSpec
+from sim.costs.units import Unit
+from sim.costs.work import Pass, _unit_cost
+
+_EPS_TOKENS = 1e-12  # a pass of (almost) no tokens reads exactly the shared weights
+
+
+@cache
+def weight_read_bytes(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
+    """Bytes of weights each unit reads once per pass, whatever the number of tokens.
+
+    The limit of a pass's bytes as its tokens go to zero: full weight matrices of blocks and
+    heads; a text embedding only gathers its tokens' rows, so it has no shared read.
+    """
+    p = Pass(tokens=_EPS_TOKENS, out_tokens=_EPS_TOKENS)
+    out = np.array([_unit_cost(model, u, p)[1] for u in units])
+    out = np.where(out < 1.0, 0.0, out)  # only the vanishing per-token part was left
+    out.setflags(write=False)
+    return out
+
+
+class DecodeGroup:
+    """Requests of one model whose decode-step coefficients agree (summed per unit)."""
+
+    __slots__ = ("model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active")
+
+    def __init__(self, model: int, f0, f1, b0_own, b1):
+        self.model, self.f0, self.f1, self.b0, self.b1 = model, f0, f1, b0_own, b1
+        n = len(f0) + 1
+        self.n_diff = [0] * n
+        self.c_diff = [0.0] * n
+        self.active = False
+
+
+class BatchCost:
+    """Accumulates one iteration's work per server unit and prices it by roofline."""
+
+    def __init__(self, flops_per_s: float, bytes_per_s: float, overhead_s: float):
+        self.flops_per_s, self.bytes_per_s, self.overhead_s = flops_per_s, bytes_per_s, overhead_s
+        self.weights: list[np.ndarray] = []  # per model: shared weight bytes per unit
+        self.groups: list[DecodeGroup] = []
+        self._group_of: dict[tuple, int] = {}
+        self._flops: list[np.ndarray] = []
+        self._bytes: list[np.ndarray] = []
+        self._used: list[np.ndarray] = []
+        self._touched: set[int] = set()
+
+    def add_model(self, weights: np.ndarray) -> int:
+        self.weights.append(weights)
+        n = len(weights)
+        self._flops.append(np.zeros(n))
+        self._bytes.append(np.zeros(n))
+        self._used.append(np.zeros(n, bool))
+        return len(self.weights) - 1
+
+    def group(self, model: int, f0, f1, b0, b1) -> int:
+        """The decode group of these coefficients (b0 includes the weights; they are split off)."""
+        key = (model, f0.tobytes(), f1.tobytes(), b0.tobytes(), b1.tobytes())
+        g = self._group_of.get(key)
+        if g is None:
+            own = np.maximum(b0 - self.weights[model], 0.0)
+            self.groups.append(DecodeGroup(model, f0, f1, own, b1))
+            g = self._group_of[key] = len(self.groups) - 1
+        return g
+
+    def add_pass(self, model: int, a: int, b: int, flops: np.ndarray, bytes_own: np.ndarray):
+        """A prefill (or recompute) pass over units a..b-1 (bytes without the shared weights)."""
+        self._flops[model][a:b] += flops[a:b]
+        self._bytes[model][a:b] += bytes_own[a:b]
+        self._used[model][a:b] = True
+        self._touched.add(model)
+
+    def add_step(self, group: int, a: int, b: int, context: float) -> None:
+        """One decode step at `context` cached tokens over units a..b-1."""
+        g = self.groups[group]
+        g.n_diff[a] += 1
+        g.n_diff[b] -= 1
+        g.c_diff[a] += context
+        g.c_diff[b] -= context
+        g.active = True
+
+    def close(self) -> float:
+        """Seconds of the iteration; resets the accumulators."""
+        for g in self.groups:
+            if not g.active:
+                continue
+            n = np.cumsum(g.n_diff[:-1])
+            c = np.cumsum(g.c_diff[:-1])
+            m = g.model
+            self._flops[m] += n * g.f0 + c * g.f1
+            self._bytes[m] += n * g.b0 + c * g.b1
+            self._used[m] |= n > 0
+            self._touched.add(m)
+            k = len(g.n_diff)
+            g.n_diff = [0] * k
+            g.c_diff = [0.0] * k
+            g.active = False
+        total = 0.0
+        for m in self._touched:
+            used = self._used[m]
+            f, b = self._flops[m][used], self._bytes[m][used] + self.weights[m][used]
+            t = np.maximum(f / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
+            total += float(t.sum())
+            self._flops[m][:] = 0.0
+            self._bytes[m][:] = 0.0
+            used[:] = False
+        self._touched.clear()
+        return total
+
+
+class LevelSeries:
+    """A piecewise-constant level (batch size, KV bytes) with its change points."""
+
+    def __init__(self):
+        self.t = array("d", [0.0])
+        self.level = array("d", [0.0])
+
+    def set(self, now: float, value: float) -> None:
+        if self.t[-1] == now:
+            self.level[-1] = value
+        elif self.level[-1] != value:
+            self.t.append(now)
+            self.level.append(value)
+
+    def mean(self, start_s: float, end_s: float) -> float:
+        if end_s <= start_s:
+            return float("nan")
+        t, lv = np.asarray(self.t), np.asarray(self.level)
+        edges = np.clip(np.append(t, end_s), start_s, end_s)
+        return float(np.sum(lv * np.diff(edges)) / (end_s - start_s))
+
+    def max(self, start_s: float, end_s: float) -> float:
+        t, lv = np.asarray(self.t), np.asarray(self.level)
+        nxt = np.append(t[1:], np.inf)
+        on = (nxt > start_s) & (t <= end_s)
+        return float(lv[on].max()) if on.any() else float("nan")
+
+    def binned(self, end_s: float, bins: int) -> np.ndarray:
+        """Time-weighted mean level in each of `bins` equal bins over [0, end_s]."""
+        if end_s <= 0:
+            return np.zeros(0)
+        edges = np.linspace(0.0, end_s, bins + 1)
+        t, lv = np.asarray(self.t), np.asarray(self.level)
+        area = np.concatenate([[0.0], np.cumsum(lv * np.diff(np.append(t, end_s)))])
+        i = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(lv) - 1)
+        at_edges = area[i] + lv[i] * (edges - t[i])
+        return np.diff(at_edges) / np.diff(edges)
