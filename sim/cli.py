@@ -41,6 +41,10 @@ def _add_solve(sub) -> None:
     p.add_argument(
         "--time-step-s", type=float, default=None, help="DP grid (default deadline/2000)"
     )
+    p.add_argument("--client-cost-table", default=None, metavar="CSV",
+                   help="time the client's units from this measured cost table (splitsim profile)")  # fmt: skip
+    p.add_argument("--server-cost-table", default=None, metavar="CSV",
+                   help="time the server's units from this measured cost table")  # fmt: skip
 
 
 def _add_run(sub) -> None:
@@ -58,6 +62,7 @@ def _add_run(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from sim.commands.paper import add_paper_parser
     from sim.commands.plot import add_plot_parser
+    from sim.commands.profile import add_profile_parser
     from sim.commands.sweep import add_sweep_parsers
 
     parser = _Parser(prog="splitsim", description=__doc__)
@@ -67,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parsers(sub)
     add_plot_parser(sub)
     add_paper_parser(sub)
+    add_profile_parser(sub)
     cat = sub.add_parser("catalog", help="list built-in models, devices or policies")
     cat.add_argument("what", choices=["models", "devices", "policies"])
+    cat.add_argument("--scenario", default=None,
+                     help="devices: also list a scenario's devices (cost tables attached)")  # fmt: skip
     return parser
 
 
@@ -82,6 +90,7 @@ _COMMANDS = {
     "plot": ("sim.commands.plot", "run_plot"),
     "paper": ("sim.commands.paper", "run_paper"),
     "catalog": ("sim.commands.catalog", "run_catalog_args"),
+    "profile": ("sim.commands.profile", "run_profile"),
 }
 
 

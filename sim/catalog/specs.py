@@ -117,6 +117,11 @@ class DeviceSpec(_Strict):
         description="client radio energy per bit sent or received (nJ); default 100, an order "
         "of magnitude between LTE/Wi-Fi downlink (~50-140) and uplink (~280-440) nJ/bit",
     )
+    cost_table: str | None = Field(
+        None,
+        description="CSV of measured per-unit seconds (splitsim profile); units it covers are "
+        "timed from it instead of the roofline (path relative to the scenario file)",
+    )
     source: str = ""
 
     def flops_per_s(self, dtype: str) -> float:

@@ -2,16 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sim.catalog import devices, models
 from sim.commands.table import format_table
 from sim.costs import param_count
 
 
 def run_catalog_args(args) -> int:
-    return run_catalog(args.what)
+    return run_catalog(args.what, getattr(args, "scenario", None))
 
 
-def run_catalog(what: str) -> int:
+def _costs(d) -> str:
+    """Where a device's unit times come from: the roofline, or a measured cost table."""
+    if d.cost_table is None:
+        return "roofline"
+    return f"table {Path(d.cost_table).name}"
+
+
+def _devices(scenario: str | None) -> list:
+    if scenario is None:
+        return list(devices().values())
+    from sim.config import load_scenario
+
+    ld = load_scenario(scenario)
+    found = dict(ld.devices)
+    for d in [ld.server_device, *ld.client_devices]:
+        if d is not None:
+            found.setdefault(d.name, d)
+    return list(found.values())
+
+
+def run_catalog(what: str, scenario: str | None = None) -> int:
     if what == "models":
         rows = [
             (
@@ -49,9 +71,9 @@ def run_catalog(what: str) -> int:
                 d.compute_efficiency,
                 d.bandwidth_efficiency,
                 d.overhead_us,
-                "roofline",
+                _costs(d),
             )
-            for d in devices().values()
+            for d in _devices(scenario)
         ]
         header = (
             "device",

@@ -27,12 +27,29 @@ def _check_positive(args: argparse.Namespace) -> None:
         raise UserError("--rtt-ms and --output-tokens must be >= 0")
 
 
+def _with_table(device, path: str | None, flag: str):
+    """The device with a cost table attached (checked now, so errors name the flag)."""
+    if path is None:
+        return device
+    from pathlib import Path
+
+    from sim.costs.tables import load_cost_table
+
+    try:
+        load_cost_table(path).device_for(device.name)
+    except UserError as err:
+        raise UserError(f"{flag}: {err}") from None
+    return device.model_copy(update={"cost_table": str(Path(path).resolve())})
+
+
 def run_solve(args: argparse.Namespace) -> int:
     _check_positive(args)
     model = get_model(args.model, "--model")
     client = get_device(args.client, "--client")
     server = get_device(args.server, "--server")
     POLICIES.get(args.policy, "--policy")
+    client = _with_table(client, getattr(args, "client_cost_table", None), "--client-cost-table")
+    server = _with_table(server, getattr(args, "server_cost_table", None), "--server-cost-table")
     task = args.task or ("generate" if args.output_tokens > 0 else "forward")
     try:
         problem = build_problem(

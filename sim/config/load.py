@@ -170,7 +170,8 @@ def _resolve_names(ld: LoadedScenario) -> None:
         ld.models[name] = _spec(ModelSpec, name, fields, f"models.{name}", src)
     ld.devices = dict(catalog_devices())
     for name, fields in sc.devices.items():
-        ld.devices[name] = _spec(DeviceSpec, name, fields, f"devices.{name}", src)
+        spec = _spec(DeviceSpec, name, fields, f"devices.{name}", src)
+        ld.devices[name] = _with_table(ld, spec, f"devices.{name}")
     ld.server_device = _device(ld, sc.server.device, "server.device")
     ld.client_devices = [
         _device(ld, g.device, f"clients.{i}.device") for i, g in enumerate(sc.clients)
@@ -194,10 +195,25 @@ def _device(ld: LoadedScenario, ref: str | dict, where: str) -> DeviceSpec:
     if isinstance(ref, dict):
         fields = dict(ref)
         name = str(fields.pop("name", where))
-        return _spec(DeviceSpec, name, fields, where, ld.source)
+        return _with_table(ld, _spec(DeviceSpec, name, fields, where, ld.source), where)
     if ref not in ld.devices:
         raise UserError(f"{ld.source}: {unknown_name('device', ref, ld.devices, where)}")
     return ld.devices[ref]
+
+
+def _with_table(ld: LoadedScenario, spec: DeviceSpec, where: str) -> DeviceSpec:
+    """A device whose cost table path is made absolute (relative to the scenario) and checked."""
+    if spec.cost_table is None:
+        return spec
+    rel = Path(spec.cost_table)
+    path = rel if rel.is_absolute() else (ld.base_dir / rel)
+    from sim.costs.tables import load_cost_table
+
+    try:
+        load_cost_table(path).device_for(spec.name)
+    except UserError as err:
+        raise UserError(f"{ld.source}: {where}.cost_table: {err}") from None
+    return spec.model_copy(update={"cost_table": str(path.resolve())})
 
 
 def _csv(ld: LoadedScenario, rel: str, where: str) -> tuple[pd.DataFrame, Path]:
@@ -322,4 +338,7 @@ def _load_bandwidth(ld: LoadedScenario, rel: str, where: str) -> np.ndarray:
 
 def effective_dict(loaded: LoadedScenario) -> dict:
     """The scenario with every default filled in, as plain data for `scenario.yaml`."""
-    return loaded.scenario.model_dump(mode="python", exclude_none=False)
+    out = loaded.scenario.model_dump(mode="python", exclude_none=False)
+    if loaded.scenario.simulation == type(loaded.scenario.simulation)():
+        del out["simulation"]  # request granularity, all defaults: files and hashes as before
+    return out

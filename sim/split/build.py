@@ -64,14 +64,20 @@ def build_problem(
     granularity: Granularity = "block",
     work: RequestWork | None = None,
 ) -> SplitProblem:
-    """The placement problem of one request, times from the roofline cost model."""
+    """The placement problem of one request, times from the roofline (or a device's cost table)."""
     if work is None:
         work = request_work(model, task, prompt_tokens, output_tokens, granularity)
     dtype = model.activation_dtype
     server_time = unit_times_s(work, server, dtype)
+    client_time = unit_times_s(work, client, dtype)
+    if server.cost_table is not None or client.cost_table is not None:
+        from sim.costs.tables import table_unit_times_s
+
+        server_time = table_unit_times_s(work, model, server, task, prompt_tokens, server_time)
+        client_time = table_unit_times_s(work, model, client, task, prompt_tokens, client_time)
     server_work = server_time if objective == "server_time" else work.total_flops()
     return SplitProblem(
-        client_time=unit_times_s(work, client, dtype),
+        client_time=client_time,
         server_time=server_time,
         server_work=server_work,
         uplink_time=transfer_times_s(work, link.uplink_mbps, link.rtt_ms),
