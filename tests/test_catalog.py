@@ -135,6 +135,10 @@ def test_transformer_base_is_encoder_decoder():
 @pytest.mark.parametrize(
     "name,params",
     [
+        # Published totals of the Hugging Face checkpoints (a tied LM head counted once):
+        # GPT-2 (Radford et al. 2019, openai-community/gpt2*), Llama-2-7b-hf (Touvron et al.
+        # 2023), the other configs' model cards; ViT-B/16 from torchvision's
+        # ViT_B_16_Weights.IMAGENET1K_V1 (num_params 86567656).
         ("gpt2", 124_439_808),
         ("gpt2-medium", 354_823_168),
         ("gpt2-large", 774_030_080),
