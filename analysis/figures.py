@@ -236,30 +236,92 @@ def _load_axis(ci: pd.DataFrame) -> str:
     raise MissingData("sweep_ci: the arrival rate does not vary across the sweep's points")
 
 
+def _ci_names(metrics) -> list[str]:
+    return [f"{m}_{s}" for m in metrics for s in ("mean", "ci95")]
+
+
+def _one_factor(ci: pd.DataFrame, x: str, what: str) -> None:
+    """Refuse a sweep_ci with more than one row per policy and `x` (another factor varies)."""
+    if ci.assign(_x=ci[x].round(9)).duplicated(["policy", "_x"]).any():
+        others = [c for c in ci.columns if "." in c and c != x and ci[c].nunique() > 1]
+        extra = f" ({', '.join(others)})" if others else ""
+        raise MissingData(f"sweep_ci varies more than {what}{extra}; plot one slice")
+
+
+def _ci_panels(
+    ci: pd.DataFrame, x: str, panels: list[tuple], panel_height: float = 1.45, legend: bool = True
+):
+    """A panel per (metric, y label, scale, clip): a line per policy with its 95 % band."""
+    fig, axes = panel_figure(len(panels), sharex=True, panel_height=panel_height)
+    for ax, (metric, label, scale, clip) in zip(axes, panels, strict=True):
+        policy_lines(ax, ci, x, f"{metric}_mean", scale, ci=f"{metric}_ci95", clip=clip)
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    set_xlabels(axes, axis_label(x.removesuffix("_mean")))
+    if legend:
+        figure_legend(fig, axes)
+    return fig, axes
+
+
+POSITIVE = (0.0, np.inf)
+PERCENT = (0.0, 100.0)
+
+
 @styled
 def queueing(ci: pd.DataFrame) -> Figure:
     """Mean and maximum server wait and SLA violation rate against arrival rate, 95 % bands."""
     metrics = ("wait_mean_s", "wait_max_s", "sla_violation_rate")
-    require_columns(ci, ["policy"] + [f"{m}_{s}" for m in metrics for s in ("mean", "ci95")],
-                    "sweep_ci")  # fmt: skip
+    require_columns(ci, ["policy", *_ci_names(metrics)], "sweep_ci")
     require_rows(ci, "sweep_ci")
     x = _load_axis(ci)
-    x_key = ci[x].round(9)
-    others = [c for c in ci.columns if "." in c and c != x and ci[c].nunique() > 1]
-    if ci.assign(_x=x_key).duplicated(["policy", "_x"]).any():
-        extra = f" ({', '.join(others)})" if others else ""
-        raise MissingData(f"sweep_ci varies more than the arrival rate{extra}; plot one slice")
+    _one_factor(ci, x, "the arrival rate")
     scale, unit = time_unit(float(ci["wait_max_s_mean"].max()))
-    fig, axes = panel_figure(3, sharex=True, panel_height=1.45)
-    labels = (f"Mean wait ({unit})", f"Max. wait ({unit})", "SLA violations (%)")
-    for ax, metric, label, factor in zip(axes, metrics, labels, (scale, scale, 100.0),
-                                         strict=True):  # fmt: skip
-        clip = (0.0, 100.0 if metric == "sla_violation_rate" else np.inf)
-        policy_lines(ax, ci, x, f"{metric}_mean", factor, ci=f"{metric}_ci95", clip=clip)
-        ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)
-    set_xlabels(axes, axis_label(x.removesuffix("_mean")))
+    panels = [("wait_mean_s", f"Mean wait ({unit})", scale, POSITIVE),
+              ("wait_max_s", f"Max. wait ({unit})", scale, POSITIVE),
+              ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)]  # fmt: skip
+    return _ci_panels(ci, x, panels)[0]
+
+
+@styled
+def sla_vs_load_queue_aware(ci: pd.DataFrame) -> Figure:
+    """SLA violation rate against offered load, dp_queue_aware beside dp and the other
+    policies of the sweep, 95 % bands: what planning with the server's wait buys."""
+    require_columns(ci, ["policy", *_ci_names(["sla_violation_rate"])], "sweep_ci")
+    if not (ci["policy"] == "dp_queue_aware").any():
+        known = ", ".join(ordered_policies(ci["policy"])) or "none"
+        raise MissingData(f"sweep_ci has no dp_queue_aware rows (policies: {known})")
+    x = _load_axis(ci)
+    _one_factor(ci, x, "the arrival rate")
+    panel = ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)
+    return _ci_panels(ci, x, [panel], panel_height=2.0)[0]
+
+
+# --- 5b. batching (token granularity) -----------------------------------------------------
+
+
+@styled
+def throughput_vs_batch(ci: pd.DataFrame) -> Figure:
+    """Server throughput in tokens/s and requests/s against the batch limit
+    (simulation.max_batch_requests), per policy with 95 % bands; the offered rate dashed."""
+    require_columns(ci, ["policy", *_ci_names(("server_tokens_per_s", "throughput_rps"))],
+                    "sweep_ci")  # fmt: skip
+    x = next((c for c in ci.columns if c.rsplit(".", 1)[-1] == "max_batch_requests"), None)
+    if x is None or ci[x].nunique() < 2:
+        raise MissingData("sweep_ci does not vary simulation.max_batch_requests")
+    if ci["server_tokens_per_s_mean"].isna().all():
+        raise MissingData("sweep_ci: server_tokens_per_s is NaN (needs granularity: token)")
+    _one_factor(ci, x, "the batch limit")
+    panels = [("server_tokens_per_s", "Server throughput (tokens/s)", 1.0, POSITIVE),
+              ("throughput_rps", "Throughput (requests/s)", 1.0, POSITIVE)]  # fmt: skip
+    fig, axes = _ci_panels(ci, x, panels, legend=False)
+    offered = ci["offered_rate_per_s_mean"] if "offered_rate_per_s_mean" in ci else pd.Series()
+    if offered.notna().any() and offered.round(9).nunique() == 1:
+        axes[1].axhline(offered.iloc[0], color="#555555", linewidth=1.0, linestyle="--",
+                        label="offered rate", zorder=0)  # fmt: skip
     figure_legend(fig, axes)
+    log_axis_if_wide(axes[-1], ci[x], "x", ratio=4)
+    if axes[-1].get_xscale() == "log":
+        plain_ticks(axes[-1], ci[x])
     return fig
 
 
@@ -371,9 +433,7 @@ def latency_cdf(requests: pd.DataFrame) -> Figure:
     when deadlines vary it is latency / the request's own deadline, with the SLA at 1.
     """
     require_columns(requests, ("policy", "latency_s", "deadline_s"), "requests")
-    done = requests
-    if "status" in requests:
-        done = requests[requests["status"] == STATUS_COMPLETED]
+    done = _completed(requests)
     done = done[np.isfinite(done["latency_s"].astype(float))]
     require_rows(done, "requests (completed)")
     deadline = done["deadline_s"].astype(float)
@@ -389,10 +449,8 @@ def latency_cdf(requests: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(COLUMN_WIDTH_IN, 2.5), layout="constrained")
     ax = fig.subplots()
     for policy in ordered_policies(done["policy"]):
-        v = np.sort(value[done["policy"] == policy].to_numpy(float))
-        miss = 100.0 * np.mean(v > sla)
-        ax.step(v, 100.0 * np.arange(1, v.size + 1) / v.size, where="post",
-                **_line_kwargs(policy, f"{policy_style(policy).label} ({miss:.1f} % late)"))  # fmt: skip
+        v = value[done["policy"] == policy].to_numpy(float)
+        _cdf(ax, v, policy, f"{policy_style(policy).label} ({100.0 * np.mean(v > sla):.1f} % late)")
     ax.axvline(sla, color="#555555", linewidth=1.0, linestyle="--", label=sla_label)
     right = max(float(np.quantile(value, 0.995)), sla) * 1.08
     ax.set_xlim(0, right)
@@ -400,6 +458,59 @@ def latency_cdf(requests: pd.DataFrame) -> Figure:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Completed requests (%)")
     figure_legend(fig, [ax], ncols=2)
+    return fig
+
+
+def _completed(requests: pd.DataFrame) -> pd.DataFrame:
+    if "status" not in requests:
+        return requests
+    return requests[requests["status"] == STATUS_COMPLETED]
+
+
+def _cdf(ax, values, policy: str, label: str) -> None:
+    """One policy's empirical CDF, in % of its values."""
+    v = np.sort(np.asarray(values, float))
+    ax.step(v, 100.0 * np.arange(1, v.size + 1) / max(v.size, 1), where="post",
+            **_line_kwargs(policy, label))  # fmt: skip
+
+
+TOKEN_LATENCIES = {  # column -> (axis name, short name, deadline column)
+    "ttft_s": ("Time to first token", "TTFT", "ttft_deadline_s"),
+    "tpot_s": ("Time per output token", "TPOT", "tpot_deadline_s"),
+}
+
+
+@styled
+def token_latency_cdf(requests: pd.DataFrame) -> Figure:
+    """CDFs of completed requests' time to first token and time per output token, per
+    policy, with the request classes' TTFT and TPOT deadlines marked when they set them."""
+    require_columns(requests, ("policy", *TOKEN_LATENCIES), "requests")
+    done = _completed(requests)
+    if not np.isfinite(done["ttft_s"].astype(float)).any():
+        raise MissingData("requests: ttft_s is NaN throughout (needs granularity: token)")
+    fig, axes = panel_figure(2, sharex=False, panel_height=1.5)
+    slas = []
+    for ax, (column, (name, short, deadline)) in zip(axes, TOKEN_LATENCIES.items(), strict=True):
+        value = done[column].astype(float)
+        ok = np.isfinite(value)
+        marks = np.unique(done.loc[ok, deadline].dropna()) if deadline in done else []
+        marks = [float(d) for d in marks[:3]]
+        top = max([float(np.quantile(value[ok], 0.995)) if ok.any() else 0.0, *marks])
+        scale, unit = time_unit(top)
+        for policy in ordered_policies(done["policy"]):
+            _cdf(ax, value[ok & (done["policy"] == policy)] * scale, policy,
+                 policy_style(policy).label)  # fmt: skip
+        for d in marks:
+            ax.axvline(d * scale, color="#555555", linewidth=1.0, linestyle="--", label="_sla")
+        slas += [f"{short} {d * scale:g} {unit}" for d in marks]
+        ax.set_xlim(0, max(top * scale * 1.08, 1e-9))
+        ax.set_ylim(0, 100)
+        ax.set_xlabel(f"{name} ({unit})")
+        ax.set_ylabel("Completed (%)")
+    sla_lines = [line for ax in axes for line in ax.get_lines() if line.get_label() == "_sla"]
+    if sla_lines:
+        sla_lines[0].set_label(f"SLA ({', '.join(slas)})")
+    figure_legend(fig, axes)
     return fig
 
 
@@ -465,6 +576,12 @@ FIGURES: dict[str, FigureSpec] = {
                                 "allocation.csv dp rows with study 'tokens' or 'bandwidth'"),
     "latency_cdf": FigureSpec(latency_cdf, ("requests",),
                               "requests.csv: latency_s and deadline_s of completed requests"),
+    "token_latency_cdf": FigureSpec(token_latency_cdf, ("requests",),
+                                    "requests.csv of a token-granularity run: ttft_s, tpot_s"),
+    "throughput_vs_batch": FigureSpec(throughput_vs_batch, ("sweep_ci",),
+                                      "sweep_ci.csv of a sweep that varies max_batch_requests"),
+    "sla_vs_load_queue_aware": FigureSpec(sla_vs_load_queue_aware, ("sweep_ci",),
+                                          "sweep_ci.csv of a load sweep with dp_queue_aware"),
     "server_timeline": FigureSpec(server_timeline, ("timeseries",),
                                   "timeseries.csv: server utilisation and queue length"),
 }  # fmt: skip

@@ -22,6 +22,8 @@ KNOWN_LABELS: dict[str, str] = {
     "offered_rate_per_s": "Offered arrival rate (requests/s)",
     "count": "Clients (count)",
     "slots": "Server slots (count)",
+    "max_batch_requests": "Batch limit (requests)",
+    "max_batch_tokens": "Prefill budget per batch (tokens)",
 }
 
 # Unit suffixes of the project's names (units live in names: `rtt_ms`, `uplink_mbps`).

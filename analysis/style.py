@@ -54,9 +54,14 @@ POLICY_STYLES: dict[str, PolicyStyle] = {
     "greedy_ratio": PolicyStyle("greedy-ratio", OKABE_ITO["reddish_purple"], "^", "-."),
     "best_cut": PolicyStyle("best-cut", OKABE_ITO["bluish_green"], "D", (0, (5, 1, 1, 1))),
     "dp": PolicyStyle("DP", OKABE_ITO["blue"], "o", "-"),
+    "dp_queue_aware": PolicyStyle("DP queue-aware", OKABE_ITO["sky_blue"], "h", (0, (4, 1.5))),
     "client_only": PolicyStyle("client-only", OKABE_ITO["vermillion"], "x", (0, (1, 1))),
 }
-_SPARE = (OKABE_ITO["sky_blue"], OKABE_ITO["yellow"], "#777777")
+_SPARE = ("#777777", "#8C564B", OKABE_ITO["yellow"])  # sky blue is dp_queue_aware's
+# The records' order, with the load-aware DP right after the DP it extends.
+FIGURE_ORDER: tuple[str, ...] = tuple(
+    q for p in POLICY_ORDER for q in ((p, "dp_queue_aware") if p == "dp" else (p,))
+)
 
 # Client and server in placement maps and cost figures.
 CLIENT_COLOR = OKABE_ITO["sky_blue"]
@@ -105,7 +110,7 @@ def policy_style(policy: str) -> PolicyStyle:
 def ordered_policies(policies: Iterable[str]) -> list[str]:
     """Policies in the project's fixed order, unknown ones after, in order of appearance."""
     seen = list(dict.fromkeys(str(p) for p in policies))
-    return [p for p in POLICY_ORDER if p in seen] + [p for p in seen if p not in POLICY_ORDER]
+    return [p for p in FIGURE_ORDER if p in seen] + [p for p in seen if p not in FIGURE_ORDER]
 
 
 @contextmanager

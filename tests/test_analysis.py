@@ -16,7 +16,13 @@ from matplotlib.figure import Figure
 
 from analysis.figures import FIGURES
 from analysis.io import MissingData, load_folder
-from analysis.style import POLICY_STYLES, parse_formats, policy_style, save_figure
+from analysis.style import (
+    POLICY_STYLES,
+    ordered_policies,
+    parse_formats,
+    policy_style,
+    save_figure,
+)
 from sim.cli import main
 from sim.records import (
     ALLOCATION_COLUMNS,
@@ -91,6 +97,28 @@ def sweep_ci_frame() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def batch_ci_frame() -> pd.DataFrame:
+    """A token-mode sweep of the batch limit: throughput grows with the batch, then levels."""
+    rows = []
+    for point, batch in enumerate((1, 4, 16, 64)):
+        for pi, policy in enumerate(POLICIES):
+            rps = 4 * (1 - np.exp(-batch / (4 + pi)))
+            rows.append({"point": point, "simulation.max_batch_requests": batch, "policy": policy,
+                         "replications": 2, "offered_rate_per_s_mean": 4.0,
+                         "offered_rate_per_s_ci95": 0.0, "throughput_rps_mean": rps,
+                         "throughput_rps_ci95": 0.1 * rps, "server_tokens_per_s_mean": 1200 * rps,
+                         "server_tokens_per_s_ci95": 120 * rps})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def queue_aware_ci_frame() -> pd.DataFrame:
+    """The load sweep with dp_queue_aware, which violates fewer SLAs than dp at high load."""
+    ci = sweep_ci_frame()
+    aware = ci[ci["policy"] == "dp"].assign(policy="dp_queue_aware")
+    aware["sla_violation_rate_mean"] *= 0.5
+    return pd.concat([ci, aware], ignore_index=True)
+
+
 def capacity_ci_frame() -> pd.DataFrame:
     caps = dict(zip(POLICIES, (30.0, 36.0, 38.0, 37.0, 45.0), strict=True))
     return pd.DataFrame([{"point": 0, "policy": p, "replications": 3, "capacity_rps_mean": c,
@@ -114,6 +142,17 @@ def requests_frame(fixed_deadline: bool = False) -> pd.DataFrame:
         frame["sla_met"] = latency <= deadline
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def token_requests_frame(deadlines: bool = True) -> pd.DataFrame:
+    """requests_frame with token-mode latencies: TTFT around a second, TPOT tens of ms."""
+    frame = requests_frame()
+    rng = np.random.default_rng(1)
+    frame["ttft_s"] = rng.lognormal(0.0, 0.6, len(frame))
+    frame["tpot_s"] = rng.lognormal(np.log(0.04), 0.5, len(frame))
+    frame["ttft_deadline_s"] = 2.0 if deadlines else np.nan
+    frame["tpot_deadline_s"] = 0.1 if deadlines else np.nan
+    return frame
 
 
 def timeseries_frame() -> pd.DataFrame:
@@ -156,10 +195,10 @@ def visible_axes(fig: Figure):
 # --- every figure on synthetic data -------------------------------------------------------
 
 
-def test_registry_names_nine_figures_with_known_tables():
+def test_registry_names_twelve_figures_with_known_tables():
     from analysis.io import TABLES
 
-    assert len(FIGURES) == 9
+    assert len(FIGURES) == 12
     for name, spec in FIGURES.items():
         assert callable(spec.function) and spec.about, name
         assert all(t in TABLES for t in spec.needs), name
@@ -291,6 +330,67 @@ def test_latency_cdf_has_a_line_per_policy_and_marks_the_sla(fixed):
         assert "SLA (own deadline)" in legend_texts(fig)
 
 
+def test_throughput_vs_batch_has_tokens_and_requests_per_second_per_policy():
+    fig = FIGURES["throughput_vs_batch"].function(batch_ci_frame())
+    tokens, rps = visible_axes(fig)
+    assert tokens.get_ylabel() == "Server throughput (tokens/s)"
+    assert rps.get_ylabel() == "Throughput (requests/s)"
+    assert rps.get_xlabel() == "Batch limit (requests)" and rps.get_xscale() == "log"
+    for ax in (tokens, rps):
+        assert policy_artists(ax) == POLICIES
+        assert len(ax.collections) == len(POLICIES)  # one confidence band per policy
+    assert legend_texts(fig) == LABELS + ["offered rate"]
+
+
+def test_throughput_vs_batch_skips_sweeps_without_a_varied_batch_limit():
+    with pytest.raises(MissingData, match="does not vary simulation.max_batch_requests"):
+        FIGURES["throughput_vs_batch"].function(sweep_ci_frame().assign(
+            server_tokens_per_s_mean=1.0, server_tokens_per_s_ci95=0.0, throughput_rps_mean=1.0,
+            throughput_rps_ci95=0.0))  # fmt: skip
+    request_mode = batch_ci_frame().assign(server_tokens_per_s_mean=np.nan)
+    with pytest.raises(MissingData, match="server_tokens_per_s is NaN"):
+        FIGURES["throughput_vs_batch"].function(request_mode)
+    two_loads = pd.concat([batch_ci_frame().assign(**{"workload.arrival.load": x}) for x in (1, 2)])
+    with pytest.raises(MissingData, match=r"more than the batch limit \(workload.arrival.load\)"):
+        FIGURES["throughput_vs_batch"].function(two_loads)
+
+
+@pytest.mark.parametrize("deadlines", [True, False])
+def test_token_latency_cdf_has_ttft_and_tpot_panels_per_policy(deadlines):
+    fig = FIGURES["token_latency_cdf"].function(token_requests_frame(deadlines))
+    ttft, tpot = visible_axes(fig)
+    assert ttft.get_xlabel() == "Time to first token (s)"
+    assert tpot.get_xlabel() == "Time per output token (ms)"
+    for ax in (ttft, tpot):
+        assert policy_artists(ax) == POLICIES
+        assert ax.get_ylabel() == "Completed (%)"
+    sla = ["SLA (TTFT 2 s, TPOT 100 ms)"] if deadlines else []
+    assert legend_texts(fig) == LABELS + sla
+    if deadlines:
+        assert [ln.get_xdata()[0] for ax in (ttft, tpot) for ln in ax.get_lines()
+                if ln.get_linestyle() == "--" and not ln.get_gid()] == [2.0, 100.0]  # fmt: skip
+
+
+def test_token_latency_cdf_skips_request_mode_records():
+    with pytest.raises(MissingData, match="ttft_s is NaN throughout"):
+        FIGURES["token_latency_cdf"].function(token_requests_frame().assign(ttft_s=np.nan))
+
+
+def test_sla_vs_load_queue_aware_puts_the_queue_aware_dp_beside_dp():
+    fig = FIGURES["sla_vs_load_queue_aware"].function(queue_aware_ci_frame())
+    (ax,) = visible_axes(fig)
+    assert ax.get_ylabel() == "SLA violations (%)"
+    assert ax.get_xlabel() == "Offered arrival rate (requests/s)"
+    assert policy_artists(ax) == POLICIES + ["dp_queue_aware"]
+    assert len(ax.collections) == len(POLICIES) + 1
+    assert legend_texts(fig) == LABELS + ["DP queue-aware"]
+
+
+def test_sla_vs_load_queue_aware_skips_sweeps_without_it():
+    with pytest.raises(MissingData, match="no dp_queue_aware rows \\(policies: server_only, "):
+        FIGURES["sla_vs_load_queue_aware"].function(sweep_ci_frame())
+
+
 def test_server_timeline_plots_one_replication():
     fig = FIGURES["server_timeline"].function(timeseries_frame())
     util, queue = visible_axes(fig)
@@ -306,8 +406,10 @@ def test_every_axis_label_carries_a_unit():
     frames = {"unit_costs": unit_cost_frame(), "allocation": allocation_frame(),
               "sweep_ci": sweep_ci_frame(), "capacity_ci": capacity_ci_frame(),
               "requests": requests_frame(), "timeseries": timeseries_frame()}  # fmt: skip
+    own = {"throughput_vs_batch": [batch_ci_frame()], "token_latency_cdf": [token_requests_frame()],
+           "sla_vs_load_queue_aware": [queue_aware_ci_frame()]}  # fmt: skip
     for name, spec in FIGURES.items():
-        fig = spec.function(*(frames[t] for t in spec.needs))
+        fig = spec.function(*own.get(name, [frames[t] for t in spec.needs]))
         for ax in visible_axes(fig):
             for label in (ax.get_xlabel(), ylabel(ax)):
                 assert not label or has_unit(label) or label.startswith("Unit ("), (name, label)
@@ -328,6 +430,9 @@ def test_each_policy_has_a_fixed_distinct_look():
     looks = [(s.color, s.marker) for s in POLICY_STYLES.values()]
     assert len(set(looks)) == len(looks)
     assert policy_style("dp") == POLICY_STYLES["dp"]
+    assert policy_style("dp_queue_aware").label == "DP queue-aware"
+    assert ordered_policies(["dp_queue_aware", "mine", "dp", "server_only"]) == [
+        "server_only", "dp", "dp_queue_aware", "mine"]  # fmt: skip
     assert policy_style("my_policy").label == "my_policy"
 
 
@@ -367,6 +472,7 @@ def test_plot_writes_pdf_and_png_and_reports_skipped_figures(run_dir, capsys):
         assert f"wrote {name}:" in out
     assert "skipped queueing: no sweep_ci.csv in the folder" in out
     assert "skipped unit_costs: no unit_costs.csv in the folder" in out
+    assert "skipped token_latency_cdf: requests: ttft_s is NaN throughout" in out
 
 
 def test_plot_reads_the_run_folder_by_record_names(run_dir):
