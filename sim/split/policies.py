@@ -51,9 +51,10 @@ def dp_queue_aware(
     switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait, so
     under load the DP trades server entries for client work. With `server_wait_s=0` it is
     exactly `dp`. The plan's latency includes the expected waits. When the wait leaves no
-    placement within the deadline it returns dp's plan without the wait (`fallback`,
-    `feasible=False`), not the least-latency placement: that one would send everything to
-    the server just when it is overloaded.
+    placement within the deadline the request will miss its SLA whatever it does, so it
+    takes the placement with the least server work (every unit the client holds on the
+    client; `fallback`, `feasible=False`) and relieves the queue for the others, instead of
+    the least-latency placement, which would send everything to an overloaded server.
     """
     if not server_wait_s:
         return solve_dp(problem, time_step, name="dp_queue_aware")
@@ -62,8 +63,7 @@ def dp_queue_aware(
     plan = solve_dp(waited, time_step, name="dp_queue_aware")
     if plan.feasible:
         return plan
-    unloaded = solve_dp(problem, time_step)
-    return make_plan(waited, unloaded.on_client, "dp_queue_aware", fallback=True, wait=True)
+    return make_plan(waited, problem.client_allowed, "dp_queue_aware", fallback=True, wait=True)
 
 
 @POLICIES.register("server_only")
