@@ -86,7 +86,7 @@ def test_kv_memory_limit_respected(tmp_path, mode):
     assert kv.max() > 0.1e9  # memory was the bottleneck
     assert (res.status == 1).all()
     if mode == "preempt":
-        assert res.token.preemptions >= 0
+        assert res.token.preemptions > 0  # the limit forced preemptions (and recomputation)
 
 
 def test_ttft_within_latency_and_metrics(tmp_path):
