@@ -148,18 +148,25 @@ def server_only_capacity(ld: LoadedScenario) -> float:
     return offered_rate(ld, _server_only_time(ld, ProblemBook(ld)))
 
 
+def _engine(ld: LoadedScenario) -> type:
+    """The engine of the scenario's granularity."""
+    return TokenSimulation if ld.scenario.simulation.granularity == "token" else Simulation
+
+
+def _replication_arrivals(ld: LoadedScenario, rep: int, rate: float):
+    """A replication's arrivals (shared by every policy) and its jitter seed."""
+    streams = Streams.spawn(replication_seeds(ld.scenario.seed, ld.scenario.replications)[rep])
+    return generate_arrivals(ld, streams, rate), streams.jitter_seed
+
+
 def run_one(
     ld: LoadedScenario, policy: str, replication: int = 0, log: list | None = None
 ) -> RunResult:
     """One policy on one replication's arrivals, in memory; `log` collects the event timeline."""
-    seq = replication_seeds(ld.scenario.seed, ld.scenario.replications)[replication]
     book = ProblemBook(ld)
     rate = offered_rate(ld, _server_only_time(ld, book))
-    streams = Streams.spawn(seq)
-    arrivals = generate_arrivals(ld, streams, rate)
-    engine = TokenSimulation if ld.scenario.simulation.granularity == "token" else Simulation
-    sim_ = engine(ld, policy, arrivals, streams.jitter_seed, book, log=log)
-    return sim_.run()
+    arrivals, jitter_seed = _replication_arrivals(ld, replication, rate)
+    return _engine(ld)(ld, policy, arrivals, jitter_seed, book, log=log).run()
 
 
 def _token_row(frame: pd.DataFrame, res: RunResult, warmup_s: float) -> dict:
@@ -192,15 +199,11 @@ def simulate(
     frames, summaries, series = [], [], []
     book = ProblemBook(ld)  # placement problems are the same for every policy
     rate = offered_rate(ld, _server_only_time(ld, book))
-    seeds = replication_seeds(sc.seed, sc.replications)
+    engine = _engine(ld)
     for rep in replications if replications is not None else range(sc.replications):
-        seq = seeds[rep]
-        streams = Streams.spawn(seq)
-        arrivals = generate_arrivals(ld, streams, rate)  # shared by every policy
+        arrivals, jitter_seed = _replication_arrivals(ld, rep, rate)
         for policy in sc.policies:
-            engine = TokenSimulation if sc.simulation.granularity == "token" else Simulation
-            sim_ = engine(ld, policy, arrivals, streams.jitter_seed, book, progress)
-            res = sim_.run()
+            res = engine(ld, policy, arrivals, jitter_seed, book, progress).run()
             frame = _frame(ld, res, rep)
             util = res.server.utilization(sc.warmup_s, res.end_s)
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
