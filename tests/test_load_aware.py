@@ -78,6 +78,33 @@ def test_large_wait_offloads_at_least_as_much_as_dp(p: SplitProblem):
     assert plan.client_units >= base.client_units
 
 
+@SETTINGS
+@given(problems(), st.floats(0.01, 2))
+def test_busy_server_never_gets_more_work_than_dp(p: SplitProblem, wait: float):
+    """On a busy server the request fits the wait only without extra server work, else sheds."""
+    plan = solve(p, "dp_queue_aware", server_wait_s=wait, server_busy=True)
+    base = solve(p, "dp")
+    if plan.notes.get("fallback"):  # shed: the least server work the client can take
+        least = evaluate(p, p.client_allowed)[1]
+        assert plan.server_work == least
+        assert (plan.on_client == p.client_allowed).all()
+    else:
+        assert plan.feasible and plan.server_work <= base.server_work * (1 + 1e-9)
+
+
+@SETTINGS
+@given(problems(), st.floats(0.01, 2))
+def test_idle_server_fits_the_wait_whatever_the_work(p: SplitProblem, wait: float):
+    """With headroom the waited DP's plan stands even when it needs more work than dp."""
+    waited = replace(p, server_entry_time=wait)
+    fit = solve(waited, "dp")
+    plan = solve(p, "dp_queue_aware", server_wait_s=wait, server_busy=False)
+    if fit.feasible:
+        assert (plan.on_client == fit.on_client).all() and plan.feasible
+    else:
+        assert plan.notes.get("fallback") and (plan.on_client == p.client_allowed).all()
+
+
 def _load(overrides: list[str], path: Path = QUICKSTART):
     return load_scenario(path, overrides)
 
@@ -96,6 +123,25 @@ def test_queue_aware_fewer_sla_violations_at_high_load():
     ])  # fmt: skip
     s = simulate(ld).summary.set_index("policy")["sla_violation_rate"]
     assert s["dp_queue_aware"] < s["dp"] - 0.05, s
+
+
+LINK_ESTIMATORS = ROOT / "scenarios" / "examples" / "link_estimators.yaml"
+
+
+def test_queue_aware_sheds_instead_of_feeding_a_saturated_server():
+    """Near saturation (clients hold few units), fitting the wait with more server work feeds
+    the queue; the busy-server rule keeps dp_queue_aware below dp's misses, without it the
+    misses run away (the positive feedback the rule exists for)."""
+    base = [
+        "workload.arrival.per_client_rate_per_s=null", "workload.arrival.load=1.15",
+        "duration_s=25", "warmup_s=5", "policies=[dp,dp_queue_aware]",
+    ]  # fmt: skip
+    miss = lambda extra: (  # noqa: E731
+        simulate(_load([*base, *extra], LINK_ESTIMATORS)).summary.set_index("policy")
+    )["sla_violation_rate"]
+    guarded, unguarded = miss([]), miss(["split.busy_utilization=1.0"])
+    assert guarded["dp_queue_aware"] < guarded["dp"] - 0.05, guarded
+    assert unguarded["dp_queue_aware"] > guarded["dp_queue_aware"] + 0.2, unguarded
 
 
 def test_fast_path_matches_logged_path_when_planning_at_arrival():
@@ -172,3 +218,31 @@ def test_client_energy_is_power_times_busy_plus_radio():
         assert np.isclose(res.client_energy_j[i], expected, rtol=1e-12, atol=0), i
     frame = simulate(ld).requests
     assert (frame["client_energy_j"] > 0).all()
+
+
+def test_recent_utilization_follows_the_busy_share():
+    """0 before any hold ends; near 1 after a long busy stretch; decays while idle."""
+    import simpy
+
+    from sim.engine.resources import UTIL_WINDOW_HOLDS, ServerPool
+
+    env = simpy.Environment()
+    pool = ServerPool(env, 1, False, None, hold_alpha=1.0)
+    seen = {}
+
+    def job(hold_s: float, times: int):
+        for _ in range(times):
+            req = pool.request(0)
+            yield req
+            pool.granted(hold_s)
+            yield env.timeout(hold_s)
+            pool.release(req, hold_s)
+        seen["busy"] = pool.recent_utilization()
+        yield env.timeout(UTIL_WINDOW_HOLDS * hold_s * 3)
+        seen["idle"] = pool.recent_utilization()
+
+    assert pool.recent_utilization() == 0.0
+    env.process(job(0.01, 2000))
+    env.run()
+    assert seen["busy"] > 0.99
+    assert abs(seen["idle"] - seen["busy"] * np.exp(-3)) < 1e-3

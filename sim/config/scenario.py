@@ -175,6 +175,14 @@ class SplitConfig(Section):
     wait_ewma_alpha: float = Field(
         0.1, gt=0, le=1, description="load-aware policies: weight of the newest server hold time"
     )
+    busy_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="dp_queue_aware: at or above this recent server utilisation a request may "
+        "not take more server work than dp to fit the wait; it sheds to the client instead "
+        "(1 = never)",
+    )
     plan_bucket_fraction: float = Field(
         0.02,
         ge=0,

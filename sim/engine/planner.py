@@ -210,6 +210,7 @@ class Planner:
         server_wait_s: float,
         up_mbps: float,
         down_mbps: float,
+        server_busy: bool = False,
     ) -> PlannedRequest:
         """A plan made at arrival with the current estimates, cached per quantised bucket.
 
@@ -225,14 +226,17 @@ class Planner:
             wait = bucket_linear(server_wait_s, self.bucket * deadline)
         else:
             wait = 0.0
-        full = (*key, wait, up, down)
+        busy = bool(server_busy and wait)
+        full = (*key, wait, up, down, busy)
         planned = self._dynamic.get(full)
         if planned is None:
             if wait == 0.0 and up == cfg.uplink_mbps and down == cfg.downlink_mbps:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 rp = self.book.get_link(klass, group, key[2], key[3], up, down)
-                plan = solve(rp.problem, self.policy, self.time_step_s, server_wait_s=wait)
+                plan = solve(
+                    rp.problem, self.policy, self.time_step_s, server_wait_s=wait, server_busy=busy
+                )
                 planned = _planned(rp, plan)
             self._dynamic[full] = planned
         return planned

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from array import array
 
 import numpy as np
 import simpy
+
+
+# Recent utilisation is averaged over this many mean hold times (exponential window): long
+# enough to smooth single segments, short enough to follow a load change within a second of
+# simulated time at typical hold times of a few milliseconds.
+UTIL_WINDOW_HOLDS = 50
 
 
 class ServerPool:
@@ -42,6 +49,7 @@ class ServerPool:
         self.hold_alpha = hold_alpha
         self.hold_ewma_s: float | None = None  # EWMA of finished hold times, seeded by the first
         self._ends_sum = 0.0  # sum of the end times of the segments in service
+        self._util_ewma = 0.0  # busy share, exponentially weighted over UTIL_WINDOW_HOLDS holds
 
     @property
     def queue_length(self) -> int:
@@ -63,6 +71,8 @@ class ServerPool:
             self.busy_integral += self._busy * dt
             self.queue_integral += self._queue * dt
             self._last_t = now
+            if self.hold_ewma_s is not None:
+                self._util_ewma = self._decayed(dt)
         self._queue = queue = self._queue + d_queue
         self._busy = busy = self._busy + d_busy
         if self.change_t[-1] == now:
@@ -108,6 +118,19 @@ class ServerPool:
         if mean_hold is None:
             mean_hold = residual / busy if busy else 0.0
         return (residual + queue * mean_hold) / self.slots
+
+    def _decayed(self, dt: float) -> float:
+        """The recent-utilisation EWMA advanced by `dt` seconds at the current busy level."""
+        weight = math.exp(-dt / (UTIL_WINDOW_HOLDS * self.hold_ewma_s))
+        return self._util_ewma * weight + (self._busy / self.slots) * (1 - weight)
+
+    def recent_utilization(self) -> float:
+        """Share of slots busy, exponentially weighted over the last `UTIL_WINDOW_HOLDS`
+        mean hold times (0 until the first hold has finished): the live load signal of
+        load-aware policies."""
+        if self.hold_ewma_s is None:
+            return 0.0
+        return self._decayed(self.env.now - self._last_t)
 
     def finish(self) -> None:
         """Close the integrals at the current time."""

@@ -72,6 +72,7 @@ class Simulation:
             self.env, sc.server.slots, sc.server.discipline == "edf", sc.server.max_queue,
             hold_alpha=sc.split.wait_ewma_alpha,
         )  # fmt: skip
+        self.busy_utilization = sc.split.busy_utilization
         self.devices = [simpy.Resource(self.env, 1) for _ in range(sc.total_clients)]
         media: dict[str, Medium] = {}
         jitter_rngs = [np.random.default_rng(s) for s in jitter_seed.spawn(len(sc.clients))]
@@ -238,7 +239,10 @@ class Simulation:
     def _plan_at_arrival(self, i: int) -> tuple:
         """Plan request i now, with the current server-wait and link estimates."""
         planner, g = self.planner, self._group[i]
-        wait = self.server.expected_wait_s() if planner.load_aware else 0.0
+        wait = busy = 0.0
+        if planner.load_aware:
+            wait = self.server.expected_wait_s()
+            busy = self.server.recent_utilization() >= self.busy_utilization
         link = self.links[g]
         if self.link_estimate == "oracle":
             now = self.env.now
@@ -247,7 +251,7 @@ class Simulation:
             up, down = link.estimate_mbps
         else:
             up, down = link.nominal_mbps
-        planned = planner.get_at(self._keys[i], wait, up, down)
+        planned = planner.get_at(self._keys[i], wait, up, down, bool(busy))
         cache = self._dyn_programs
         program = cache.get(id(planned))
         if program is None:

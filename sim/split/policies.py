@@ -43,18 +43,25 @@ def dp(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
 
 @POLICIES.register("dp_queue_aware")
 def dp_queue_aware(
-    problem: SplitProblem, time_step: float | None = None, server_wait_s: float = 0.0, **_
+    problem: SplitProblem,
+    time_step: float | None = None,
+    server_wait_s: float = 0.0,
+    server_busy: bool = False,
+    **_,
 ) -> Plan:
     """The DP with the server's expected wait added to every entry onto the server.
 
     `server_wait_s` (s) is added to the problem's `server_entry_time`: each client -> server
-    switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait, so
-    under load the DP trades server entries for client work. With `server_wait_s=0` it is
-    exactly `dp`. The plan's latency includes the expected waits. When the wait leaves no
-    placement within the deadline the request will miss its SLA whatever it does, so it
-    takes the placement with the least server work (every unit the client holds on the
-    client; `fallback`, `feasible=False`) and relieves the queue for the others, instead of
-    the least-latency placement, which would send everything to an overloaded server.
+    switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait.
+    With `server_wait_s=0` it is exactly `dp`. The plan's latency includes the waits.
+
+    Fitting a wait can need *more* server work than `dp`'s plan (fewer slow client units),
+    which lengthens the queue for everyone: positive feedback near saturation. So:
+    - the waited DP's plan is taken when it needs no more server work than `dp`'s, or when
+      the server has headroom (`server_busy` false: recent utilisation below the limit);
+    - otherwise (a busy server, or no placement fits the wait) the request sheds load: it
+      takes the placement with the least server work (every unit the client holds on the
+      client; `fallback`, usually `feasible=False`), relieving the queue for the others.
     """
     if not server_wait_s:
         return solve_dp(problem, time_step, name="dp_queue_aware")
@@ -62,7 +69,11 @@ def dp_queue_aware(
     waited = replace(problem, server_entry_time=entry)
     plan = solve_dp(waited, time_step, name="dp_queue_aware")
     if plan.feasible:
-        return plan
+        if not server_busy:
+            return plan
+        base = solve_dp(problem, time_step)
+        if plan.server_work <= base.server_work * _FITS:
+            return plan
     return make_plan(waited, problem.client_allowed, "dp_queue_aware", fallback=True, wait=True)
 
 
@@ -144,13 +155,15 @@ def solve(
     policy: str = "dp",
     time_step: float | None = None,
     server_wait_s: float = 0.0,
+    server_busy: bool = False,
 ) -> Plan:
     """Place the problem's units with the named policy.
 
-    `server_wait_s` is the expected server wait per entry; only load-aware policies
-    (`LOAD_AWARE`) use it, the others ignore it.
+    `server_wait_s` is the expected server wait per entry and `server_busy` whether the
+    server's recent utilisation is at its limit; only load-aware policies (`LOAD_AWARE`)
+    use them, the others ignore them.
     """
     fn = POLICIES.get(policy)
     if policy in LOAD_AWARE:
-        return fn(problem, time_step=time_step, server_wait_s=server_wait_s)
+        return fn(problem, time_step=time_step, server_wait_s=server_wait_s, server_busy=server_busy)
     return fn(problem, time_step=time_step)
