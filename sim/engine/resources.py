@@ -8,7 +8,6 @@ from array import array
 import numpy as np
 import simpy
 
-
 # Recent utilisation is averaged over this many mean hold times (exponential window): long
 # enough to smooth single segments, short enough to follow a load change within a second of
 # simulated time at typical hold times of a few milliseconds.

@@ -165,5 +165,7 @@ def solve(
     """
     fn = POLICIES.get(policy)
     if policy in LOAD_AWARE:
-        return fn(problem, time_step=time_step, server_wait_s=server_wait_s, server_busy=server_busy)
+        return fn(
+            problem, time_step=time_step, server_wait_s=server_wait_s, server_busy=server_busy
+        )
     return fn(problem, time_step=time_step)
