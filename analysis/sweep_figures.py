@@ -1,0 +1,182 @@
+"""Figures of sweeps and capacity searches: policies against offered load or batch limit.
+
+Drawn from `sweep_ci.csv` (a line per policy with its 95 % band, one factor varied) and
+`capacity_ci.csv` (bars per policy); a sweep that varies more than the plotted factor is
+refused rather than averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from analysis.draw import (
+    figure_legend,
+    log_axis_if_wide,
+    panel_figure,
+    plain_ticks,
+    policy_bars,
+    policy_lines,
+    set_xlabels,
+)
+from analysis.io import MissingData, require_columns, require_rows
+from analysis.labels import axis_label, time_unit
+from analysis.style import ordered_policies, styled
+
+POSITIVE = (0.0, np.inf)
+PERCENT = (0.0, 100.0)
+
+
+# --- sweep_ci helpers ---------------------------------------------------------------------
+
+
+def _load_axis(ci: pd.DataFrame) -> str:
+    """The column to plot against: the offered rate when it varies, else a varied load/rate."""
+    col = "offered_rate_per_s_mean"
+    if col in ci and ci[col].round(9).nunique() > 1:
+        return col
+    varied = [c for c in ci.columns if "." in c and ci[c].nunique() > 1]
+    rate = [c for c in varied if c.rsplit(".", 1)[-1] in ("load", "rate_per_s")]
+    if rate and pd.api.types.is_numeric_dtype(ci[rate[0]]):
+        return rate[0]
+    raise MissingData("sweep_ci: the arrival rate does not vary across the sweep's points")
+
+
+def _ci_names(metrics: Iterable[str]) -> list[str]:
+    """The sweep_ci columns of `metrics`: each one's mean and 95 % half-width."""
+    return [f"{m}_{s}" for m in metrics for s in ("mean", "ci95")]
+
+
+def _one_factor(ci: pd.DataFrame, x: str, what: str) -> None:
+    """Refuse a sweep_ci with more than one row per policy and `x` (another factor varies)."""
+    if ci.assign(_x=ci[x].round(9)).duplicated(["policy", "_x"]).any():
+        others = [c for c in ci.columns if "." in c and c != x and ci[c].nunique() > 1]
+        extra = f" ({', '.join(others)})" if others else ""
+        raise MissingData(f"sweep_ci varies more than {what}{extra}; plot one slice")
+
+
+def _ci_panels(
+    ci: pd.DataFrame, x: str, panels: list[tuple], panel_height: float = 1.45, legend: bool = True
+) -> tuple[Figure, list[Axes]]:
+    """A panel per (metric, y label, scale, clip): a line per policy with its 95 % band."""
+    fig, axes = panel_figure(len(panels), sharex=True, panel_height=panel_height)
+    for ax, (metric, label, scale, clip) in zip(axes, panels, strict=True):
+        policy_lines(ax, ci, x, f"{metric}_mean", scale, ci=f"{metric}_ci95", clip=clip)
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    set_xlabels(axes, axis_label(x.removesuffix("_mean")))
+    if legend:
+        figure_legend(fig, axes)
+    return fig, axes
+
+
+# --- against arrival rate -----------------------------------------------------------------
+
+
+@styled
+def queueing(ci: pd.DataFrame) -> Figure:
+    """Mean and maximum server wait and SLA violation rate against arrival rate, 95 % bands."""
+    metrics = ("wait_mean_s", "wait_max_s", "sla_violation_rate")
+    require_columns(ci, ["policy", *_ci_names(metrics)], "sweep_ci")
+    require_rows(ci, "sweep_ci")
+    x = _load_axis(ci)
+    _one_factor(ci, x, "the arrival rate")
+    scale, unit = time_unit(float(ci["wait_max_s_mean"].max()))
+    panels = [("wait_mean_s", f"Mean wait ({unit})", scale, POSITIVE),
+              ("wait_max_s", f"Max. wait ({unit})", scale, POSITIVE),
+              ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)]  # fmt: skip
+    return _ci_panels(ci, x, panels)[0]
+
+
+@styled
+def sla_vs_load_queue_aware(ci: pd.DataFrame) -> Figure:
+    """SLA violation rate against offered load, dp_queue_aware beside dp and the other
+    policies of the sweep, 95 % bands: what planning with the server's wait buys."""
+    require_columns(ci, ["policy", *_ci_names(["sla_violation_rate"])], "sweep_ci")
+    if not (ci["policy"] == "dp_queue_aware").any():
+        known = ", ".join(ordered_policies(ci["policy"])) or "none"
+        raise MissingData(f"sweep_ci has no dp_queue_aware rows (policies: {known})")
+    x = _load_axis(ci)
+    _one_factor(ci, x, "the arrival rate")
+    panel = ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)
+    return _ci_panels(ci, x, [panel], panel_height=2.0)[0]
+
+
+# --- against batch limit (token granularity) ----------------------------------------------
+
+
+@styled
+def throughput_vs_batch(ci: pd.DataFrame) -> Figure:
+    """Server throughput in tokens/s and requests/s against the batch limit
+    (simulation.max_batch_requests), per policy with 95 % bands; the offered rate dashed."""
+    require_columns(ci, ["policy", *_ci_names(("server_tokens_per_s", "throughput_rps"))],
+                    "sweep_ci")  # fmt: skip
+    x = next((c for c in ci.columns if c.rsplit(".", 1)[-1] == "max_batch_requests"), None)
+    if x is None or ci[x].nunique() < 2:
+        raise MissingData("sweep_ci does not vary simulation.max_batch_requests")
+    if ci["server_tokens_per_s_mean"].isna().all():
+        raise MissingData("sweep_ci: server_tokens_per_s is NaN (needs granularity: token)")
+    _one_factor(ci, x, "the batch limit")
+    panels = [("server_tokens_per_s", "Server throughput (tokens/s)", 1.0, POSITIVE),
+              ("throughput_rps", "Throughput (requests/s)", 1.0, POSITIVE)]  # fmt: skip
+    fig, axes = _ci_panels(ci, x, panels, legend=False)
+    offered = ci["offered_rate_per_s_mean"] if "offered_rate_per_s_mean" in ci else pd.Series()
+    if offered.notna().any() and offered.round(9).nunique() == 1:
+        axes[1].axhline(offered.iloc[0], color="#555555", linewidth=1.0, linestyle="--",
+                        label="offered rate", zorder=0)  # fmt: skip
+    figure_legend(fig, axes)
+    log_axis_if_wide(axes[-1], ci[x], "x", ratio=4)
+    if axes[-1].get_xscale() == "log":
+        plain_ticks(axes[-1], ci[x])
+    return fig
+
+
+# --- capacity -----------------------------------------------------------------------------
+
+
+@styled
+def capacity(ci: pd.DataFrame) -> Figure:
+    """Highest sustainable arrival rate per policy (95 % CI) and dp's gain over each baseline."""
+    require_columns(ci, ("policy", "capacity_rps_mean", "capacity_rps_ci95"), "capacity_ci")
+    require_rows(ci, "capacity_ci")
+    policies = ordered_policies(ci["policy"])
+    ci = ci.reset_index(drop=True)
+    if "point" not in ci:
+        ci = ci.assign(point=0)
+    points = list(dict.fromkeys(ci["point"]))
+    groups = [_point_label(ci[ci["point"] == p]) for p in points]
+    keyed = ci.drop_duplicates(["point", "policy"]).set_index(["point", "policy"])
+
+    def by_policy(column: str, names: list[str]) -> dict[str, list[float]]:
+        return {n: [float(keyed[column].get((p, n), np.nan)) for p in points] for n in names}
+
+    has_gain = "gain_of_dp_pct_mean" in ci and ci["gain_of_dp_pct_mean"].notna().any()
+    fig, axes = panel_figure(2 if has_gain else 1, sharex=False)
+    policy_bars(axes[0], groups, policies, by_policy("capacity_rps_mean", policies),
+                by_policy("capacity_rps_ci95", policies))  # fmt: skip
+    axes[0].set_ylabel("Capacity (requests/s)")
+    if has_gain:
+        baselines = [p for p in policies if p != "dp"]
+        gain_ci = (
+            by_policy("gain_of_dp_pct_ci95", baselines) if "gain_of_dp_pct_ci95" in ci else None
+        )
+        policy_bars(
+            axes[1], groups, baselines, by_policy("gain_of_dp_pct_mean", baselines), gain_ci
+        )
+        axes[1].set_ylabel("Capacity gain of DP (%)")
+        axes[1].axhline(0, color="black", linewidth=0.6)
+        low, high = axes[1].get_ylim()
+        axes[1].set_ylim(min(low, -2.0), max(high, 10.0))  # a zero gain still reads as zero
+    if len(groups) > 1:
+        figure_legend(fig, axes)
+    return fig
+
+
+def _point_label(rows: pd.DataFrame) -> str:
+    """A capacity point's bar-group label from its factor values: "load=0.5, slots=2"."""
+    factors = [c for c in rows.columns if "." in c]
+    return ", ".join(f"{c.rsplit('.', 1)[-1]}={rows[c].iloc[0]:g}" for c in factors) or "all"
