@@ -364,3 +364,39 @@ def test_server_entry_time_dp_is_exactly_optimal(case: GridCase):
         else:  # dp_queue_aware falls back to the least server work: all the client holds
             assert not plan.feasible
             assert (plan.on_client == p.client_allowed).all()
+
+
+@st.composite
+def entry_vector_cases(draw) -> GridCase:
+    """A grid case with a server entry time per boundary (whole numbers of steps)."""
+    case = draw(grid_cases())
+    n = case.exact.n_units
+    ks = np.array(draw(st.lists(st.integers(0, 4), min_size=n + 1, max_size=n + 1)), float)
+    extra = draw(st.integers(0, 8))
+    deadline = case.exact.deadline + extra
+    exact = replace(case.exact, server_entry_time=ks, deadline=deadline)
+    problem = replace(case.problem, server_entry_time=ks * case.step, deadline=deadline * case.step)
+    return GridCase(problem, exact, case.step)
+
+
+@SETTINGS
+@given(entry_vector_cases())
+def test_per_boundary_entry_times_dp_is_exactly_optimal(case: GridCase):
+    """A per-boundary entry time (a batching server's wait per pass) is charged at the
+    boundary where the placement enters the server; dp stays exactly optimal."""
+    p, exact = case.problem, case.exact
+    oracle = Oracle.of(exact)
+    no_entry = Oracle.of(replace(exact, server_entry_time=0.0))
+    ones = np.ones((len(oracle.placements), 1), bool)
+    path = np.concatenate([ones, oracle.placements, ones], axis=1)
+    up = (path[:, :-1] & ~path[:, 1:]).astype(float)
+    np.testing.assert_array_equal(oracle.latency, no_entry.latency + up @ exact.server_entry_time)
+    best = oracle.best_work(case.deadline_steps)
+    plan = solve(p, "dp", time_step=case.step)
+    check_plan_basics(p, plan)
+    if np.isfinite(best):
+        steps, _ = evaluate(exact, plan.on_client)
+        assert plan.feasible and steps <= case.deadline_steps
+        assert close(plan.server_work, best), (plan.server_work, best)
+    else:
+        assert not plan.feasible

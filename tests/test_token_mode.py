@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sim.config import load_scenario
@@ -129,3 +130,69 @@ def test_ttft_tpot_sla(tmp_path):
     assert (res["sla_met"] == (expect & (res["status"] == "completed"))).all()
     with pytest.raises(Exception, match="granularity: token"):
         _load(tmp_path, [], base)
+
+
+def test_queue_aware_on_an_idle_batching_server_is_dp(tmp_path):
+    """Requests far apart find the server asleep: no wait, so dp_queue_aware plans as dp."""
+    sets = ["simulation.granularity=token", "workload.arrival.rate_per_s=0.01", "requests=40",
+            "policies=[dp,dp_queue_aware]"]  # fmt: skip
+    df = simulate(_load(tmp_path, sets)).requests
+    a, b = (df[df["policy"] == p].reset_index(drop=True) for p in ("dp", "dp_queue_aware"))
+    cols = ["client_units", "planned_latency_s", "latency_s", "server_busy_s"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_queue_aware_plans_with_the_iteration_time_per_pass(tmp_path):
+    """Under load each pass through a server entry costs the recent iteration time, so the
+    plans made at arrival see more latency than dp's idle-server plans."""
+    sets = ["simulation.granularity=token", "workload.arrival.rate_per_s=3000", "requests=400",
+            "policies=[dp,dp_queue_aware]"]  # fmt: skip
+    df = simulate(_load(tmp_path, sets)).requests
+    dp, qa = (df[df["policy"] == p].reset_index(drop=True) for p in ("dp", "dp_queue_aware"))
+    seen_wait = (qa["planned_latency_s"] - dp["planned_latency_s"]).abs() > 1e-6
+    assert seen_wait.mean() > 0.3
+    assert qa["planned_latency_s"].mean() > dp["planned_latency_s"].mean()
+
+
+def test_link_estimates_plan_at_arrival_in_token_mode(tmp_path):
+    """On a traced link oracle and ewma plan with other bandwidths than nominal, and the
+    ewma estimate learns from token-mode transfers."""
+    from sim.engine.token import TokenSimulation
+
+    base = {**BASE, "clients": [dict(BASE["clients"][0])]}
+    trace = tmp_path / "bw.csv"
+    trace.write_text("time_s,uplink_mbps,downlink_mbps\n0,5,20\n2,40,160\n4,5,20\n")
+    base["clients"][0]["link"] = {"uplink_mbps": 20, "downlink_mbps": 80, "rtt_ms": 10,
+                                  "trace": str(trace)}  # fmt: skip
+    sets = ["simulation.granularity=token", "policies=[dp]", "workload.mix.0.deadline_s=0.5"]
+    plans = {}
+    for est in ("nominal", "oracle", "ewma"):
+        ld = _load(tmp_path, [*sets, f"split.link_estimate={est}"], base)
+        plans[est] = simulate(ld).requests["planned_latency_s"].to_numpy()
+    assert not np.allclose(plans["oracle"], plans["nominal"])
+    assert not np.allclose(plans["ewma"], plans["nominal"])
+    ld = _load(tmp_path, [*sets, "split.link_estimate=ewma"], base)
+    from sim.engine.planner import ProblemBook
+    from sim.runner import _replication_arrivals
+
+    arrivals, jitter = _replication_arrivals(ld, 0, 20.0)
+    sim = TokenSimulation(ld, "dp", arrivals, jitter, ProblemBook(ld))
+    sim.run()
+    assert sim.links[0].estimate_mbps != sim.links[0].nominal_mbps
+
+
+def test_pass_waits_count_prefill_and_every_decode_step():
+    """A batching server's wait recurs per pass: boundaries from the loop start on are
+    entered by the prefill and by every decode step; a forward pass enters once."""
+    from sim.catalog import get_model
+    from sim.costs import request_work
+    from sim.engine.planner import pass_waits
+
+    model = get_model("gpt2-medium")
+    gen = request_work(model, "generate", 100, 20)
+    waits = pass_waits(gen, 0.01)
+    assert waits.shape == (gen.n_units + 1,) and gen.steps > 0
+    assert np.allclose(waits[gen.loop_start :], 0.01 * (1 + gen.steps))
+    assert np.allclose(waits[: gen.loop_start], 0.01)
+    fwd = request_work(model, "forward", 100, 0)
+    assert np.allclose(pass_waits(fwd, 0.01), 0.01)

@@ -178,6 +178,17 @@ def bucket_linear(value: float, quantum: float) -> float:
     return round(value / quantum) * quantum
 
 
+def pass_waits(work: RequestWork, wait_per_pass_s: float) -> np.ndarray:
+    """Wait per entry at each boundary for a batching server: one wait per pass that enters
+    there, i.e. once for the prefill and again for every decode step from the loop start on
+    (every pass is a separate visit to the server's next iteration)."""
+    b = np.arange(work.n_units + 1)
+    passes = (
+        np.where(b >= work.loop_start, 1 + work.steps, 1) if work.steps > 0 else np.ones(b.size)
+    )
+    return wait_per_pass_s * passes
+
+
 class Planner:
     """One policy's plans, cached per (request class, client group, sizes).
 
@@ -194,6 +205,8 @@ class Planner:
         self.bucket = book.split.plan_bucket_fraction
         self._plans: dict[tuple, PlannedRequest] = {}
         self._dynamic: dict[tuple, PlannedRequest] = {}
+        # token granularity: the server's wait recurs on every pass through an entry
+        self.wait_per_pass = False
 
     def get(self, klass: int, group: int, prompt: int, output: int) -> PlannedRequest:
         key = (klass, group, prompt, output)
@@ -215,15 +228,17 @@ class Planner:
         """A plan made at arrival with the current estimates, cached per quantised bucket.
 
         The wait is snapped to multiples of `plan_bucket_fraction` x the request's
-        deadline, each bandwidth to steps of (1 + `plan_bucket_fraction`) around nominal.
+        deadline (divided by its passes when the wait recurs per pass), each bandwidth to steps of (1 + `plan_bucket_fraction`) around nominal.
         """
         klass, group = key[0], key[1]
         cfg = self.book.ld.scenario.clients[group].link
         up = bucket_log(up_mbps, cfg.uplink_mbps, self.bucket)
         down = bucket_log(down_mbps, cfg.downlink_mbps, self.bucket)
         if self.load_aware and server_wait_s > 0:
-            deadline = self.book.get(*key).deadline_s
-            wait = bucket_linear(server_wait_s, self.bucket * deadline)
+            quantum = self.bucket * self.book.get(*key).deadline_s
+            if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
+                quantum /= 1 + max(self.book.work(klass, key[2], key[3]).steps, 0)
+            wait = bucket_linear(server_wait_s, quantum)
         else:
             wait = 0.0
         busy = bool(server_busy and wait)
@@ -234,8 +249,9 @@ class Planner:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 rp = self.book.get_link(klass, group, key[2], key[3], up, down)
+                waits = pass_waits(rp.work, wait) if self.wait_per_pass and wait else wait
                 plan = solve(
-                    rp.problem, self.policy, self.time_step_s, server_wait_s=wait, server_busy=busy
+                    rp.problem, self.policy, self.time_step_s, server_wait_s=waits, server_busy=busy
                 )
                 planned = _planned(rp, plan)
             self._dynamic[full] = planned

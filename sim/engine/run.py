@@ -236,14 +236,17 @@ class Simulation:
         """Client energy of a request: device power x busy time + radio energy per bit."""
         return self._power_w[group] * client_busy_s + self._radio_j_per_byte[group] * nbytes
 
-    def _plan_at_arrival(self, i: int) -> tuple:
-        """Plan request i now, with the current server-wait and link estimates."""
-        planner, g = self.planner, self._group[i]
-        wait = busy = 0.0
-        if planner.load_aware:
-            wait = self.server.expected_wait_s()
-            busy = self.server.recent_utilization() >= self.busy_utilization
-        link = self.links[g]
+    def _live_load(self) -> tuple[float, bool]:
+        """(expected server wait per entry in s, whether the server is busy) right now."""
+        server = self.server
+        return server.expected_wait_s(), server.recent_utilization() >= self.busy_utilization
+
+    def _planned_at_arrival(self, i: int):
+        """Plan request i now, with the current server-load and link estimates, and fill
+        its plan columns."""
+        planner = self.planner
+        wait, busy = self._live_load() if planner.load_aware else (0.0, False)
+        link = self.links[self._group[i]]
         if self.link_estimate == "oracle":
             now = self.env.now
             up, down = link.mbps(UP, now), link.mbps(DOWN, now)
@@ -251,15 +254,20 @@ class Simulation:
             up, down = link.estimate_mbps
         else:
             up, down = link.nominal_mbps
-        planned = planner.get_at(self._keys[i], wait, up, down, bool(busy))
-        cache = self._dyn_programs
-        program = cache.get(id(planned))
-        if program is None:
-            program = cache[id(planned)] = (self._program(g, planned), planned)
+        planned = planner.get_at(self._keys[i], wait, up, down, busy)
         plan = planned.plan
         self.planned[i], self.feasible[i] = plan.latency, plan.feasible
         self.work[i], self.only_work[i] = plan.server_work, planned.server_only_work
         self.units[i], self.switches[i] = plan.client_units, plan.switches
+        return planned
+
+    def _plan_at_arrival(self, i: int) -> tuple:
+        """The engine program of request i's plan made at arrival (cached per plan)."""
+        planned = self._planned_at_arrival(i)
+        cache = self._dyn_programs
+        program = cache.get(id(planned))
+        if program is None:
+            program = cache[id(planned)] = (self._program(self._group[i], planned), planned)
         return program[0]
 
     def _arrivals(self):

@@ -18,9 +18,14 @@ and, when memory runs out, preempts the newest admitted request of the iteration
 is freed and, readmitted, it first recomputes its server units' KV over its context
 (vLLM's recompute preemption). A request whose KV cannot fit in empty memory is rejected.
 
+Plans made at arrival (a load-aware policy or a non-nominal `split.link_estimate`) see the
+link estimate (the `ewma` estimate learns each transfer's rate when the transfer is
+computed) and, for `dp_queue_aware`, a wait per pass through each server entry equal to
+the recent iteration time (EWMA, weight `split.wait_ewma_alpha`; 0 while the server is
+idle), busy when requests wait for admission.
+
 Simplifications: a shared medium is not contended in token mode (transfers use the link's
-bandwidth at their start, its RTT and jitter); plans are the policies' static plans
-(load-aware policies and non-nominal link estimates are refused).
+bandwidth at their start, its RTT and jitter).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import simpy
 from sim.engine.batching import BatchCost, LevelSeries, weight_read_bytes
 from sim.engine.network import DOWN, UP
 from sim.engine.resources import ServerPool
-from sim.engine.run import _DONE, _REJECTED, RunResult, Simulation
+from sim.engine.run import _AT_ARRIVAL, _DONE, _REJECTED, RunResult, Simulation
 from sim.errors import UserError
 
 _CLIENT, _SERVER = 0, 1
@@ -91,11 +96,9 @@ class TokenSimulation(Simulation):
     def __init__(self, ld, policy, arrivals, jitter_seed, book, progress=None, log=None):
         super().__init__(ld, policy, arrivals, jitter_seed, book, progress, None)
         sc = ld.scenario
-        if getattr(self.planner, "dynamic", False):
-            raise UserError(
-                f"policy '{policy}' / split.link_estimate '{sc.split.link_estimate}' plans at "
-                "arrival, which simulation.granularity: token does not support"
-            )
+        self.planner.wait_per_pass = True  # each pass waits for the next iteration
+        self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
+        self._iteration_alpha = sc.split.wait_ewma_alpha
         cfg = sc.simulation
         self.cfg = cfg
         self.max_batch = cfg.max_batch_requests
@@ -114,7 +117,8 @@ class TokenSimulation(Simulation):
         self.ttft, self.tpot = np.full(n, np.nan), np.full(n, np.nan)
         self.itl50, self.itl99, self.itlmax = (np.full(n, np.nan) for _ in range(3))
         self.gaps: list = [None] * n
-        self._tp_programs: dict[tuple, _Program] = {}
+        self._tp_programs: dict = {}
+        self._tp_keep: list = []
         self._heap: list = []
         self._seq = 0
         self._ready: deque = deque()
@@ -172,12 +176,25 @@ class TokenSimulation(Simulation):
             self._model_index[key] = found
         return found
 
-    def _token_program(self, i: int, key: tuple) -> _Program:
-        found = self._tp_programs.get(key)
+    def _live_load(self) -> tuple[float, bool]:
+        """(wait per pass through a server entry, busy): the recent iteration time while the
+        server iterates (a visit waits for the next iteration, then lasts one), and busy when
+        requests wait for admission (KV memory or batch seats are exhausted)."""
+        wait = 0.0 if self._wake is not None else self._iteration_ewma_s  # asleep: idle
+        return wait, bool(self._waiting)
+
+    def _token_program(self, key: tuple, planned=None) -> _Program:
+        """The token program of a plan: the static plan of `key`, or `planned` (made at
+        arrival), cached per plan."""
+        cache_key = key if planned is None else id(planned)
+        found = self._tp_programs.get(cache_key)
         if found is not None:
             return found
         klass, group, prompt, output = key
-        planned = self.planner.get(*key)
+        if planned is None:
+            planned = self.planner.get(*key)
+        else:
+            self._tp_keep.append(planned)  # keeps id(planned) unique while cached
         work = self.book.work(klass, prompt, output)
         oc = np.asarray(planned.plan.on_client, bool)
         L = work.n_units
@@ -218,7 +235,7 @@ class TokenSimulation(Simulation):
         p.pass_first_server = min((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
         p.step_first_server = min((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
         p.step_has_server = p.step_last_server >= 0
-        self._tp_programs[key] = p
+        self._tp_programs[cache_key] = p
         return p
 
     # --- run -----------------------------------------------------------------------------
@@ -267,7 +284,11 @@ class TokenSimulation(Simulation):
         return res
 
     def _admit(self, i: int) -> None:
-        prog = self._token_program(i, self._keys_all[i])
+        key = self._keys_all[i]
+        if self._plan_of[i] == _AT_ARRIVAL:
+            prog = self._token_program(key, self._planned_at_arrival(i))
+        else:
+            prog = self._token_program(key)
         r = _Req(i, prog, self._client[i], self.links[self._group[i]], self.env.now)
         if self.edf:
             r.priority = self.env.now + self._deadline[i]
@@ -282,7 +303,10 @@ class TokenSimulation(Simulation):
             return 0.0
         self.request_events += 1
         link = r.link
-        dt = link.serialisation_s(direction, nbytes, t) + link.delay_s(1.0)
+        serial = link.serialisation_s(direction, nbytes, t)
+        if self._observe:  # learnt when the transfer is computed (its start)
+            link.observe(direction, nbytes, serial, self.link_alpha)
+        dt = serial + link.delay_s(1.0)
         r.xfer += dt
         r.nbytes += nbytes
         return dt
@@ -406,6 +430,9 @@ class TokenSimulation(Simulation):
                 self._wake = None
                 continue
             dur, tokens = self._price(batch)
+            a = self._iteration_alpha
+            ewma = self._iteration_ewma_s
+            self._iteration_ewma_s = dur if not self.iterations else a * dur + (1 - a) * ewma
             self.iterations += 1
             self.series_batch.set(now, len(batch))
             self.server._change(0, 1)

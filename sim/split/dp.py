@@ -117,20 +117,13 @@ def _trace(g: dict, loc: int, t: int, from_s, from_c) -> np.ndarray:
     return np.array(on_client, bool)
 
 
-def _entry_times(problem: SplitProblem) -> np.ndarray:
-    """Cost of each client -> server switch: the uplink plus the expected server wait."""
-    if problem.server_entry_time:
-        return problem.uplink_time + problem.server_entry_time
-    return problem.uplink_time
-
-
 def _grid(problem: SplitProblem, step: float) -> dict:
     L = problem.n_units
     dn_end_loop = problem.downlink_time[L] - problem.loop_downlink_time
     return {
         "cc": grid_steps(problem.client_time, step),
         "cs": grid_steps(problem.server_time, step),
-        "up": grid_steps(_entry_times(problem), step),
+        "up": grid_steps(problem.entry_times, step),
         "dn": grid_steps(problem.downlink_time, step),
         "loop_up": int(grid_steps(problem.loop_uplink_time, step)),
         "dn_end_loop": int(grid_steps(max(dn_end_loop, 0.0), step)),
@@ -162,7 +155,7 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
 def fastest_placement(problem: SplitProblem) -> np.ndarray:
     """The exact least-latency placement (ties: least server work); exact, no grid."""
     L = problem.n_units
-    entry = _entry_times(problem)
+    entry = problem.entry_times
     best_key, best_oc = None, None
     starts = (0, 1) if problem.has_loop else (None,)
     for start_on in starts:

@@ -45,15 +45,15 @@ def dp(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
 def dp_queue_aware(
     problem: SplitProblem,
     time_step: float | None = None,
-    server_wait_s: float = 0.0,
+    server_wait_s: float | np.ndarray = 0.0,
     server_busy: bool = False,
     **_,
 ) -> Plan:
     """The DP with the server's expected wait added to every entry onto the server.
 
     `server_wait_s` (s) is added to the problem's `server_entry_time`: each client -> server
-    switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait.
-    With `server_wait_s=0` it is exactly `dp`. The plan's latency includes the waits.
+    switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait
+    (one number, or one per boundary, see `SplitProblem`). With no wait it is exactly `dp`. The plan's latency includes the waits.
 
     Fitting a wait can need *more* server work than `dp`'s plan (fewer slow client units),
     which lengthens the queue for everyone: positive feedback near saturation. So:
@@ -63,9 +63,9 @@ def dp_queue_aware(
       takes the placement with the least server work (every unit the client holds on the
       client; `fallback`, usually `feasible=False`), relieving the queue for the others.
     """
-    if not server_wait_s:
+    if not np.any(server_wait_s):
         return solve_dp(problem, time_step, name="dp_queue_aware")
-    entry = problem.server_entry_time + float(server_wait_s)
+    entry = problem.server_entry_time + np.asarray(server_wait_s, float)
     waited = replace(problem, server_entry_time=entry)
     plan = solve_dp(waited, time_step, name="dp_queue_aware")
     if plan.feasible:
@@ -154,7 +154,7 @@ def solve(
     problem: SplitProblem,
     policy: str = "dp",
     time_step: float | None = None,
-    server_wait_s: float = 0.0,
+    server_wait_s: float | np.ndarray = 0.0,
     server_busy: bool = False,
 ) -> Plan:
     """Place the problem's units with the named policy.

@@ -15,7 +15,9 @@ the server but the last unit on the client, each token must go up again
 `server_entry_time` (default 0) is added once per entry onto the server, i.e. per
 client -> server switch, including the start when unit 0 runs on the server: the expected
 queueing delay of each server segment, which load-aware policies set from the live server
-state (each server segment queues separately in the engine).
+state (each server segment queues separately in the engine). It is one number for every
+boundary, or one per boundary (L + 1 values; a batching server's wait depends on how many
+passes cross the boundary: once for a forward pass, once per decode step after the loop).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class SplitProblem:
     loop_start: int = 0
     loop_uplink_time: float = 0.0
     loop_downlink_time: float = 0.0
-    server_entry_time: float = 0.0
+    server_entry_time: float | np.ndarray = 0.0
 
     def __post_init__(self) -> None:
         n = np.asarray(self.client_time).reshape(-1).shape[0]
@@ -68,7 +70,10 @@ class SplitProblem:
             raise ValueError("deadline must be > 0")
         if not 0 <= self.loop_start < n:
             raise ValueError(f"loop_start must be in 0..{n - 1}")
-        if not (np.isfinite(self.server_entry_time) and self.server_entry_time >= 0):
+        entry = self.server_entry_time
+        if np.ndim(entry):
+            set_(self, "server_entry_time", _vec(entry, n + 1, "server_entry_time"))
+        elif not (np.isfinite(entry) and entry >= 0):
             raise ValueError("server_entry_time must be finite and >= 0")
         if self.loop_downlink_time > self.downlink_time[n] + 1e-12:
             raise ValueError("loop_downlink_time is part of downlink_time[L] and cannot exceed it")
@@ -76,6 +81,13 @@ class SplitProblem:
     @property
     def n_units(self) -> int:
         return self.client_time.shape[0]
+
+    @property
+    def entry_times(self) -> np.ndarray | float:
+        """Cost of a client -> server switch at each boundary: uplink plus expected wait."""
+        if np.any(self.server_entry_time):
+            return self.uplink_time + self.server_entry_time
+        return self.uplink_time
 
     @property
     def has_loop(self) -> bool:
@@ -114,9 +126,7 @@ def evaluate_many(problem: SplitProblem, on_client: np.ndarray) -> tuple[np.ndar
     path = np.concatenate([np.ones((oc.shape[0], 1), bool), oc, np.ones((oc.shape[0], 1), bool)], 1)
     up = path[:, :-1] & ~path[:, 1:]  # client before boundary b, server after
     down = ~path[:, :-1] & path[:, 1:]
-    links = up.astype(float) @ problem.uplink_time + down.astype(float) @ problem.downlink_time
-    if problem.server_entry_time:  # one expected wait per entry onto the server
-        links = links + up.sum(axis=1) * problem.server_entry_time
+    links = up.astype(float) @ problem.entry_times + down.astype(float) @ problem.downlink_time
     latency = compute + links
     if problem.has_loop:
         start_server = on_server[:, problem.loop_start]
