@@ -17,6 +17,14 @@ from sim.config import LoadedScenario
 from sim.costs import RequestWork, request_work
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
+from sim.split.phased import (
+    DEADLINE_POLICIES,
+    Phases,
+    judge,
+    solve_phased,
+    split_phases,
+    with_waits,
+)
 from sim.split.policies import LOAD_AWARE
 
 CLIENT, SERVER, XFER = 0, 1, 2
@@ -77,6 +85,7 @@ class RequestProblem:
     problem: SplitProblem
     work: RequestWork
     deadline_s: float
+    phases: Phases | None = None  # generation with TTFT/TPOT SLAs (token granularity)
 
 
 class ProblemBook:
@@ -120,7 +129,7 @@ class ProblemBook:
             nominal = self.get(klass, group, prompt, output)
             built = self._build(klass, group, prompt, output, Link(up_mbps, down_mbps, cfg.rtt_ms))
             problem = replace(built.problem, deadline=nominal.problem.deadline)
-            found = RequestProblem(problem, built.work, nominal.deadline_s)
+            found = RequestProblem(problem, built.work, nominal.deadline_s, built.phases)
             self._linked[key] = found
         return found
 
@@ -147,8 +156,21 @@ class ProblemBook:
             server_only = solve(problem, "server_only")
             deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]
         # plans aim at the SLA less the slack kept for queueing and link variation
-        problem = replace(problem, deadline=deadline * (1 - self.split.slack_fraction))
-        return RequestProblem(problem, work, float(deadline))
+        keep = 1 - self.split.slack_fraction
+        problem = replace(problem, deadline=deadline * keep)
+        phases = None
+        if (cls.ttft_deadline_s or cls.tpot_deadline_s) and work.steps > 0:
+            first = build_problem(
+                self.ld.models[cls.model], cls.task, prompt, 1, self.ld.client_devices[group],
+                self.ld.server_device, link, 1.0, resident=grp.resident,
+                objective=self.split.objective, granularity=self.split.granularity,
+                work=self.work(klass, prompt, 1),
+            )  # fmt: skip
+            phases = split_phases(
+                problem, first, work.steps, (cls.ttft_deadline_s or 0) * keep,
+                (cls.tpot_deadline_s or 0) * keep, (cls.deadline_s or 0) * keep,
+            )  # fmt: skip
+        return RequestProblem(problem, work, float(deadline), phases)
 
 
 def _planned(rp: RequestProblem, plan: Plan) -> PlannedRequest:
@@ -213,7 +235,7 @@ class Planner:
         planned = self._plans.get(key)
         if planned is None:
             rp = self.book.get(klass, group, prompt, output)
-            planned = _planned(rp, solve(rp.problem, self.policy, self.time_step_s))
+            planned = _planned(rp, self._solve(rp))
             self._plans[key] = planned
         return planned
 
@@ -249,13 +271,26 @@ class Planner:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 rp = self.book.get_link(klass, group, key[2], key[3], up, down)
-                waits = pass_waits(rp.work, wait) if self.wait_per_pass and wait else wait
-                plan = solve(
-                    rp.problem, self.policy, self.time_step_s, server_wait_s=waits, server_busy=busy
-                )
-                planned = _planned(rp, plan)
+                planned = _planned(rp, self._solve(rp, wait, busy))
             self._dynamic[full] = planned
         return planned
+
+    def _solve(self, rp: RequestProblem, wait: float = 0.0, busy: bool = False) -> Plan:
+        """The policy's plan for a request problem with an expected server wait per entry
+        (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`."""
+        per_pass = self.wait_per_pass and wait
+        if rp.phases is None:
+            waits = pass_waits(rp.work, wait) if per_pass else wait
+            return solve(rp.problem, self.policy, self.time_step_s, waits, busy)
+        whole, phases = rp.problem, rp.phases
+        if wait:
+            after_loop = np.arange(whole.n_units + 1) >= rp.work.loop_start
+            phases = with_waits(phases, wait, np.where(after_loop, wait, 0.0))
+            whole = replace(whole, server_entry_time=pass_waits(rp.work, wait))
+        if self.policy not in DEADLINE_POLICIES:
+            return judge(whole, phases, solve(whole, self.policy))
+        # mixed problems are in units of the limits: the DP's default relative grid
+        return solve_phased(whole, phases, lambda p, w: solve(p, self.policy, None, w, busy))
 
     @property
     def cached_plans(self) -> int:

@@ -1,0 +1,163 @@
+"""Plans for generation under token SLAs: time to first token and time per output token.
+
+A placement serves the prefill and every decode step alike, so with a TTFT and a TPOT SLA
+it must meet two latency limits at once: the prefill's (`prefill`, the request with one
+output token) and the mean decode step's (`step`: the whole request less its prefill,
+divided by the steps; every problem vector enters the latency linearly, so this is exact
+for the mean, which is what TPOT measures).
+
+The DP handles one additive latency. Every placement that meets both limits also meets
+any weighted mix of them, `theta x prefill / TTFT + (1 - theta) x step / TPOT <= 1`, so a
+policy run on the mixed problem never loses a placement that meets both. `solve_phased`
+starts from the mix equivalent to the end-to-end budget TTFT + steps x TPOT and bisects
+theta (towards the prefill when the plan misses the TTFT, towards the step when it misses
+the TPOT) until a plan meets both. When the mix has no placement within its limit, none
+meets both: the policy's own answer to that mix (dp: the least mixed latency) is returned
+with `feasible=False`. The first plan found that meets both is kept; another theta could
+need less server work, so this is a sound but not always optimal search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sim.split.problem import Plan, SplitProblem, evaluate
+
+_FITS = 1 + 1e-9  # relative slack for float error when comparing with a limit
+_BISECTIONS = 8
+
+# Policies whose placement depends on the deadline; the others are only re-judged.
+DEADLINE_POLICIES = frozenset({"dp", "dp_queue_aware", "greedy", "greedy_ratio", "best_cut"})
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The prefill problem, the mean decode step problem (each with its expected server
+    waits as `server_entry_time`), the number of steps and the limits in s (inf = none)."""
+
+    prefill: SplitProblem
+    step: SplitProblem
+    steps: int
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float = float("inf")
+
+
+def split_phases(
+    whole: SplitProblem, prefill: SplitProblem, steps: int, ttft_s, tpot_s, e2e_s=None
+) -> Phases:
+    """Phases of a generation request from its whole problem and its prefill-only problem."""
+    k = float(steps)
+
+    def per_step(name: str) -> np.ndarray:
+        return np.maximum((getattr(whole, name) - getattr(prefill, name)) / k, 0.0)
+
+    step = replace(
+        whole,
+        client_time=per_step("client_time"),
+        server_time=per_step("server_time"),
+        server_work=per_step("server_work"),
+        uplink_time=per_step("uplink_time"),
+        downlink_time=per_step("downlink_time"),
+        loop_uplink_time=whole.loop_uplink_time / k,
+        loop_downlink_time=whole.loop_downlink_time / k,
+        deadline=np.inf,
+    )
+    inf = float("inf")
+    return Phases(
+        replace(prefill, deadline=np.inf), step, steps, ttft_s or inf, tpot_s or inf, e2e_s or inf
+    )
+
+
+def with_waits(phases: Phases, prefill_wait, step_wait) -> Phases:
+    """The phases with an expected server wait per entry (scalar or per boundary)."""
+    return replace(
+        phases,
+        prefill=replace(phases.prefill, server_entry_time=prefill_wait),
+        step=replace(phases.step, server_entry_time=step_wait),
+    )
+
+
+def meets(phases: Phases, on_client: np.ndarray) -> tuple[bool, bool]:
+    """Whether a placement meets the TTFT and the TPOT limit (planned times with waits)."""
+    ttft = evaluate(phases.prefill, on_client)[0]
+    tpot = evaluate(phases.step, on_client)[0]
+    return ttft <= phases.ttft_s * _FITS, tpot <= phases.tpot_s * _FITS
+
+
+def _weights(phases: Phases, theta: float) -> tuple[float, float]:
+    a = theta / phases.ttft_s if np.isfinite(phases.ttft_s) else 0.0
+    b = (1 - theta) / phases.tpot_s if np.isfinite(phases.tpot_s) else 0.0
+    return a, b
+
+
+def mixed(phases: Phases, theta: float) -> tuple[SplitProblem, np.ndarray]:
+    """The problem theta x prefill / TTFT + (1 - theta) x step / TPOT with limit 1, and its
+    server wait per boundary (kept apart so a load-aware policy sees it as a wait)."""
+    a, b = _weights(phases, theta)
+    pre, st = phases.prefill, phases.step
+    n = pre.n_units + 1
+
+    def mix(name: str):
+        return a * getattr(pre, name) + b * getattr(st, name)
+
+    problem = replace(
+        st,
+        client_time=mix("client_time"),
+        server_time=mix("server_time"),
+        uplink_time=mix("uplink_time"),
+        downlink_time=mix("downlink_time"),
+        loop_uplink_time=mix("loop_uplink_time"),
+        loop_downlink_time=mix("loop_downlink_time"),
+        server_work=pre.server_work + phases.steps * st.server_work,
+        server_entry_time=0.0,
+        deadline=1.0,
+    )
+    wait = a * np.broadcast_to(pre.server_entry_time, n) + b * np.broadcast_to(
+        st.server_entry_time, n
+    )
+    return problem, wait
+
+
+def _start_theta(phases: Phases) -> float:
+    """The mix whose limit is the end-to-end budget TTFT + steps x TPOT."""
+    ttft, tpot = phases.ttft_s, phases.tpot_s
+    if not np.isfinite(tpot):
+        return 1.0
+    if not np.isfinite(ttft):
+        return 0.0
+    return ttft / (ttft + phases.steps * tpot)
+
+
+def judge(whole: SplitProblem, phases: Phases, plan: Plan) -> Plan:
+    """`plan` on the whole request: its latency and work, feasible when it meets the TTFT,
+    the TPOT and any end-to-end limit."""
+    latency, work = evaluate(whole, plan.on_client)
+    ok = all(meets(phases, plan.on_client)) and latency <= phases.e2e_s * _FITS
+    return Plan(plan.on_client, latency, work, bool(ok), plan.policy, plan.notes)
+
+
+def solve_phased(
+    whole: SplitProblem, phases: Phases, run: Callable[[SplitProblem, np.ndarray], Plan]
+) -> Plan:
+    """Least server work meeting TTFT and TPOT, searched over mixes (see the module doc).
+
+    `run(problem, wait)` runs the policy on a mixed problem with its server wait per
+    boundary; `whole` (with its waits) gives the returned plan's latency and work.
+    """
+    lo, hi = 0.0, 1.0
+    theta = _start_theta(phases)
+    plan = None
+    for _ in range(_BISECTIONS):
+        plan = run(*mixed(phases, theta))
+        if not plan.feasible:
+            break  # no placement meets the mix, so none meets both
+        ttft_ok, tpot_ok = meets(phases, plan.on_client)
+        if ttft_ok == tpot_ok:
+            break  # both met, or both missed (then no mix helps)
+        lo, hi = (theta, hi) if not ttft_ok else (lo, theta)
+        theta = (lo + hi) / 2
+    return judge(whole, phases, plan)

@@ -1,0 +1,108 @@
+"""Generation plans under TTFT and TPOT SLAs (`sim.split.phased`)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.catalog import get_device, get_model
+from sim.costs import request_work
+from sim.split import Link, SplitProblem, build_problem, evaluate, solve
+from sim.split.phased import meets, solve_phased, split_phases
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _real_phases(prompt: int = 300, output: int = 40):
+    model, client, server = (
+        get_model("gpt2-medium"), get_device("laptop-m2"), get_device("a100-80gb")
+    )  # fmt: skip
+    link = Link(50, 200, 20)
+    whole = build_problem(model, "generate", prompt, output, client, server, link, 10.0)
+    first = build_problem(model, "generate", prompt, 1, client, server, link, 10.0)
+    steps = request_work(model, "generate", prompt, output).steps
+    return whole, first, steps
+
+
+def test_whole_request_is_prefill_plus_steps_times_the_mean_step():
+    whole, first, steps = _real_phases()
+    ph = split_phases(whole, first, steps, 1.0, 0.05)
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        oc = rng.random(whole.n_units) < 0.5
+        total = evaluate(whole, oc)[0]
+        parts = evaluate(ph.prefill, oc)[0] + steps * evaluate(ph.step, oc)[0]
+        assert np.isclose(total, parts, rtol=1e-9), (total, parts)
+
+
+@st.composite
+def phase_cases(draw):
+    n = draw(st.integers(1, 7))
+    t = st.floats(0, 1, allow_nan=False)
+    vec = lambda k: np.array(draw(st.lists(t, min_size=k, max_size=k)))  # noqa: E731
+    pre = SplitProblem(vec(n), vec(n), uplink_time=vec(n + 1), downlink_time=vec(n + 1))
+    step = SplitProblem(vec(n), vec(n), uplink_time=vec(n + 1), downlink_time=vec(n + 1))
+    steps = draw(st.integers(1, 20))
+    whole = SplitProblem(
+        pre.client_time + steps * step.client_time, pre.server_time + steps * step.server_time,
+        uplink_time=pre.uplink_time + steps * step.uplink_time,
+        downlink_time=pre.downlink_time + steps * step.downlink_time, deadline=1e9,
+    )  # fmt: skip
+    placements = np.array(list(itertools.product([False, True], repeat=n)))
+    lat_pre = np.array([evaluate(pre, oc)[0] for oc in placements])
+    lat_step = np.array([evaluate(step, oc)[0] for oc in placements])
+    ttft = draw(st.floats(0.2, 1.2)) * max(lat_pre.max(), 1e-3)
+    tpot = draw(st.floats(0.2, 1.2)) * max(lat_step.max(), 1e-3)
+    ph = split_phases(whole, pre, steps, ttft, tpot)
+    return whole, ph, placements
+
+
+@SETTINGS
+@given(phase_cases())
+def test_phased_dp_is_sound_and_finds_a_plan_when_one_exists(case):
+    """A feasible plan meets TTFT and TPOT; when some placement meets both with 1 % to
+    spare (exhaustive search; the DP's grid rounds times up by at most n x limit / 2000),
+    the search finds one; it never has less work than the best placement meeting both."""
+    whole, ph, placements = case
+    plan = solve_phased(whole, ph, lambda p, w: solve(p, "dp", None, w))
+    ok = np.array([all(meets(ph, oc)) for oc in placements])
+    spare = replace(ph, ttft_s=0.99 * ph.ttft_s, tpot_s=0.99 * ph.tpot_s)
+    ok_spare = np.array([all(meets(spare, oc)) for oc in placements])
+    work = np.array([evaluate(whole, oc)[1] for oc in placements])
+    if plan.feasible:
+        assert all(meets(ph, plan.on_client))
+        assert plan.server_work >= work[ok].min() - 1e-9
+    if ok_spare.any():
+        assert plan.feasible
+
+
+def test_token_mode_plans_meet_ttft_and_tpot_on_an_idle_server(tmp_path):
+    """At a rate where requests never overlap, a feasible plan's realised TTFT and TPOT
+    are the planned ones (batch 1, fixed link), so every such request meets its SLAs."""
+    import yaml
+
+    from sim.config import load_scenario
+    from sim.runner import simulate
+
+    body = {
+        "name": "phased", "seed": 3, "requests": 30, "policies": ["dp"],
+        "server": {"device": "a100-80gb"},
+        "simulation": {"granularity": "token"},
+        "clients": [{"name": "laptops", "count": 4, "device": "laptop-m2",
+                     "link": {"uplink_mbps": 50, "downlink_mbps": 200, "rtt_ms": 20}}],
+        "workload": {"arrival": {"kind": "poisson", "rate_per_s": 0.01}, "mix": [{
+            "name": "chat", "model": "gpt2-medium", "task": "generate",
+            "prompt_tokens": {"kind": "uniform", "low": 100, "high": 600},
+            "output_tokens": {"kind": "uniform", "low": 10, "high": 80},
+            "ttft_deadline_s": 0.2, "tpot_deadline_s": 0.03}]},
+    }  # fmt: skip
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(body))
+    df = simulate(load_scenario(path)).requests
+    feasible = df[df["plan_feasible"]]
+    assert len(feasible) > 20 and (feasible["client_units"] > 0).any()
+    assert feasible["sla_met"].all(), feasible[["ttft_s", "tpot_s", "client_units"]]
