@@ -15,7 +15,8 @@ UTIL_WINDOW_HOLDS = 50
 
 
 class ServerPool:
-    """Server slots (a SimPy priority resource) that integrate busy slots and queue length.
+    """Server slots (a SimPy resource; a priority resource for EDF) that integrate busy
+    slots and queue length.
 
     Integrals advance at every change, so utilisation and mean queue length are exact
     time averages, not samples. Change points are kept (times and levels) for the time
@@ -34,7 +35,11 @@ class ServerPool:
         self.slots = slots
         self.edf = edf
         self.max_queue = max_queue
-        self.resource = simpy.PriorityResource(env, capacity=slots)
+        # FIFO needs no sorting: SimPy's priority queue re-sorts on every request, which
+        # is quadratic in the queue length under overload
+        self.resource = (
+            simpy.PriorityResource(env, capacity=slots) if edf else simpy.Resource(env, slots)
+        )
         self._last_t = 0.0
         self._busy = 0
         self._queue = 0
@@ -85,7 +90,9 @@ class ServerPool:
     def request(self, priority: float):
         """Ask for a slot; the caller yields the returned event, then calls `granted`."""
         self._change(1, 0)
-        return self.resource.request(priority=priority)
+        if self.edf:
+            return self.resource.request(priority=priority)
+        return self.resource.request()
 
     def granted(self, hold_s: float = 0.0) -> None:
         """A slot is granted for `hold_s` seconds (kept for the residual of busy slots)."""
