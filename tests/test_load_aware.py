@@ -246,3 +246,12 @@ def test_recent_utilization_follows_the_busy_share():
     env.run()
     assert seen["busy"] > 0.99
     assert abs(seen["idle"] - seen["busy"] * np.exp(-3)) < 1e-3
+
+
+@SETTINGS
+@given(problems(), st.floats(0.01, 2), st.booleans())
+def test_without_shedding_the_waited_dp_stands(p: SplitProblem, wait: float, busy: bool):
+    """shed=False (batching servers): the waited DP's plan, or its least-latency fallback."""
+    fit = solve(replace(p, server_entry_time=wait), "dp")
+    plan = solve(p, "dp_queue_aware", server_wait_s=wait, server_busy=busy, shed=False)
+    assert (plan.on_client == fit.on_client).all() and plan.feasible == fit.feasible

@@ -227,8 +227,10 @@ class Planner:
         self.bucket = book.split.plan_bucket_fraction
         self._plans: dict[tuple, PlannedRequest] = {}
         self._dynamic: dict[tuple, PlannedRequest] = {}
-        # token granularity: the server's wait recurs on every pass through an entry
+        # token granularity: the server's wait recurs on every pass through an entry, and
+        # a load-aware policy does not shed load to the client (see dp_queue_aware)
         self.wait_per_pass = False
+        self.shed = True
 
     def get(self, klass: int, group: int, prompt: int, output: int) -> PlannedRequest:
         key = (klass, group, prompt, output)
@@ -281,7 +283,7 @@ class Planner:
         per_pass = self.wait_per_pass and wait
         if rp.phases is None:
             waits = pass_waits(rp.work, wait) if per_pass else wait
-            return solve(rp.problem, self.policy, self.time_step_s, waits, busy)
+            return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
         whole, phases = rp.problem, rp.phases
         if wait:
             after_loop = np.arange(whole.n_units + 1) >= rp.work.loop_start
@@ -290,7 +292,8 @@ class Planner:
         if self.policy not in DEADLINE_POLICIES:
             return judge(whole, phases, solve(whole, self.policy))
         # mixed problems are in units of the limits: the DP's default relative grid
-        return solve_phased(whole, phases, lambda p, w: solve(p, self.policy, None, w, busy))
+        run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731
+        return solve_phased(whole, phases, run)
 
     @property
     def cached_plans(self) -> int:

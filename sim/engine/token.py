@@ -22,7 +22,7 @@ Plans made at arrival (a load-aware policy or a non-nominal `split.link_estimate
 link estimate (the `ewma` estimate learns each transfer's rate when the transfer is
 computed) and, for `dp_queue_aware`, a wait per pass through each server entry equal to
 the recent iteration time (EWMA, weight `split.wait_ewma_alpha`; 0 while the server is
-idle), busy when requests wait for admission.
+idle), without shedding load to the client (`Planner.shed`).
 
 Simplifications: a shared medium is not contended in token mode (transfers use the link's
 bandwidth at their start, its RTT and jitter).
@@ -97,6 +97,7 @@ class TokenSimulation(Simulation):
         super().__init__(ld, policy, arrivals, jitter_seed, book, progress, None)
         sc = ld.scenario
         self.planner.wait_per_pass = True  # each pass waits for the next iteration
+        self.planner.shed = False  # one request's work barely moves the iteration time
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
         cfg = sc.simulation
@@ -178,10 +179,10 @@ class TokenSimulation(Simulation):
 
     def _live_load(self) -> tuple[float, bool]:
         """(wait per pass through a server entry, busy): the recent iteration time while the
-        server iterates (a visit waits for the next iteration, then lasts one), and busy when
-        requests wait for admission (KV memory or batch seats are exhausted)."""
+        server iterates (a visit waits for the next iteration, then lasts one); never busy,
+        as load-aware policies do not shed load at token granularity."""
         wait = 0.0 if self._wake is not None else self._iteration_ewma_s  # asleep: idle
-        return wait, bool(self._waiting)
+        return wait, False
 
     def _token_program(self, key: tuple, planned=None) -> _Program:
         """The token program of a plan: the static plan of `key`, or `planned` (made at

@@ -47,13 +47,15 @@ def dp_queue_aware(
     time_step: float | None = None,
     server_wait_s: float | np.ndarray = 0.0,
     server_busy: bool = False,
+    shed: bool = True,
     **_,
 ) -> Plan:
     """The DP with the server's expected wait added to every entry onto the server.
 
     `server_wait_s` (s) is added to the problem's `server_entry_time`: each client -> server
     switch (and the start, if unit 0 runs on the server) costs the uplink plus that wait
-    (one number, or one per boundary, see `SplitProblem`). With no wait it is exactly `dp`. The plan's latency includes the waits.
+    (one number, or one per boundary, see `SplitProblem`). With no wait it is exactly `dp`.
+    The plan's latency includes the waits.
 
     Fitting a wait can need *more* server work than `dp`'s plan (fewer slow client units),
     which lengthens the queue for everyone: positive feedback near saturation. So:
@@ -62,12 +64,18 @@ def dp_queue_aware(
     - otherwise (a busy server, or no placement fits the wait) the request sheds load: it
       takes the placement with the least server work (every unit the client holds on the
       client; `fallback`, usually `feasible=False`), relieving the queue for the others.
+
+    With `shed=False` (a batching server, where one request's work barely moves the
+    iteration time but a slow client stretches the request) the waited plan is always
+    taken, and when nothing fits, the least-latency placement.
     """
     if not np.any(server_wait_s):
         return solve_dp(problem, time_step, name="dp_queue_aware")
     entry = problem.server_entry_time + np.asarray(server_wait_s, float)
     waited = replace(problem, server_entry_time=entry)
     plan = solve_dp(waited, time_step, name="dp_queue_aware")
+    if not shed:
+        return plan  # solve_dp falls back to the least-latency placement
     if plan.feasible:
         if not server_busy:
             return plan
@@ -156,16 +164,18 @@ def solve(
     time_step: float | None = None,
     server_wait_s: float | np.ndarray = 0.0,
     server_busy: bool = False,
+    shed: bool = True,
 ) -> Plan:
     """Place the problem's units with the named policy.
 
-    `server_wait_s` is the expected server wait per entry and `server_busy` whether the
-    server's recent utilisation is at its limit; only load-aware policies (`LOAD_AWARE`)
-    use them, the others ignore them.
+    `server_wait_s` is the expected server wait per entry, `server_busy` whether the
+    server's recent utilisation is at its limit and `shed` whether a load-aware policy may
+    shed load to the client; only load-aware policies (`LOAD_AWARE`) use them.
     """
     fn = POLICIES.get(policy)
     if policy in LOAD_AWARE:
         return fn(
-            problem, time_step=time_step, server_wait_s=server_wait_s, server_busy=server_busy
-        )
+            problem, time_step=time_step, server_wait_s=server_wait_s, server_busy=server_busy,
+            shed=shed,
+        )  # fmt: skip
     return fn(problem, time_step=time_step)
