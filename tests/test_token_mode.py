@@ -196,3 +196,27 @@ def test_pass_waits_count_prefill_and_every_decode_step():
     assert np.allclose(waits[: gen.loop_start], 0.01)
     fwd = request_work(model, "forward", 100, 0)
     assert np.allclose(pass_waits(fwd, 0.01), 0.01)
+
+
+def _long_prompts(tmp_path, sets: list[str]):
+    base = {**BASE, "requests": 150}
+    mix = dict(BASE["workload"]["mix"][0])
+    mix.update(model="qwen2.5-0.5b", prompt_tokens={"kind": "uniform", "low": 200, "high": 3000},
+               output_tokens={"kind": "uniform", "low": 20, "high": 60})  # fmt: skip
+    base["workload"] = {"arrival": {"kind": "poisson", "rate_per_s": 60.0}, "mix": [mix]}
+    sets = ["simulation.granularity=token", "simulation.max_batch_tokens=512",
+            "policies=[server_only]", *sets]  # fmt: skip
+    return run_one(_load(tmp_path, sets, base), "server_only")
+
+
+def test_chunked_prefill_respects_the_budget_and_cuts_the_ttft_tail(tmp_path):
+    """Chunks never exceed the token budget, every prompt token is processed once, and long
+    prompts no longer wait for a batch with room for all of them (far lower TTFT tail)."""
+    whole = _long_prompts(tmp_path, [])
+    chunked = _long_prompts(tmp_path, ["simulation.chunked_prefill=true"])
+    assert (chunked.status == 1).all() and (whole.status == 1).all()
+    levels = np.asarray(chunked.token.server_tokens.level)
+    assert np.diff(levels).max() <= 512 + 1e-9
+    assert levels[-1] == np.asarray(whole.token.server_tokens.level)[-1]
+    p99 = lambda res: np.nanpercentile(res.token.ttft_s, 99)  # noqa: E731
+    assert p99(chunked) < 0.5 * p99(whole)

@@ -204,7 +204,13 @@ class SimulationConfig(Section):
         256, description="token: most requests running on the server at once (vLLM max_num_seqs)"
     )
     max_batch_tokens: PositiveInt = Field(
-        8192, description="token: new tokens per server iteration (prefill budget; no chunking)"
+        8192, description="token: new tokens per server iteration (decode steps and prefills)"
+    )
+    chunked_prefill: bool = Field(
+        False,
+        description="token: split prefills into chunks that fill each iteration's token budget "
+        "after the decode steps (vLLM enable_chunked_prefill); false = a prefill waits for an "
+        "iteration with room for all of it",
     )
     kv_memory_gb: PositiveFloat | None = Field(
         None, description="token: server KV-cache memory; default kv_memory_fraction of the rest"

@@ -7,8 +7,9 @@ server units in the server's next iteration. Requests are plain state records, n
 processes: their client work and transfers are computed as delays (the client device is
 FIFO by reservation), and their server visits wait in a time-ordered heap. One SimPy
 process is the server: each iteration takes every admitted request waiting for server
-work (decode steps and prefills up to the token budget, no chunked prefill) and lasts
-the batch roofline of `sim.engine.batching`.
+work (decode steps and prefills up to the token budget; with `chunked_prefill` the
+decode steps first and prefills in chunks that fill the budget) and lasts the batch
+roofline of `sim.engine.batching`.
 
 Server KV cache: a request is admitted at its first server visit and holds KV for its
 server units until its last server visit. `on_kv_full: wait` reserves the KV of the
@@ -104,6 +105,7 @@ class TokenSimulation(Simulation):
         self.cfg = cfg
         self.max_batch = cfg.max_batch_requests
         self.max_tokens = cfg.max_batch_tokens
+        self.chunked = cfg.chunked_prefill
         self.preempt = cfg.on_kv_full == "preempt"
         dev = ld.server_device
         self.server = ServerPool(self.env, 1, False, sc.server.max_queue)
@@ -450,19 +452,22 @@ class TokenSimulation(Simulation):
             self.series_kv.set(now, self._kv_used)
 
     def _form_batch(self) -> list:
+        """The next iteration's requests: ready visits (with chunked prefill, decode steps
+        first), then admissions while seats, KV memory and the token budget allow."""
         batch: list = []
         budget = self.max_tokens
         ready = self._ready
-        kept: list = []
-        while ready:
-            r = ready.popleft()
-            need = r.visit_tokens()
-            if batch and need > budget:
-                kept.append(r)
+        order = list(ready)
+        ready.clear()
+        if self.chunked:  # decode steps first, prefills fill what is left (vLLM's order)
+            order.sort(key=lambda q: q.k == 0 or q.recompute)
+        for r in order:
+            take = self._take(r, budget, batch)
+            if take is None:
+                ready.append(r)
                 continue
-            budget -= need
+            budget -= take
             batch.append(r)
-        ready.extend(kept)
         waiting = self._waiting
         while waiting and self._running < self.max_batch:
             r = waiting[0][2]
@@ -474,8 +479,8 @@ class TokenSimulation(Simulation):
                 continue
             if self._kv_used + need_kv > self.kv_capacity:
                 break
-            tokens = r.visit_tokens()
-            if batch and tokens > budget:
+            tokens = self._take(r, budget, batch)
+            if tokens is None:
                 break
             heapq.heappop(waiting)
             self.server._change(-1, 0)
@@ -494,6 +499,35 @@ class TokenSimulation(Simulation):
             r.s_wait += now - r.t_ready
         self.series_kv.set(now, self._kv_used)
         return batch
+
+    def _take(self, r: _Req, budget: int, batch: list) -> int | None:
+        """Tokens r processes in the coming iteration (kept in `r.chunk`), or None when it
+        must wait for another iteration. A visit larger than the budget runs alone; with
+        chunked prefill a prefill takes what the budget has left instead."""
+        need = r.visit_tokens() - r.done
+        if need <= budget or not batch:
+            take = need
+            if self.chunked and r.k == 0 and not r.recompute and budget > 0:
+                take = min(need, budget)
+        elif self.chunked and r.k == 0 and not r.recompute and budget > 0:
+            take = budget
+        else:
+            return None
+        r.chunk = take
+        return take
+
+    def _chunk_cost(self, r: _Req, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-unit FLOPs and own bytes of a prefill chunk: prompt tokens [done, done +
+        chunk) attending to everything before them. Cumulative pass costs differ by the
+        chunk's work; the chunk also reads the KV cache of the tokens already done."""
+        prog, done, end = r.prog, r.done, r.done + r.chunk
+        hi = self.book.work(prog.klass, end, prog.output)
+        if not done:
+            return hi.pass_flops, np.maximum(hi.pass_bytes - weights, 0.0)
+        lo = self.book.work(prog.klass, done, prog.output)
+        kv_read = hi.kv_bytes * done / (end + prog.output)
+        own = np.maximum(hi.pass_bytes - lo.pass_bytes, 0.0) + kv_read
+        return np.maximum(hi.pass_flops - lo.pass_flops, 0.0), own
 
     def _grow_kv(self, batch: list) -> list:
         """Decode steps add one token of KV each; preempt the newest while it does not fit."""
@@ -542,9 +576,12 @@ class TokenSimulation(Simulation):
             legs = prog.pass_legs if r.k == 0 else prog.step_legs
             _, a, e = legs[r.leg]
             if r.k == 0:
-                cost.add_pass(m, a, e, prog.pass_flops, prog.pass_own)
+                if r.chunk == prog.prompt:
+                    cost.add_pass(m, a, e, prog.pass_flops, prog.pass_own)
+                else:
+                    cost.add_pass(m, a, e, *self._chunk_cost(r, cost.weights[m]))
                 if r.leg == prog.pass_first_server:
-                    tokens += prog.prompt
+                    tokens += r.chunk
             else:
                 cost.add_step(prog.group, a, e, r.ctx)
                 if r.leg == prog.step_first_server:
@@ -558,6 +595,11 @@ class TokenSimulation(Simulation):
             self._push(now, r)
             return
         prog = r.prog
+        if r.k == 0 and r.done + r.chunk < prog.prompt:  # a prefill chunk: more to come
+            r.done += r.chunk
+            self._push(now, r)
+            return
+        r.done = 0
         legs = prog.pass_legs if r.k == 0 else prog.step_legs
         last = prog.pass_last_server if r.k == 0 else prog.step_last_server
         leaving = r.leg == last and (r.k == prog.steps or (r.k == 0 and not prog.step_has_server))
@@ -580,7 +622,7 @@ class _Req:
     __slots__ = (
         "i", "prog", "client", "link", "arrival", "k", "leg", "ctx", "generated", "times",
         "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
-        "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes",
+        "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
     )  # fmt: skip
 
     def __init__(self, i, prog, client, link, arrival):
@@ -595,6 +637,7 @@ class _Req:
         self.priority = 0.0
         self.t_ready = arrival
         self.s_wait = self.s_busy = self.c_wait = self.c_busy = self.xfer = self.nbytes = 0.0
+        self.done = self.chunk = 0  # prompt tokens of the current prefill visit done, taking
 
     def token(self, t: float) -> None:
         self.times.append(t)
