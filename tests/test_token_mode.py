@@ -220,3 +220,39 @@ def test_chunked_prefill_respects_the_budget_and_cuts_the_ttft_tail(tmp_path):
     assert levels[-1] == np.asarray(whole.token.server_tokens.level)[-1]
     p99 = lambda res: np.nanpercentile(res.token.ttft_s, 99)  # noqa: E731
     assert p99(chunked) < 0.5 * p99(whole)
+
+
+def test_medium_calendar_books_the_earliest_gap_without_overlap():
+    """Bookings never overlap, never start before they are ready, and fill earlier gaps."""
+    import simpy
+
+    from sim.engine.network import UP, Medium
+
+    m = Medium(simpy.Environment(), "cell")
+    assert m.reserve(UP, 1.0, 0.5, 0.0) == 1.0  # [1.0, 1.5)
+    assert m.reserve(UP, 1.2, 0.5, 0.0) == 1.5  # busy until 1.5
+    assert m.reserve(UP, 0.2, 0.5, 0.0) == 0.2  # the gap before 1.0 holds it
+    assert m.reserve(UP, 0.6, 0.5, 0.0) == 2.0  # 0.7..1.0 too short: after 1.5..2.0
+    rng = np.random.default_rng(1)
+    m2 = Medium(simpy.Environment(), "cell")
+    got = []
+    for _ in range(300):
+        ready, dur = float(rng.uniform(0, 10)), float(rng.uniform(0.001, 0.2))
+        start = m2.reserve(UP, ready, dur, 0.0)
+        assert start >= ready
+        got.append((start, start + dur))
+    got.sort()
+    assert all(a[1] <= b[0] + 1e-12 for a, b in zip(got, got[1:], strict=False))
+
+
+def test_shared_medium_contends_in_token_mode(tmp_path):
+    """Clients on one medium wait for each other's transfers in token mode too."""
+    base = {**BASE, "clients": [dict(BASE["clients"][0])]}
+    base["clients"][0]["link"] = {"uplink_mbps": 20, "downlink_mbps": 80, "rtt_ms": 10}
+    sets = ["simulation.granularity=token", "policies=[dp]", "workload.mix.0.deadline_s=0.2",
+            "workload.arrival.rate_per_s=150"]  # fmt: skip
+    alone = simulate(_load(tmp_path, sets, base)).requests
+    base["clients"][0]["link"]["shared"] = "cell"
+    shared = simulate(_load(tmp_path, sets, base)).requests
+    assert (alone["client_units"] == shared["client_units"]).all()  # same plans
+    assert shared["transfer_s"].sum() > alone["transfer_s"].sum() * 1.5

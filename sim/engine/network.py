@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import numpy as np
 import simpy
 
@@ -11,11 +13,36 @@ UP, DOWN = 0, 1
 
 
 class Medium:
-    """A medium several clients share: one transfer at a time per direction, FIFO."""
+    """A medium several clients share: one transfer at a time per direction.
+
+    Request granularity queues transfers FIFO on a SimPy resource per direction (`channels`).
+    Token granularity computes transfers as delays when a request reaches them, possibly a
+    little ahead of the simulation clock, so it books them instead (`reserve`): each takes
+    the earliest gap in the direction's calendar that starts at or after its ready time.
+    """
 
     def __init__(self, env: simpy.Environment, name: str):
         self.name = name
         self.channels = (simpy.Resource(env, 1), simpy.Resource(env, 1))
+        self._booked: tuple[list, list] = ([], [])  # (start, end) per direction, by start
+
+    def reserve(self, direction: int, ready_s: float, duration_s: float, now_s: float) -> float:
+        """Book `duration_s` of the medium in `direction` at the earliest gap from `ready_s`
+        on, and return its start. Bookings that ended by `now_s` are forgotten (no transfer
+        asks for time before the clock)."""
+        booked = self._booked[direction]
+        del booked[: bisect_right(booked, now_s, key=_end)]
+        start = ready_s
+        i = bisect_right(booked, ready_s, key=_end)  # bookings ending after ready_s
+        while i < len(booked) and booked[i][0] < start + duration_s:
+            start = max(start, booked[i][1])
+            i += 1
+        booked.insert(i, (start, start + duration_s))
+        return start
+
+
+def _end(booking: tuple[float, float]) -> float:
+    return booking[1]
 
 
 class LinkModel:

@@ -25,8 +25,8 @@ computed) and, for `dp_queue_aware`, a wait per pass through each server entry e
 the recent iteration time (EWMA, weight `split.wait_ewma_alpha`; 0 while the server is
 idle), without shedding load to the client (`Planner.shed`).
 
-Simplifications: a shared medium is not contended in token mode (transfers use the link's
-bandwidth at their start, its RTT and jitter).
+Transfers on a shared medium book its calendar (`Medium.reserve`): the earliest gap from
+the moment the request reaches the transfer, at the bandwidth in force then.
 """
 
 from __future__ import annotations
@@ -307,9 +307,12 @@ class TokenSimulation(Simulation):
         self.request_events += 1
         link = r.link
         serial = link.serialisation_s(direction, nbytes, t)
-        if self._observe:  # learnt when the transfer is computed (its start)
-            link.observe(direction, nbytes, serial, self.link_alpha)
-        dt = serial + link.delay_s(1.0)
+        start = t
+        if link.medium is not None:  # a shared medium: the earliest free gap from t on
+            start = link.medium.reserve(direction, t, serial, self.env.now)
+        if self._observe:  # learnt when the transfer is computed
+            link.observe(direction, nbytes, start - t + serial, self.link_alpha)
+        dt = start - t + serial + link.delay_s(1.0)
         r.xfer += dt
         r.nbytes += nbytes
         return dt
