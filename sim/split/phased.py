@@ -13,8 +13,10 @@ starts from the mix equivalent to the end-to-end budget TTFT + steps x TPOT and 
 theta (towards the prefill when the plan misses the TTFT, towards the step when it misses
 the TPOT) until a plan meets both. When the mix has no placement within its limit, none
 meets both: the policy's own answer to that mix (dp: the least mixed latency) is returned
-with `feasible=False`. The first plan found that meets both is kept; another theta could
-need less server work, so this is a sound but not always optimal search.
+with `feasible=False`. A policy's pick among placements of equal work can miss a limit
+that another meets, so each mix's least-latency placement is a candidate too. The first
+policy plan that meets both ends the search; another theta could need less server work,
+so this is a sound but not always optimal search.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sim.split.dp import fastest_plan
 from sim.split.problem import Plan, SplitProblem, evaluate
 
 _FITS = 1 + 1e-9  # relative slack for float error when comparing with a limit
@@ -150,14 +153,27 @@ def solve_phased(
     """
     lo, hi = 0.0, 1.0
     theta = _start_theta(phases)
-    plan = None
+    plan = best = None
     for _ in range(_BISECTIONS):
-        plan = run(*mixed(phases, theta))
+        problem, wait = mixed(phases, theta)
+        plan = run(problem, wait)
         if not plan.feasible:
             break  # no placement meets the mix, so none meets both
         ttft_ok, tpot_ok = meets(phases, plan.on_client)
-        if ttft_ok == tpot_ok:
-            break  # both met, or both missed (then no mix helps)
+        if ttft_ok and tpot_ok:
+            best = _less_work(best, plan)
+            break
+        if not (ttft_ok or tpot_ok):
+            break  # both missed: no mix helps
+        # the policy's pick among equal work may miss a limit another placement meets:
+        # the mix's fastest placement is a fallback candidate
+        fast = fastest_plan(replace(problem, server_entry_time=wait), plan.policy)
+        if all(meets(phases, fast.on_client)):
+            best = _less_work(best, replace(fast, notes={}))
         lo, hi = (theta, hi) if not ttft_ok else (lo, theta)
         theta = (lo + hi) / 2
-    return judge(whole, phases, plan)
+    return judge(whole, phases, best if best is not None else plan)
+
+
+def _less_work(a: Plan | None, b: Plan) -> Plan:
+    return b if a is None or b.server_work < a.server_work else a
