@@ -4,7 +4,7 @@ A 100,000-request scenario (policy dp, request granularity, three client groups,
 forward-task mix whose plans put some units on the client and some on the server) is
 run through `sim.engine.run.Simulation`, and the same requests are run through a bare
 SimPy loop with the same events per request -- arrival process; per request the plan's
-segments in order: client Resource hold, transfer timeout, server PriorityResource
+segments in order: client Resource hold, transfer timeout, server Resource (FIFO, as the engine)
 request and hold -- using the same arrival times, the same devices and the same
 segment times taken from the simulation's own plans, and no bookkeeping.
 
@@ -184,14 +184,14 @@ def bare_inputs(ld, arrivals, streams, book, plans, plan_of):
 def bare_loop(times: list, segs: list, clients: list, n_devices: int, slots: int):
     """The same events per request as splitsim, with no bookkeeping at all."""
     env = simpy.Environment()
-    server = simpy.PriorityResource(env, capacity=slots)
+    server = simpy.Resource(env, capacity=slots)
     devices = [simpy.Resource(env, 1) for _ in range(n_devices)]
     timeout = env.timeout
 
     def request(segments, device):
         for kind, d in segments:
             if kind == SERVER:
-                req = server.request(priority=0.0)
+                req = server.request()
                 yield req
                 yield timeout(d)
                 server.release(req)

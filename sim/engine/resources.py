@@ -54,6 +54,7 @@ class ServerPool:
         self.hold_ewma_s: float | None = None  # EWMA of finished hold times, seeded by the first
         self._ends_sum = 0.0  # sum of the end times of the segments in service
         self._util_ewma = 0.0  # busy share, exponentially weighted over UTIL_WINDOW_HOLDS holds
+        self.track_recent = True  # keep `recent_utilization` (off when no policy reads it)
 
     @property
     def queue_length(self) -> int:
@@ -75,7 +76,7 @@ class ServerPool:
             self.busy_integral += self._busy * dt
             self.queue_integral += self._queue * dt
             self._last_t = now
-            if self.hold_ewma_s is not None:
+            if self.track_recent and self.hold_ewma_s is not None:
                 self._util_ewma = self._decayed(dt)
         self._queue = queue = self._queue + d_queue
         self._busy = busy = self._busy + d_busy

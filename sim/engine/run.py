@@ -83,6 +83,7 @@ class Simulation:
                 medium = media.setdefault(g.link.shared, Medium(self.env, g.link.shared))
             self.links.append(LinkModel(g.link, ld.bandwidth_traces[i], medium, jitter_rngs[i]))
         self.planner = Planner(book, policy)
+        self.server.track_recent = self.planner.load_aware
         self.link_estimate = sc.split.link_estimate
         self.link_alpha = sc.split.link_ewma_alpha
         self._observe = self.link_estimate == "ewma"
