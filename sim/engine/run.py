@@ -240,7 +240,8 @@ class Simulation:
     def _live_load(self) -> tuple[float, bool]:
         """(expected server wait per entry in s, whether the server is busy) right now."""
         server = self.server
-        return server.expected_wait_s(), server.recent_utilization() >= self.busy_utilization
+        limit = self.busy_utilization
+        return server.expected_wait_s(), limit < 1 and server.recent_utilization() >= limit
 
     def _planned_at_arrival(self, i: int):
         """Plan request i now, with the current server-load and link estimates, and fill
