@@ -1,0 +1,163 @@
+"""What a generation request runs at token granularity, and where it is in that run.
+
+A plan (which units run on the client) becomes a `TokenProgram`: the runs of consecutive
+units on one side ("legs") of the prefill pass and of a decode step (from the loop start
+to the head), the activation bytes crossing the link between legs, the client's time per
+leg and the server's batch-cost coefficients. Programs are built once per plan and
+shared by every request of that plan.
+
+A `TokenRequest` is a request's plain state record (not a SimPy process): the token and
+leg it is at, its server KV and admission state, and its accumulated times. The engine
+(`sim.engine.token`) moves it through client legs and transfers; the batching server
+(`sim.engine.token_server`) through server visits.
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+
+from sim.catalog.specs import DeviceSpec
+from sim.costs.work import RequestWork
+from sim.engine.batching import BatchCost
+from sim.engine.network import LinkModel
+
+CLIENT_LEG, SERVER_LEG = 0, 1  # the side of a leg: legs are (side, first unit, end unit)
+
+
+class TokenProgram:
+    """A plan realised for token mode: legs of the pass and of a decode step, and costs."""
+
+    __slots__ = (
+        "pass_legs", "step_legs", "pass_in", "step_in", "pass_out", "step_out",
+        "head_server", "loop_server", "steps", "ctx_first", "klass", "prompt", "output",
+        "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
+        "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
+        "loop_bytes", "server_units", "pass_first_server", "step_first_server",
+    )  # fmt: skip
+
+
+def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """Runs of consecutive units on one side: (side, first unit, end unit)."""
+    legs: list[tuple[int, int, int]] = []
+    for u in range(lo, hi):
+        side = CLIENT_LEG if on_client[u] else SERVER_LEG
+        if legs and legs[-1][0] == side:
+            legs[-1] = (side, legs[-1][1], u + 1)
+        else:
+            legs.append((side, u, u + 1))
+    return legs
+
+
+def build_program(
+    work: RequestWork,
+    on_client: np.ndarray,
+    key: tuple[int, int, int],
+    model: tuple[BatchCost, int],
+    client_device: DeviceSpec,
+    dtype: str,
+) -> TokenProgram:
+    """The token program of one plan: `on_client` per unit of `work`, `key` = (class,
+    prompt tokens, output tokens), `model` = the server's batch-cost accumulator and the
+    model's index in it, the client's device and the activation dtype it computes in."""
+    oc = np.asarray(on_client, bool)
+    p = TokenProgram()
+    p.klass, p.prompt, p.output = key
+    _set_legs(p, work, oc)
+    _set_server_costs(p, work, model)
+    _set_client_costs(p, work, client_device, dtype)
+    _set_server_marks(p, work, oc)
+    return p
+
+
+def _set_legs(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
+    """Legs of the pass and of a decode step, and the activation bytes between them."""
+    L = work.n_units
+    p.steps, p.ctx_first = work.steps, work.ctx_first
+    p.pass_legs = legs_of(oc, 0, L)
+    p.step_legs = legs_of(oc, work.loop_start, L) if work.steps > 0 else []
+    p.pass_in = [float(work.act_pass[a]) for _, a, _ in p.pass_legs]
+    p.step_in = [float(work.act_step[a]) for _, a, _ in p.step_legs]
+    p.pass_out, p.step_out = float(work.act_pass[L]), float(work.act_step[L])
+    p.loop_bytes = work.loop_bytes
+    p.head_server = not oc[L - 1]
+    p.loop_server = not oc[work.loop_start]
+
+
+def _set_server_costs(p: TokenProgram, work: RequestWork, model: tuple[BatchCost, int]) -> None:
+    """The pass's FLOPs and own bytes (weights apart) and the decode group of its steps."""
+    cost, m = model
+    p.model = (cost, m)
+    weights = cost.weights[m]
+    p.pass_flops = work.pass_flops
+    p.pass_own = np.maximum(work.pass_bytes - weights, 0.0)
+    p.group = cost.group(m, work.step_flops0, work.step_flops1, work.step_bytes0,
+                         work.step_bytes1) if work.steps > 0 else -1  # fmt: skip
+
+
+def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype: str) -> None:
+    """Client time per pass leg (s), and per step leg its coefficients in the context:
+    (FLOP s at 0, FLOP s per token, byte s at 0, byte s per token, overhead s)."""
+    f, b, ov = dev.flops_per_s(dtype), dev.bytes_per_s, dev.overhead_us * 1e-6
+    t_pass = np.maximum(work.pass_flops / f, work.pass_bytes / b) + ov * work.pass_runs
+    p.client_pass_s = [float(t_pass[a:e].sum()) for _, a, e in p.pass_legs]
+    p.client_step = [
+        (work.step_flops0[a:e] / f, work.step_flops1[a:e] / f, work.step_bytes0[a:e] / b,
+         work.step_bytes1[a:e] / b, ov * float(work.step_runs[a:e].sum()))
+        for _, a, e in p.step_legs
+    ]  # fmt: skip
+
+
+def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
+    """The server units, their final KV bytes and the first and last server legs."""
+    server = ~oc
+    p.server_units = np.flatnonzero(server)
+    p.kv_final = float(work.kv_bytes[server].sum())
+    p.has_server = bool(server.any())
+    p.pass_last_server = max((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
+    p.step_last_server = max((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
+    p.pass_first_server = min((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
+    p.step_first_server = min((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
+    p.step_has_server = p.step_last_server >= 0
+
+
+class TokenRequest:
+    """A request's state in token mode: at token k (0: the prefill pass) and leg `leg` of
+    it, its context `ctx` (tokens), `kv` bytes held on the server, times in s."""
+
+    __slots__ = (
+        "i", "prog", "client", "link", "arrival", "k", "leg", "ctx", "generated", "times",
+        "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
+        "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
+    )  # fmt: skip
+
+    def __init__(self, i: int, prog: TokenProgram, client: int, link: LinkModel, arrival: float):
+        self.i, self.prog, self.client, self.link, self.arrival = i, prog, client, link, arrival
+        self.k = self.leg = 0
+        self.ctx = 0
+        self.generated = 0
+        self.times = array("d")
+        self.admitted = self.recompute = False
+        self.kv = self.grow = 0.0
+        self.admit_seq = 0
+        self.priority = 0.0
+        self.t_ready = arrival
+        self.s_wait = self.s_busy = self.c_wait = self.c_busy = self.xfer = self.nbytes = 0.0
+        self.done = self.chunk = 0  # prompt tokens of the current prefill visit done, taking
+
+    def token(self, t: float) -> None:
+        """A token reached the client at time t."""
+        self.times.append(t)
+        self.generated += 1
+
+    def visit_tokens(self) -> int:
+        """Tokens of the current server visit: the prompt (or, recomputing, the whole
+        context), else one decode token."""
+        if self.recompute:
+            return self.prog.prompt + self.generated
+        return self.prog.prompt if self.k == 0 else 1
+
+    def is_first_visit(self) -> bool:
+        """Whether the current decode-step visit is the step's first server leg."""
+        return self.leg == self.prog.step_first_server

@@ -1,0 +1,405 @@
+"""The batching server of token mode: iterations, admission, KV cache, iteration prices.
+
+One SimPy process runs the server. Requests' server visits wait in a time-ordered heap
+until they are ready; each iteration takes every admitted request waiting for server
+work (decode steps and prefills up to the token budget; with `chunked_prefill` the decode
+steps first and prefills in chunks that fill the budget), admits waiting requests while
+seats, KV memory and the budget allow, and lasts the batch roofline of
+`sim.engine.batching`. Kept apart from the engine (`sim.engine.token`), which moves
+requests through their client legs and transfers: the two meet at `TokenServer.push`
+(a visit is ready) and the `visit_ended` callback (a visit is over).
+
+Server KV cache: a request is admitted at its first server visit and holds KV for its
+server units until its last server visit. `on_kv_full: wait` reserves the KV of the
+request's final context at admission (admission waits, FIFO or EDF, for memory and for a
+seat among `max_batch_requests`); `preempt` grows each request's KV per generated token
+and, when memory runs out, preempts the newest admitted request of the iteration: its KV
+is freed and, readmitted, it first recomputes its server units' KV over its context
+(vLLM's recompute preemption). A request whose KV cannot fit in empty memory is rejected.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from sim.config import LoadedScenario
+from sim.engine.batching import BatchCost, LevelSeries, weight_read_bytes
+from sim.engine.planner import ProblemBook
+from sim.engine.resources import ServerPool
+from sim.engine.token_program import TokenRequest
+from sim.errors import UserError
+
+
+def kv_capacity_bytes(ld: LoadedScenario, book: ProblemBook) -> float:
+    """KV bytes the server may hold: given, or a share of the memory the weights leave."""
+    cfg = ld.scenario.simulation
+    if cfg.kv_memory_gb is not None:
+        return cfg.kv_memory_gb * 1e9
+    mix = ld.scenario.workload.mix
+    weights = 0.0
+    for name in {c.model for c in mix}:
+        k = next(i for i, c in enumerate(mix) if c.model == name)
+        work = book.work(k, 1, 1 if mix[k].task == "generate" else 0)
+        weights += float(work.weight_bytes.sum())
+    free = ld.server_device.memory_bytes - weights
+    if free <= 0:
+        raise UserError("the models' weights do not fit in the server's memory")
+    return cfg.kv_memory_fraction * free
+
+
+class TokenServer:
+    """The batching server: its iteration loop (`run`, a SimPy process), admission, KV
+    memory and the batch-cost accumulators pricing its iterations."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        ld: LoadedScenario,
+        book: ProblemBook,
+        pool: ServerPool,
+        visit_ended: Callable[[TokenRequest, float], None],
+        reject: Callable[[TokenRequest], None],
+    ):
+        """`pool` keeps the monitored queue and busy levels; `visit_ended(r, t_s)` continues
+        a request past a server visit, `reject(r)` loses it (queue full, KV too large)."""
+        sc = ld.scenario
+        cfg = sc.simulation
+        self.env, self.ld, self.book, self.pool = env, ld, book, pool
+        self._visit_ended, self._reject = visit_ended, reject
+        self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
+        self._iteration_alpha = sc.split.wait_ewma_alpha
+        self.max_batch = cfg.max_batch_requests
+        self.max_tokens = cfg.max_batch_tokens
+        self.chunked = cfg.chunked_prefill
+        self.preempt = cfg.on_kv_full == "preempt"
+        self.edf = sc.server.discipline == "edf"
+        self._dtype_of = {c.model: ld.models[c.model].activation_dtype for c in sc.workload.mix}
+        self._cost_by_dtype: dict[str, BatchCost] = {}
+        self._dev = ld.server_device
+        self._model_index: dict[tuple, tuple[BatchCost, int]] = {}
+        self.kv_capacity = kv_capacity_bytes(ld, book)
+        self.visits = 0  # server visits of all requests (one per request and iteration)
+        self._heap: list = []  # (ready time s, seq, request): visits not yet ready
+        self._seq = 0
+        self._ready: deque = deque()  # admitted requests ready for server work
+        self._waiting: list = []  # heap of (priority, seq, request) waiting for admission
+        self._running = 0
+        self._kv_used = 0.0
+        self._wake: simpy.Event | None = None
+        self._sleep_until = float("inf")
+        self._admit_seq = 0
+        self.series_tokens, self.series_batch, self.series_kv = (LevelSeries() for _ in range(3))
+        self._tokens_done = 0.0
+        self.iterations = 0
+        self.preemptions = 0
+
+    # --- set-up --------------------------------------------------------------------------
+
+    def cost_model(self, klass: int) -> tuple[BatchCost, int]:
+        """The batch-cost accumulator of a class's dtype and the model's index in it."""
+        mix = self.ld.scenario.workload.mix
+        name = mix[klass].model
+        dtype = self._dtype_of[name]
+        cost = self._cost_by_dtype.get(dtype)
+        if cost is None:
+            dev = self._dev
+            cost = BatchCost(dev.flops_per_s(dtype), dev.bytes_per_s, dev.overhead_us * 1e-6)
+            self._cost_by_dtype[dtype] = cost
+        key = (dtype, name)
+        found = self._model_index.get(key)
+        if found is None:
+            work = self.book.work(klass, 1, 1 if mix[klass].task == "generate" else 0)
+            model = self.ld.models[name]
+            found = (cost, cost.add_model(weight_read_bytes(model, work.units)))
+            self._model_index[key] = found
+        return found
+
+    def wait_per_pass_s(self) -> float:
+        """The load-aware wait per pass through a server entry: the recent iteration time
+        while the server iterates (a visit waits for the next iteration, then lasts one)."""
+        return 0.0 if self._wake is not None else self._iteration_ewma_s  # asleep: idle
+
+    # --- visits and the iteration loop ---------------------------------------------------
+
+    def push(self, t: float, r: TokenRequest) -> None:
+        """Request r is ready for server work at time t (s)."""
+        r.t_ready = t
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, r))
+        wake = self._wake
+        if wake is not None and t < self._sleep_until:
+            self._sleep_until = t
+            tm = self.env.timeout(t - self.env.now)
+            tm.callbacks.append(lambda _e, ev=wake: ev.triggered or ev.succeed())
+
+    def _pull(self, now: float) -> None:
+        """Visits ready by `now`: admitted requests to the ready queue, the others to the
+        admission queue (or rejected when it is full)."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, seq, r = heapq.heappop(heap)
+            if r.admitted:
+                self._ready.append(r)
+            else:
+                limit = self.pool.max_queue
+                if limit is not None and len(self._waiting) >= limit:
+                    self._reject(r)
+                    continue
+                prio = r.priority if self.edf else 0.0
+                key = (-1.0 if r.recompute and not self.edf else prio, seq, r)
+                heapq.heappush(self._waiting, key)
+                self.pool._change(1, 0)
+
+    def run(self):
+        """The server's SimPy process: an iteration while a batch forms, else sleep until
+        the next visit is ready."""
+        env = self.env
+        while True:
+            now = env.now
+            self._pull(now)
+            batch = self._form_batch()
+            if not batch:
+                self.series_batch.set(now, 0)
+                yield self._sleep(now)
+                self._wake = None
+                continue
+            dur_s, tokens = self._start_iteration(batch, now)
+            yield env.timeout(dur_s)
+            self._end_iteration(batch, dur_s, tokens)
+
+    def _sleep(self, now: float) -> simpy.Event:
+        """The event that wakes the idle server: a push, or the next visit's ready time."""
+        env = self.env
+        self._wake = env.event()
+        self._sleep_until = float("inf")
+        if self._heap:
+            t = self._heap[0][0]
+            self._sleep_until = t
+            tm = env.timeout(t - now)
+            tm.callbacks.append(lambda _e, ev=self._wake: ev.triggered or ev.succeed())
+        return self._wake
+
+    def _start_iteration(self, batch: list, now: float) -> tuple[float, float]:
+        """Price the batch and record the iteration's start: (duration s, tokens)."""
+        dur, tokens = self._price(batch)
+        a = self._iteration_alpha
+        ewma = self._iteration_ewma_s
+        self._iteration_ewma_s = dur if not self.iterations else a * dur + (1 - a) * ewma
+        self.iterations += 1
+        self.series_batch.set(now, len(batch))
+        self.pool._change(0, 1)
+        return dur, tokens
+
+    def _end_iteration(self, batch: list, dur_s: float, tokens: float) -> None:
+        """Record the iteration's end and continue each of its requests."""
+        self.pool._change(0, -1)
+        self.pool.busy_time_total += dur_s
+        now = self.env.now
+        self._tokens_done += tokens
+        self.series_tokens.set(now, self._tokens_done)
+        self.visits += len(batch)
+        for r in batch:
+            r.s_busy += dur_s
+            self._visit_done(r, now)
+        self.series_kv.set(now, self._kv_used)
+
+    def _visit_done(self, r: TokenRequest, now: float) -> None:
+        """Request r's server visit ended at `now`: visit again (recomputed KV, more prefill
+        chunks), or free its KV if it leaves the server for good, and let it go on."""
+        if r.recompute:
+            r.recompute = False
+            self.push(now, r)
+            return
+        prog = r.prog
+        if r.k == 0 and r.done + r.chunk < prog.prompt:  # a prefill chunk: more to come
+            r.done += r.chunk
+            self.push(now, r)
+            return
+        r.done = 0
+        last = prog.pass_last_server if r.k == 0 else prog.step_last_server
+        leaving = r.leg == last and (r.k == prog.steps or (r.k == 0 and not prog.step_has_server))
+        if leaving:
+            self._kv_used -= r.kv
+            r.kv = 0.0
+            self._running -= 1
+            r.admitted = False
+        self._visit_ended(r, now)
+
+    # --- forming an iteration ------------------------------------------------------------
+
+    def _form_batch(self) -> list:
+        """The next iteration's requests: ready visits (with chunked prefill, decode steps
+        first), then admissions while seats, KV memory and the token budget allow."""
+        batch: list = []
+        budget = self._take_ready(self.max_tokens, batch)
+        self._admit_waiting(budget, batch)
+        if self.preempt and batch:
+            batch = self._grow_kv(batch)
+        now = self.env.now
+        for r in batch:
+            r.s_wait += now - r.t_ready
+        self.series_kv.set(now, self._kv_used)
+        return batch
+
+    def _take_ready(self, budget: int, batch: list) -> int:
+        """Add the ready visits that fit to `batch`; the token budget left."""
+        ready = self._ready
+        order = list(ready)
+        ready.clear()
+        if self.chunked:  # decode steps first, prefills fill what is left (vLLM's order)
+            order.sort(key=lambda q: q.k == 0 or q.recompute)
+        for r in order:
+            take = self._take(r, budget, batch)
+            if take is None:
+                ready.append(r)
+                continue
+            budget -= take
+            batch.append(r)
+        return budget
+
+    def _admit_waiting(self, budget: int, batch: list) -> None:
+        """Admit waiting requests into `batch` while seats, KV memory and the budget allow;
+        reject those whose KV exceeds the whole memory."""
+        waiting = self._waiting
+        while waiting and self._running < self.max_batch:
+            r = waiting[0][2]
+            need_kv = self._kv_need(r)
+            if need_kv > self.kv_capacity:
+                heapq.heappop(waiting)
+                self.pool._change(-1, 0)
+                self._reject(r)
+                continue
+            if self._kv_used + need_kv > self.kv_capacity:
+                break
+            tokens = self._take(r, budget, batch)
+            if tokens is None:
+                break
+            heapq.heappop(waiting)
+            self.pool._change(-1, 0)
+            budget -= tokens
+            r.admitted = True
+            self._admit_seq += 1
+            r.admit_seq = self._admit_seq
+            r.kv = need_kv
+            self._kv_used += need_kv
+            self._running += 1
+            batch.append(r)
+
+    def _take(self, r: TokenRequest, budget: int, batch: list) -> int | None:
+        """Tokens r processes in the coming iteration (kept in `r.chunk`), or None when it
+        must wait for another iteration. A visit larger than the budget runs alone; with
+        chunked prefill a prefill takes what the budget has left instead."""
+        need = r.visit_tokens() - r.done
+        if need <= budget or not batch:
+            take = need
+            if self.chunked and r.k == 0 and not r.recompute and budget > 0:
+                take = min(need, budget)
+        elif self.chunked and r.k == 0 and not r.recompute and budget > 0:
+            take = budget
+        else:
+            return None
+        r.chunk = take
+        return take
+
+    # --- KV memory -----------------------------------------------------------------------
+
+    def _kv_need(self, r: TokenRequest) -> float:
+        """KV bytes r needs at admission: its final context's (`wait`), or its current
+        context's (`preempt`, grown per token from there)."""
+        prog = r.prog
+        if not self.preempt:
+            return prog.kv_final
+        total = prog.prompt + prog.output
+        return prog.kv_final * (prog.prompt + r.generated) / total if total else 0.0
+
+    def _grow_kv(self, batch: list) -> list:
+        """Decode steps add one token of KV each; preempt the newest while it does not fit."""
+        growing = [r for r in batch if r.k > 0 and not r.recompute and r.is_first_visit()]
+        total = 0.0
+        for r in growing:
+            prog = r.prog
+            r.grow = prog.kv_final / (prog.prompt + prog.output)
+            total += r.grow
+        while self._kv_used + total > self.kv_capacity and batch:
+            victim = max(batch, key=lambda q: q.admit_seq)
+            batch.remove(victim)
+            if victim in growing:
+                total -= victim.grow
+                growing.remove(victim)
+            self._preempt(victim)
+        for r in growing:
+            r.kv += r.grow
+            self._kv_used += r.grow
+        return batch
+
+    def _preempt(self, victim: TokenRequest) -> None:
+        """Free the victim's KV and queue it for readmission (first, unless EDF), to
+        recompute its KV unless it had not started its prefill."""
+        self._kv_used -= victim.kv
+        victim.kv = 0.0
+        victim.admitted = False
+        prog = victim.prog
+        victim.recompute = not (victim.k == 0 and victim.leg == prog.pass_first_server)
+        self._running -= 1
+        self.preemptions += 1
+        self._seq += 1
+        heapq.heappush(self._waiting, (-1.0 if not self.edf else victim.priority, self._seq,
+                                       victim))  # fmt: skip
+        self.pool._change(1, 0)
+
+    # --- pricing -------------------------------------------------------------------------
+
+    def _price(self, batch: list) -> tuple[float, float]:
+        """The iteration's duration (s) and the tokens it processes (first server legs)."""
+        costs = set()
+        tokens = 0.0
+        for r in batch:
+            cost, m = r.prog.model
+            costs.add(cost)
+            if r.recompute:
+                tokens += self._add_recompute(r, cost, m)
+            else:
+                tokens += self._add_visit(r, cost, m)
+        return sum(c.close() for c in costs), tokens
+
+    def _add_recompute(self, r: TokenRequest, cost: BatchCost, m: int) -> int:
+        """Add the pass recomputing r's KV over its context on every server unit; its tokens."""
+        prog = r.prog
+        work = self.book.work(prog.klass, prog.prompt + r.generated, prog.output)
+        own = np.maximum(work.pass_bytes - cost.weights[m], 0.0)
+        for a in prog.server_units:
+            cost.add_pass(m, a, a + 1, work.pass_flops, own)
+        return prog.prompt + r.generated
+
+    def _add_visit(self, r: TokenRequest, cost: BatchCost, m: int) -> int:
+        """Add r's current server leg (a prefill pass or chunk, or a decode step); the
+        tokens it counts (on the pass's or step's first server leg only)."""
+        prog = r.prog
+        legs = prog.pass_legs if r.k == 0 else prog.step_legs
+        _, a, e = legs[r.leg]
+        if r.k == 0:
+            if r.chunk == prog.prompt:
+                cost.add_pass(m, a, e, prog.pass_flops, prog.pass_own)
+            else:
+                cost.add_pass(m, a, e, *self._chunk_cost(r, cost.weights[m]))
+            return r.chunk if r.leg == prog.pass_first_server else 0
+        cost.add_step(prog.group, a, e, r.ctx)
+        return 1 if r.leg == prog.step_first_server else 0
+
+    def _chunk_cost(self, r: TokenRequest, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-unit FLOPs and own bytes of a prefill chunk: prompt tokens [done, done +
+        chunk) attending to everything before them. Cumulative pass costs differ by the
+        chunk's work; the chunk also reads the KV cache of the tokens already done."""
+        prog, done, end = r.prog, r.done, r.done + r.chunk
+        hi = self.book.work(prog.klass, end, prog.output)
+        if not done:
+            return hi.pass_flops, np.maximum(hi.pass_bytes - weights, 0.0)
+        lo = self.book.work(prog.klass, done, prog.output)
+        kv_read = hi.kv_bytes * done / (end + prog.output)
+        own = np.maximum(hi.pass_bytes - lo.pass_bytes, 0.0) + kv_read
+        return np.maximum(hi.pass_flops - lo.pass_flops, 0.0), own
