@@ -256,3 +256,8 @@ def test_shared_medium_contends_in_token_mode(tmp_path):
     shared = simulate(_load(tmp_path, sets, base)).requests
     assert (alone["client_units"] == shared["client_units"]).all()  # same plans
     assert shared["transfer_s"].sum() > alone["transfer_s"].sum() * 1.5
+
+
+def test_event_log_is_refused_in_token_mode(tmp_path):
+    with pytest.raises(ValueError, match="request granularity only"):
+        run_one(_load(tmp_path, ["simulation.granularity=token"]), "dp", log=[])

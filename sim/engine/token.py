@@ -58,6 +58,8 @@ class TokenSimulation(Simulation):
     """One policy over one replication's arrivals at token granularity."""
 
     def __init__(self, ld, policy, arrivals, jitter_seed, book, progress=None, log=None):
+        if log is not None:
+            raise ValueError("the event log is kept at request granularity only")
         super().__init__(ld, policy, arrivals, jitter_seed, book, progress, None)
         sc = ld.scenario
         self.planner.wait_per_pass = True  # each pass waits for the next iteration

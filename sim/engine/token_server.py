@@ -356,11 +356,11 @@ class TokenServer:
 
     def _price(self, batch: list) -> tuple[float, float]:
         """The iteration's duration (s) and the tokens it processes (first server legs)."""
-        costs = set()
+        costs: dict[BatchCost, None] = {}  # insertion-ordered: a deterministic float sum
         tokens = 0.0
         for r in batch:
             cost, m = r.prog.model
-            costs.add(cost)
+            costs[cost] = None
             if r.recompute:
                 tokens += self._add_recompute(r, cost, m)
             else:
