@@ -14,8 +14,9 @@ theta (towards the prefill when the plan misses the TTFT, towards the step when 
 the TPOT) until a plan meets both. When the mix has no placement within its limit, none
 meets both: the policy's own answer to that mix (dp: the least mixed latency) is returned
 with `feasible=False`. A policy's pick among placements of equal work can miss a limit
-that another meets, so each mix's least-latency placement is a candidate too. The first
-policy plan that meets both ends the search; another theta could need less server work,
+that another meets (real problems rarely tie: every unit has server work), so when the
+bisection runs out the last mix's least-latency placement is the fallback candidate. The
+first plan that meets both ends the search; another theta could need less server work,
 so this is a sound but not always optimal search.
 """
 
@@ -161,19 +162,16 @@ def solve_phased(
             break  # no placement meets the mix, so none meets both
         ttft_ok, tpot_ok = meets(phases, plan.on_client)
         if ttft_ok and tpot_ok:
-            best = _less_work(best, plan)
+            best = plan
             break
         if not (ttft_ok or tpot_ok):
             break  # both missed: no mix helps
-        # the policy's pick among equal work may miss a limit another placement meets:
-        # the mix's fastest placement is a fallback candidate
-        fast = fastest_plan(replace(problem, server_entry_time=wait), plan.policy)
-        if all(meets(phases, fast.on_client)):
-            best = _less_work(best, replace(fast, notes={}))
         lo, hi = (theta, hi) if not ttft_ok else (lo, theta)
         theta = (lo + hi) / 2
+    else:
+        # the policy's picks among equal work kept missing a limit another placement may
+        # meet: the last mix's least-latency placement is the fallback candidate
+        fast = fastest_plan(replace(problem, server_entry_time=wait), plan.policy)
+        if all(meets(phases, fast.on_client)):
+            best = replace(fast, notes={})
     return judge(whole, phases, best if best is not None else plan)
-
-
-def _less_work(a: Plan | None, b: Plan) -> Plan:
-    return b if a is None or b.server_work < a.server_work else a
