@@ -140,3 +140,20 @@ def test_replays_real_trace(tmp_path):
         np.testing.assert_array_equal(rows["prompt_tokens"], trace["num_prefill_tokens"])
         np.testing.assert_array_equal(rows["output_tokens"], trace["num_decode_tokens"])
         np.testing.assert_allclose(rows["arrival_s"], trace["arrived_at"], atol=1e-9)
+
+
+SWEEPS = sorted((ROOT / "scenarios" / "examples" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_shipped_sweep_point_is_a_valid_scenario(path: Path):
+    """Each example sweep loads and every one of its points validates (no run)."""
+    from sim.sweep.points import expand
+    from sim.sweep.run import _precheck, _tasks
+    from sim.sweep.spec import load_sweep
+
+    spec, base_raw, base_dir = load_sweep(path)
+    seed = spec.seed if spec.seed is not None else base_raw.get("seed", 0)
+    tasks = _tasks(spec, expand(spec, seed), base_raw, base_dir, str(path))
+    assert tasks
+    assert [t["id"] for t in tasks if _precheck(t) is not None] == []
