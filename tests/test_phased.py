@@ -50,17 +50,21 @@ def phase_cases(draw):
     pre = SplitProblem(vec(n), vec(n, work), uplink_time=vec(n + 1), downlink_time=vec(n + 1))
     step = SplitProblem(vec(n), vec(n, work), uplink_time=vec(n + 1), downlink_time=vec(n + 1))
     steps = draw(st.integers(1, 20))
+    return _case(pre, step, steps, draw(st.floats(0.2, 1.2)), draw(st.floats(0.2, 1.2)))
+
+
+def _case(pre: SplitProblem, step: SplitProblem, steps: int, ttft_share: float, tpot_share: float):
+    """(whole problem, phases, every placement) of a request made of `pre` and `steps` x
+    `step`, with limits as shares of the slowest placement's prefill and step latency."""
     whole = SplitProblem(
         pre.client_time + steps * step.client_time, pre.server_time + steps * step.server_time,
         uplink_time=pre.uplink_time + steps * step.uplink_time,
         downlink_time=pre.downlink_time + steps * step.downlink_time, deadline=1e9,
     )  # fmt: skip
-    placements = np.array(list(itertools.product([False, True], repeat=n)))
-    lat_pre = np.array([evaluate(pre, oc)[0] for oc in placements])
-    lat_step = np.array([evaluate(step, oc)[0] for oc in placements])
-    ttft = draw(st.floats(0.2, 1.2)) * max(lat_pre.max(), 1e-3)
-    tpot = draw(st.floats(0.2, 1.2)) * max(lat_step.max(), 1e-3)
-    ph = split_phases(whole, pre, steps, ttft, tpot)
+    placements = np.array(list(itertools.product([False, True], repeat=pre.n_units)))
+    top_pre = max(max(evaluate(pre, oc)[0] for oc in placements), 1e-3)
+    top_step = max(max(evaluate(step, oc)[0] for oc in placements), 1e-3)
+    ph = split_phases(whole, pre, steps, ttft_share * top_pre, tpot_share * top_step)
     return whole, ph, placements
 
 
@@ -99,17 +103,7 @@ def test_phased_dp_finds_a_plan_almost_whenever_one_exists():
         ]
         pre, step = parts
         k = int(rng.integers(1, 5))
-        whole = SplitProblem(
-            pre.client_time + k * step.client_time, pre.server_time + k * step.server_time,
-            uplink_time=pre.uplink_time + k * step.uplink_time,
-            downlink_time=pre.downlink_time + k * step.downlink_time, deadline=1e9,
-        )  # fmt: skip
-        placements = np.array(list(itertools.product([False, True], repeat=n)))
-        top_pre = max(max(evaluate(pre, oc)[0] for oc in placements), 1e-3)
-        top_step = max(max(evaluate(step, oc)[0] for oc in placements), 1e-3)
-        ph = split_phases(
-            whole, pre, k, rng.uniform(0.2, 1.2) * top_pre, rng.uniform(0.2, 1.2) * top_step
-        )
+        whole, ph, placements = _case(pre, step, k, rng.uniform(0.2, 1.2), rng.uniform(0.2, 1.2))
         spare = replace(ph, ttft_s=0.99 * ph.ttft_s, tpot_s=0.99 * ph.tpot_s)
         if not any(all(meets(spare, oc)) for oc in placements):
             continue

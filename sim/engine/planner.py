@@ -204,11 +204,13 @@ def pass_waits(work: RequestWork, wait_per_pass_s: float) -> np.ndarray:
     """Wait per entry at each boundary for a batching server: one wait per pass that enters
     there, i.e. once for the prefill and again for every decode step from the loop start on
     (every pass is a separate visit to the server's next iteration)."""
-    b = np.arange(work.n_units + 1)
-    passes = (
-        np.where(b >= work.loop_start, 1 + work.steps, 1) if work.steps > 0 else np.ones(b.size)
-    )
-    return wait_per_pass_s * passes
+    passes = np.where(after_loop(work), 1 + work.steps, 1) if work.steps > 0 else 1.0
+    return wait_per_pass_s * np.broadcast_to(passes, work.n_units + 1)
+
+
+def after_loop(work: RequestWork) -> np.ndarray:
+    """Boundaries every decode step enters too (from the loop start on)."""
+    return np.arange(work.n_units + 1) >= work.loop_start
 
 
 class Planner:
@@ -252,7 +254,8 @@ class Planner:
         """A plan made at arrival with the current estimates, cached per quantised bucket.
 
         The wait is snapped to multiples of `plan_bucket_fraction` x the request's
-        deadline (divided by its passes when the wait recurs per pass), each bandwidth to steps of (1 + `plan_bucket_fraction`) around nominal.
+        deadline (divided by its passes when the wait recurs per pass), each bandwidth to
+        steps of (1 + `plan_bucket_fraction`) around nominal.
         """
         klass, group = key[0], key[1]
         cfg = self.book.ld.scenario.clients[group].link
@@ -286,8 +289,7 @@ class Planner:
             return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
         whole, phases = rp.problem, rp.phases
         if wait:
-            after_loop = np.arange(whole.n_units + 1) >= rp.work.loop_start
-            phases = with_waits(phases, wait, np.where(after_loop, wait, 0.0))
+            phases = with_waits(phases, wait, np.where(after_loop(rp.work), wait, 0.0))
             whole = replace(whole, server_entry_time=pass_waits(rp.work, wait))
         if self.policy not in DEADLINE_POLICIES:
             return judge(whole, phases, solve(whole, self.policy))

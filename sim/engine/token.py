@@ -73,8 +73,7 @@ class TokenSimulation(Simulation):
         self.ttft, self.tpot = np.full(n, np.nan), np.full(n, np.nan)
         self.itl50, self.itl99, self.itlmax = (np.full(n, np.nan) for _ in range(3))
         self.gaps: list = [None] * n
-        self._tp_programs: dict = {}
-        self._tp_keep: list = []
+        self._tp_programs: dict[int, TokenProgram] = {}
         self._dev_free = [0.0] * sc.total_clients  # per client: when its device is free (s)
         self._last_finish = 0.0
 
@@ -92,23 +91,20 @@ class TokenSimulation(Simulation):
 
     def _token_program(self, key: tuple, planned=None) -> TokenProgram:
         """The token program of a plan: the static plan of `key`, or `planned` (made at
-        arrival), cached per plan."""
-        cache_key = key if planned is None else id(planned)
-        found = self._tp_programs.get(cache_key)
+        arrival), cached per plan (the planner keeps every plan, so ids stay unique)."""
+        if planned is None:
+            planned = self.planner.get(*key)
+        found = self._tp_programs.get(id(planned))
         if found is not None:
             return found
         klass, group, prompt, output = key
-        if planned is None:
-            planned = self.planner.get(*key)
-        else:
-            self._tp_keep.append(planned)  # keeps id(planned) unique while cached
         work = self.book.work(klass, prompt, output)
         model = self.token_server.cost_model(klass)
         dtype = self.ld.models[self.ld.scenario.workload.mix[klass].model].activation_dtype
         dev = self.ld.client_devices[group]
         on_client = planned.plan.on_client
         p = build_program(work, on_client, (klass, prompt, output), model, dev, dtype)
-        self._tp_programs[cache_key] = p
+        self._tp_programs[id(planned)] = p
         return p
 
     # --- run -----------------------------------------------------------------------------

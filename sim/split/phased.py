@@ -50,25 +50,27 @@ class Phases:
     e2e_s: float = float("inf")
 
 
+# The fields of a split problem that are times (each enters the latency linearly).
+_TIMES = (
+    "client_time", "server_time", "uplink_time", "downlink_time",
+    "loop_uplink_time", "loop_downlink_time",
+)  # fmt: skip
+
+
+def _combine(p: SplitProblem, q: SplitProblem, f: Callable, **fields) -> SplitProblem:
+    """`p` with every time f(p's, q's) (never below 0) and the given fields replaced."""
+    times = {n: np.maximum(f(getattr(p, n), getattr(q, n)), 0.0) for n in _TIMES}
+    return replace(p, **times, **fields)
+
+
 def split_phases(
     whole: SplitProblem, prefill: SplitProblem, steps: int, ttft_s, tpot_s, e2e_s=None
 ) -> Phases:
     """Phases of a generation request from its whole problem and its prefill-only problem."""
     k = float(steps)
-
-    def per_step(name: str) -> np.ndarray:
-        return np.maximum((getattr(whole, name) - getattr(prefill, name)) / k, 0.0)
-
-    step = replace(
-        whole,
-        client_time=per_step("client_time"),
-        server_time=per_step("server_time"),
-        server_work=per_step("server_work"),
-        uplink_time=per_step("uplink_time"),
-        downlink_time=per_step("downlink_time"),
-        loop_uplink_time=whole.loop_uplink_time / k,
-        loop_downlink_time=whole.loop_downlink_time / k,
-        deadline=np.inf,
+    per_step_work = np.maximum((whole.server_work - prefill.server_work) / k, 0.0)
+    step = _combine(
+        whole, prefill, lambda w, f: (w - f) / k, server_work=per_step_work, deadline=np.inf
     )
     inf = float("inf")
     return Phases(
@@ -104,21 +106,9 @@ def mixed(phases: Phases, theta: float) -> tuple[SplitProblem, np.ndarray]:
     a, b = _weights(phases, theta)
     pre, st = phases.prefill, phases.step
     n = pre.n_units + 1
-
-    def mix(name: str):
-        return a * getattr(pre, name) + b * getattr(st, name)
-
-    problem = replace(
-        st,
-        client_time=mix("client_time"),
-        server_time=mix("server_time"),
-        uplink_time=mix("uplink_time"),
-        downlink_time=mix("downlink_time"),
-        loop_uplink_time=mix("loop_uplink_time"),
-        loop_downlink_time=mix("loop_downlink_time"),
-        server_work=pre.server_work + phases.steps * st.server_work,
-        server_entry_time=0.0,
-        deadline=1.0,
+    work = pre.server_work + phases.steps * st.server_work
+    problem = _combine(
+        st, pre, lambda s, p: a * p + b * s, server_work=work, server_entry_time=0.0, deadline=1.0
     )
     wait = a * np.broadcast_to(pre.server_entry_time, n) + b * np.broadcast_to(
         st.server_entry_time, n
