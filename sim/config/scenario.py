@@ -20,6 +20,14 @@ from sim.config.base import Distribution, Fixed, Section, as_distribution
 Dist = Annotated[Distribution, BeforeValidator(as_distribution)]
 
 
+def _unique_names(items: list, what: str) -> list:
+    """`items` unchanged if their names are unique (else the error pydantic reports)."""
+    names = [x.name for x in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique, got {names}")
+    return items
+
+
 class ServerConfig(Section):
     """The GPU server: a catalog device (or an inline spec) with parallel slots."""
 
@@ -151,10 +159,7 @@ class WorkloadConfig(Section):
     @field_validator("mix")
     @classmethod
     def _unique(cls, v: list[RequestClass]) -> list[RequestClass]:
-        names = [c.name for c in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"request class names must be unique, got {names}")
-        return v
+        return _unique_names(v, "request class")
 
 
 class SplitConfig(Section):
@@ -258,10 +263,7 @@ class Scenario(Section):
     @field_validator("clients")
     @classmethod
     def _unique_clients(cls, v: list[ClientGroup]) -> list[ClientGroup]:
-        names = [g.name for g in v]
-        if len(set(names)) != len(names):
-            raise ValueError(f"client group names must be unique, got {names}")
-        return v
+        return _unique_names(v, "client group")
 
     @model_validator(mode="after")
     def _stop_rule(self) -> Scenario:
