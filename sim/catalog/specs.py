@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sim import limits as lim
 
 Dtype = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
@@ -33,29 +35,29 @@ class ModelSpec(_Strict):
     name: str
     architecture: Literal["decoder", "encoder", "encoder_decoder"]
     input: Literal["tokens", "image"] = "tokens"
-    layers: PositiveInt
-    decoder_layers: int = Field(0, ge=0)
-    hidden_size: PositiveInt
-    heads: PositiveInt
-    kv_heads: PositiveInt | None = None
-    head_dim: PositiveInt | None = None
-    mlp_size: PositiveInt
+    layers: lim.LAYERS.type
+    decoder_layers: lim.DECODER_LAYERS.type = 0
+    hidden_size: lim.HIDDEN_SIZE.type
+    heads: lim.HEADS.type
+    kv_heads: lim.HEADS.optional = None
+    head_dim: lim.HEAD_DIM.optional = None
+    mlp_size: lim.MLP_SIZE.type
     mlp_kind: Literal["gelu", "gated"]
-    vocab_size: PositiveInt
-    max_positions: PositiveInt
+    vocab_size: lim.VOCAB_SIZE.type
+    max_positions: lim.POSITIONS.type
     position: Literal["learned", "rotary", "sinusoidal"] = "learned"
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     embedding_norm: bool = Field(False, description="a norm after the embeddings (BERT)")
     final_norm: bool = Field(True, description="a norm before the head (pre-LN models)")
     bias: bool | Literal["qkv"] = Field(True, description="linear biases: all, none, or q/k/v only")
     tied_embeddings: bool = True
-    token_types: int = Field(0, ge=0, description="BERT segment embeddings")
+    token_types: lim.TOKEN_TYPES.type = Field(0, description="BERT segment embeddings")
     head: Literal["lm", "classifier"] = "lm"
-    num_labels: PositiveInt = 2
+    num_labels: lim.LABELS.type = 2
     pooler: bool = False
-    image_size: PositiveInt | None = None
-    patch_size: PositiveInt | None = None
-    channels: PositiveInt = 3
+    image_size: lim.IMAGE_PIXELS.optional = None
+    patch_size: lim.IMAGE_PIXELS.optional = None
+    channels: lim.CHANNELS.type = 3
     weight_dtype: Dtype = "fp16"
     activation_dtype: Dtype = "fp16"
     source: str = ""
@@ -71,7 +73,24 @@ class ModelSpec(_Strict):
             raise ValueError("decoder_layers is only for encoder_decoder models")
         if self.input == "image" and not (self.image_size and self.patch_size):
             raise ValueError("image models need image_size and patch_size")
+        if self.input == "image" and self.patch_size > self.image_size:  # type: ignore[operator]
+            raise ValueError("patch_size must be at most image_size")
+        if self.input == "image" and self.image_tokens > self.max_positions:
+            raise ValueError(
+                f"image_size / patch_size gives {self.image_tokens} tokens; max_positions is "
+                f"{self.max_positions}"
+            )
         return self
+
+    def context_error(self, tokens: float, generate: bool) -> str | None:
+        """Why `tokens` (prompt, plus output when generating) do not fit this model, if so."""
+        if self.input == "image" or tokens <= self.max_positions:
+            return None
+        what = "prompt plus output tokens" if generate else "prompt tokens"
+        return (
+            f"{what} can reach {tokens:g} but model '{self.name}' takes at most "
+            f"{self.max_positions} positions"
+        )
 
     @property
     def n_kv_heads(self) -> int:
@@ -102,18 +121,17 @@ class DeviceSpec(_Strict):
     name: str
     kind: Literal["server", "client"]
     description: str = ""
-    peak_tflops: dict[Dtype, PositiveFloat] = Field(
-        description="dense peak TFLOP/s per data type (no sparsity)"
+    peak_tflops: dict[Dtype, lim.PEAK_TFLOPS.type] = Field(
+        min_length=1, description="dense peak TFLOP/s per data type (no sparsity)"
     )
-    memory_bandwidth_gb_s: PositiveFloat
-    memory_gb: PositiveFloat
-    compute_efficiency: float = Field(0.6, gt=0, le=1, description="achievable share of peak")
-    bandwidth_efficiency: float = Field(0.8, gt=0, le=1, description="achievable share of peak")
-    overhead_us: float = Field(10.0, ge=0, description="fixed time per unit per pass")
-    power_w: PositiveFloat | None = None
-    radio_nj_per_bit: float = Field(
+    memory_bandwidth_gb_s: lim.MEMORY_BANDWIDTH_GB_S.type
+    memory_gb: lim.MEMORY_GB.type
+    compute_efficiency: lim.EFFICIENCY.type = Field(0.6, description="achievable share of peak")
+    bandwidth_efficiency: lim.EFFICIENCY.type = Field(0.8, description="achievable share of peak")
+    overhead_us: lim.OVERHEAD_US.type = Field(10.0, description="fixed time per unit per pass")
+    power_w: lim.POWER_W.optional = None
+    radio_nj_per_bit: lim.RADIO_NJ_PER_BIT.type = Field(
         100.0,
-        ge=0,
         description="client radio energy per bit sent or received (nJ); default 100, an order "
         "of magnitude between LTE/Wi-Fi downlink (~50-140) and uplink (~280-440) nJ/bit",
     )

@@ -20,12 +20,9 @@ def _costs(d) -> str:
     return f"table {Path(d.cost_table).name}"
 
 
-def _devices(scenario: str | None) -> list:
-    if scenario is None:
+def _devices(ld) -> list:
+    if ld is None:
         return list(devices().values())
-    from sim.config import load_scenario
-
-    ld = load_scenario(scenario)
     found = dict(ld.devices)
     for d in [ld.server_device, *ld.client_devices]:
         if d is not None:
@@ -34,6 +31,13 @@ def _devices(scenario: str | None) -> list:
 
 
 def run_catalog(what: str, scenario: str | None = None) -> int:
+    """Print a catalog table; with `scenario`, the file is validated and its own models and
+    devices are listed too (a bad file is an error, never silently ignored)."""
+    ld = None
+    if scenario is not None:
+        from sim.config import load_scenario
+
+        ld = load_scenario(scenario)
     if what == "models":
         rows = [
             (
@@ -47,7 +51,7 @@ def run_catalog(what: str, scenario: str | None = None) -> int:
                 f"{param_count(m) / 1e6:.1f}M",
                 m.weight_dtype,
             )
-            for m in models().values()
+            for m in (ld.models if ld is not None else models()).values()
         ]
         header = (
             "model",
@@ -73,7 +77,7 @@ def run_catalog(what: str, scenario: str | None = None) -> int:
                 d.overhead_us,
                 _costs(d),
             )
-            for d in _devices(scenario)
+            for d in _devices(ld)
         ]
         header = (
             "device",

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from sim import limits as lim
 from sim.errors import UserError
 
 
@@ -22,26 +23,32 @@ def add_profile_parser(sub) -> None:
     p.add_argument("--phases", default="forward,decode",
                    help="forward, prefill, decode (default forward,decode)")  # fmt: skip
     p.add_argument("--granularity", default="block", choices=["block", "sublayer"])
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs per point")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=lim.REPEATS.arg("--repeats"), default=5,
+                   help="timed runs per point (median)")  # fmt: skip
+    p.add_argument("--warmup", type=lim.WARMUP.arg("--warmup"), default=1,
+                   help="untimed runs per point")  # fmt: skip
+    p.add_argument("--threads", type=lim.THREADS.arg("--threads"), default=None,
+                   help="torch threads (default: torch's)")  # fmt: skip
     p.add_argument("--torch-device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--device-name", default="local-cpu", help="name of the device in the outputs")
-    p.add_argument("--peak-tflops", type=float, default=None,
+    p.add_argument("--peak-tflops", type=lim.PEAK_TFLOPS.arg("--peak-tflops"), default=None,
                    help="fp32 peak for the device spec (default: a matmul microbenchmark)")  # fmt: skip
-    p.add_argument("--peak-bandwidth-gb-s", type=float, default=None,
+    p.add_argument("--peak-bandwidth-gb-s", default=None,
+                   type=lim.MEMORY_BANDWIDTH_GB_S.arg("--peak-bandwidth-gb-s"),
                    help="memory bandwidth peak (default: a copy microbenchmark)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="cost table CSV; the spec goes beside it (.yaml)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def _ints(text: str, flag: str, bound: lim.Bound) -> list[int]:
+    """Comma-separated integers, each inside `bound` (at most 64 of them)."""
+    parts = [v for v in text.split(",") if v.strip()]
+    if not parts or len(parts) > 64:
+        raise UserError(f"{flag}: expected 1 to 64 comma-separated integers, got '{text}'")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag}: expected comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise UserError(f"{flag}: expected integers >= 1, got '{text}'")
+        values = [bound.parse(v) for v in parts]
+    except ValueError as err:
+        raise UserError(f"{flag}: each value {err}") from None
     return sorted(set(values))
 
 
@@ -50,17 +57,14 @@ def _model(ref: str):
 
     path = Path(ref)
     if ref.endswith((".yaml", ".yml")) and path.is_file():
-        import yaml
-        from pydantic import ValidationError
+        from sim.config import read_yaml
+        from sim.config.load import build_spec
 
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict) or len(raw) != 1:
+        raw = read_yaml(path)
+        if len(raw) != 1 or not isinstance(next(iter(raw.values())), dict):
             raise UserError(f"{ref}: expected one model: {{name: {{fields}}}}")
         ((name, fields),) = raw.items()
-        try:
-            return ModelSpec(name=name, **fields)
-        except (ValidationError, TypeError) as err:
-            raise UserError(f"{ref}: {str(err).splitlines()[0]}") from None
+        return build_spec(ModelSpec, str(name), fields, str(name), ref)
     return get_model(ref, "--model")
 
 
@@ -77,14 +81,12 @@ def run_profile(args: argparse.Namespace) -> int:
     hint = missing_extra()
     if hint:
         raise UserError(hint)
-    tokens = _ints(args.tokens, "--tokens")
-    batches = _ints(args.batch, "--batch")
+    tokens = _ints(args.tokens, "--tokens", lim.TOKENS)
+    batches = _ints(args.batch, "--batch", lim.BATCH)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     bad = [p for p in phases if p not in ("forward", "prefill", "decode")]
     if bad or not phases:
         raise UserError(f"--phases: expected forward, prefill, decode; got '{args.phases}'")
-    if args.repeats < 1 or args.warmup < 0:
-        raise UserError("--repeats must be >= 1 and --warmup >= 0")
     spec = _model(args.model)
     out = Path(args.output)
     result = profile_to_files(

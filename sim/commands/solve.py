@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import argparse
 
+from sim import limits as lim
 from sim.catalog import get_device, get_model
 from sim.commands.table import format_table
 from sim.costs import model_units
 from sim.errors import UserError
 from sim.split import POLICIES, Link, build_problem, solve
+from sim.split.dp import MAX_STEPS
 
 
 def _resident(text: str):
     if text in ("all", "none", "fit"):
         return text
-    if text.isdigit():
+    if text.isdigit() and lim.RESIDENT_UNITS.contains(int(text)):
         return {"first": int(text)}
-    raise UserError(f"--resident: expected all, none, fit or a unit count, got '{text}'")
+    raise UserError(
+        f"--resident: expected all, none, fit or a unit count from 0 to "
+        f"{lim.RESIDENT_UNITS.hi:g}, got '{text}'"
+    )
 
 
-def _check_positive(args: argparse.Namespace) -> None:
-    for name in ("tokens", "uplink_mbps", "downlink_mbps", "deadline_s"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')}: must be > 0")
-    if args.rtt_ms < 0 or args.output_tokens < 0:
-        raise UserError("--rtt-ms and --output-tokens must be >= 0")
+def _check_request(args: argparse.Namespace, model, task: str) -> None:
+    """What the flags' own ranges cannot see: the model's context, the DP grid's size."""
+    tokens = args.tokens + (args.output_tokens if task == "generate" else 0)
+    problem = model.context_error(tokens, task == "generate")
+    if problem:
+        flag = "--tokens/--output-tokens" if task == "generate" else "--tokens"
+        raise UserError(f"{flag}: {problem}")
+    if task == "forward" and args.output_tokens:
+        raise UserError("--output-tokens: only with --task generate")
+    finest = args.deadline_s / MAX_STEPS
+    if args.time_step_s is not None and args.time_step_s < finest:
+        raise UserError(
+            f"--time-step-s: at most {MAX_STEPS:,} steps per deadline: must be >= {finest:g} s "
+            f"for --deadline-s {args.deadline_s:g}"
+        )
 
 
 def _with_table(device, path: str | None, flag: str):
@@ -43,7 +57,6 @@ def _with_table(device, path: str | None, flag: str):
 
 
 def run_solve(args: argparse.Namespace) -> int:
-    _check_positive(args)
     model = get_model(args.model, "--model")
     client = get_device(args.client, "--client")
     server = get_device(args.server, "--server")
@@ -51,6 +64,7 @@ def run_solve(args: argparse.Namespace) -> int:
     client = _with_table(client, getattr(args, "client_cost_table", None), "--client-cost-table")
     server = _with_table(server, getattr(args, "server_cost_table", None), "--server-cost-table")
     task = args.task or ("generate" if args.output_tokens > 0 else "forward")
+    _check_request(args, model, task)
     try:
         problem = build_problem(
             model,

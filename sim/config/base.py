@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from sim import limits as lim
 
 
 class Section(BaseModel):
@@ -27,7 +29,12 @@ class Section(BaseModel):
 
 class Fixed(Section):
     kind: Literal["fixed"] = "fixed"
-    value: float = Field(ge=0)
+    value: lim.DIST_VALUE.type
+
+    @property
+    def support(self) -> tuple[float | None, float | None]:
+        """Lowest and highest value a draw can take, where known before sampling."""
+        return self.value, self.value
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return np.full(n, self.value)
@@ -43,8 +50,12 @@ class Fixed(Section):
 
 class Uniform(Section):
     kind: Literal["uniform"]
-    low: float = Field(ge=0)
-    high: float = Field(ge=0)
+    low: lim.DIST_VALUE.type
+    high: lim.DIST_VALUE.type
+
+    @property
+    def support(self) -> tuple[float | None, float | None]:
+        return self.low, self.high
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -68,10 +79,14 @@ class LogNormal(Section):
     """Log-normal with the given median and log-space sigma, clipped to [min, max]."""
 
     kind: Literal["lognormal"]
-    median: PositiveFloat
-    sigma: float = Field(ge=0)
-    min: float = Field(0.0, ge=0)
-    max: float = Field(np.inf, gt=0)
+    median: lim.DIST_SCALE.type
+    sigma: lim.LOG_SIGMA.type
+    min: lim.DIST_VALUE.type = 0.0
+    max: lim.DIST_MAX.type = Field(np.inf, description=".inf: no upper clip")
+
+    @property
+    def support(self) -> tuple[float | None, float | None]:
+        return (self.min if self.min > 0 else None), (self.max if self.max < np.inf else None)
 
     @model_validator(mode="after")
     def _ordered(self) -> LogNormal:
@@ -95,7 +110,11 @@ class LogNormal(Section):
 
 class Exponential(Section):
     kind: Literal["exponential"]
-    mean: PositiveFloat
+    mean: lim.DIST_SCALE.type
+
+    @property
+    def support(self) -> tuple[float | None, float | None]:
+        return None, None
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.exponential(self.mean, n)
@@ -116,6 +135,10 @@ class Empirical(Section):
     path: str
     column: str
     _values: np.ndarray | None = PrivateAttr(default=None)
+
+    @property
+    def support(self) -> tuple[float | None, float | None]:
+        return None, None  # the file's values are checked when it is read
 
     def bind(self, values: np.ndarray) -> None:
         """Attach the column's values (loaded by the scenario loader)."""

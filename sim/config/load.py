@@ -16,12 +16,15 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
+from sim import limits
 from sim.catalog import devices as catalog_devices
 from sim.catalog import models as catalog_models
 from sim.catalog.specs import DeviceSpec, ModelSpec
 from sim.config.base import Empirical
-from sim.config.scenario import Scenario
+from sim.config.scenario import SIZE_BOUNDS, Scenario
+from sim.config.yamlio import YamlProblem, parse_yaml
 from sim.errors import UserError, unknown_name
+from sim.limits import Bound
 
 TRACE_COLUMNS = {
     "arrival_s": ("arrival_s", "arrived_at", "time_s", "timestamp", "TIMESTAMP"),
@@ -59,16 +62,22 @@ def _format_validation(source: str, err: ValidationError) -> str:
 def read_yaml(path: str | Path) -> dict:
     """A YAML file that must hold a mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder; expected a YAML file")
     if not p.is_file():
         raise UserError(f"{p}: file not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = parse_yaml(p.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise UserError(f"{p}: not valid YAML{where}") from None
+    except YamlProblem as err:
+        raise UserError(f"{p}: {err}") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not a text file") from None
+    except OSError as err:
+        raise UserError(f"{p}: cannot read the file ({err.strerror})") from None
     if not isinstance(raw, dict):
         raise UserError(f"{p}: expected a mapping of scenario keys at the top level")
     return raw
@@ -82,9 +91,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise UserError(f"--set {item}: expected key.path=value")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserError(f"--set {key}: value is not valid YAML") from None
+            value = parse_yaml(text)
+        except (yaml.YAMLError, YamlProblem) as err:
+            why = f" ({err})" if isinstance(err, YamlProblem) else ""
+            raise UserError(f"--set {key}: value is not valid YAML{why}") from None
         set_path(out, key, value, where=f"--set {key}")
     return out
 
@@ -134,7 +144,8 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Loade
     return validate(raw, str(p), p.parent)
 
 
-def _spec(cls, name: str, fields: dict, where: str, source: str):
+def build_spec(cls, name: str, fields: dict, where: str, source: str):
+    """A model or device spec from user fields; any problem is one line naming `where`."""
     try:
         return cls(name=name, **fields)
     except ValidationError as err:
@@ -167,10 +178,10 @@ def _resolve_names(ld: LoadedScenario) -> None:
             )
     ld.models = dict(catalog_models())
     for name, fields in sc.models.items():
-        ld.models[name] = _spec(ModelSpec, name, fields, f"models.{name}", src)
+        ld.models[name] = build_spec(ModelSpec, name, fields, f"models.{name}", src)
     ld.devices = dict(catalog_devices())
     for name, fields in sc.devices.items():
-        spec = _spec(DeviceSpec, name, fields, f"devices.{name}", src)
+        spec = build_spec(DeviceSpec, name, fields, f"devices.{name}", src)
         ld.devices[name] = _with_table(ld, spec, f"devices.{name}")
     ld.server_device = _device(ld, sc.server.device, "server.device")
     ld.client_devices = [
@@ -195,7 +206,7 @@ def _device(ld: LoadedScenario, ref: str | dict, where: str) -> DeviceSpec:
     if isinstance(ref, dict):
         fields = dict(ref)
         name = str(fields.pop("name", where))
-        return _with_table(ld, _spec(DeviceSpec, name, fields, where, ld.source), where)
+        return _with_table(ld, build_spec(DeviceSpec, name, fields, where, ld.source), where)
     if ref not in ld.devices:
         raise UserError(f"{ld.source}: {unknown_name('device', ref, ld.devices, where)}")
     return ld.devices[ref]
@@ -218,18 +229,25 @@ def _with_table(ld: LoadedScenario, spec: DeviceSpec, where: str) -> DeviceSpec:
 
 def _csv(ld: LoadedScenario, rel: str, where: str) -> tuple[pd.DataFrame, Path]:
     path = (ld.base_dir / rel) if not Path(rel).is_absolute() else Path(rel)
+    return read_csv_file(path, f"{ld.source}: {where}"), path
+
+
+def read_csv_file(path: Path, where: str) -> pd.DataFrame:
+    """A CSV file with at least one row, or one line naming `where` and what is wrong."""
+    if path.is_dir():
+        raise UserError(f"{where}: {path} is a folder; expected a CSV file")
     if not path.is_file():
-        raise UserError(f"{ld.source}: {where}: file not found: {path}")
+        raise UserError(f"{where}: file not found: {path}")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else "unreadable"
-        raise UserError(
-            f"{ld.source}: {where}: not a readable CSV file ({path}): {reason}"
-        ) from None
+        raise UserError(f"{where}: not a readable CSV file ({path}): {reason}") from None
+    except OSError as err:
+        raise UserError(f"{where}: cannot read {path} ({err.strerror or err})") from None
     if frame.empty:
-        raise UserError(f"{ld.source}: {where}: CSV file has no rows: {path}")
-    return frame, path
+        raise UserError(f"{where}: CSV file has no rows: {path}")
+    return frame
 
 
 def _pick(frame: pd.DataFrame, names: tuple[str, ...], where: str, source: str, path: Path) -> str:
@@ -242,11 +260,8 @@ def _pick(frame: pd.DataFrame, names: tuple[str, ...], where: str, source: str, 
     )
 
 
-def _numeric(frame: pd.DataFrame, col: str, where: str, source: str, minimum: float) -> np.ndarray:
-    values = pd.to_numeric(frame[col], errors="coerce").to_numpy(float)
-    if np.isnan(values).any() or (values < minimum).any():
-        raise UserError(f"{source}: {where}: column '{col}' must hold numbers >= {minimum:g}")
-    return values
+def _numeric(frame: pd.DataFrame, col: str, where: str, source: str, bound: Bound) -> np.ndarray:
+    return limits.column_in_bound(frame, col, f"{source}: {where}", bound)
 
 
 def _resolve_files(ld: LoadedScenario) -> None:
@@ -264,14 +279,21 @@ def _resolve_files(ld: LoadedScenario) -> None:
                 f"{src}: workload.arrival: no trace rows to replay: the trace spans"
                 f" {t[0]:g}-{t[-1]:g} s, with start_s {arrival.start_s:g}{stop}"
             )
-    for i, cls in enumerate(sc.workload.mix):
-        for key in ("prompt_tokens", "output_tokens", "service_s"):
-            dist = getattr(cls, key)
-            if isinstance(dist, Empirical):
-                where = f"workload.mix.{i}.{key}.path"
-                frame, path = _csv(ld, dist.path, where)
-                col = _pick(frame, (dist.column,), where, src, path)
-                dist.bind(_numeric(frame, col, where, src, 0))
+    empirical = [
+        (f"workload.mix.{i}.{key}", getattr(cls, key), SIZE_BOUNDS[key])
+        for i, cls in enumerate(sc.workload.mix)
+        for key in SIZE_BOUNDS
+    ] + [
+        (f"clients.{i}.link.jitter.delay_ms", g.link.jitter.delay_ms, limits.DELAY_MS)
+        for i, g in enumerate(sc.clients)
+        if g.link.jitter is not None
+    ]
+    for field_path, dist, bound in empirical:
+        if isinstance(dist, Empirical):
+            where = f"{field_path}.path"
+            frame, path = _csv(ld, dist.path, where)
+            col = _pick(frame, (dist.column,), where, src, path)
+            dist.bind(_numeric(frame, col, where, src, bound))
     _check_context_lengths(ld)
     ld.bandwidth_traces = []
     for i, group in enumerate(sc.clients):
@@ -288,8 +310,6 @@ def _check_context_lengths(ld: LoadedScenario) -> None:
         if cls.task == "synthetic":
             continue
         model = ld.models[cls.model]  # type: ignore[index]
-        if model.input == "image":
-            continue
         generate = cls.task == "generate"
         if trace is not None:
             longest = trace["prompt_tokens"] + (trace["output_tokens"] if generate else 0)
@@ -297,42 +317,45 @@ def _check_context_lengths(ld: LoadedScenario) -> None:
         else:
             tokens = cls.prompt_tokens.upper + (cls.output_tokens.upper if generate else 0)
             where = f"workload.mix.{i}.prompt_tokens"
-        if tokens > model.max_positions:
-            bound = "prompt plus output tokens" if generate else "prompt tokens"
+        problem = model.context_error(tokens, generate)
+        if problem:
             raise UserError(
-                f"{ld.source}: {where}: {bound} can reach {tokens:g} but model "
-                f"'{model.name}' takes at most {model.max_positions} positions; bound the "
-                "distribution (e.g. max:) or pick a model with a longer context"
+                f"{ld.source}: {where}: {problem}; bound the distribution (e.g. max:) or pick "
+                "a model with a longer context"
             )
 
 
 def _load_arrival_trace(ld: LoadedScenario, rel: str, where: str) -> pd.DataFrame:
     frame, path = _csv(ld, rel, where)
     cols = {k: _pick(frame, names, where, ld.source, path) for k, names in TRACE_COLUMNS.items()}
-    t = frame[cols["arrival_s"]]
+    time_col = cols["arrival_s"]
+    t = frame[time_col]
     if not pd.api.types.is_numeric_dtype(t):
         parsed = pd.to_datetime(t, errors="coerce")
         if parsed.isna().any():
-            raise UserError(f"{ld.source}: {where}: column '{cols['arrival_s']}' must hold times")
+            raise UserError(f"{ld.source}: {where}: column '{time_col}' must hold times")
         t = (parsed - parsed.min()).dt.total_seconds()
+    src = ld.source
     out = pd.DataFrame(
         {
-            "arrival_s": _numeric(pd.DataFrame({"t": t}), "t", where, ld.source, 0),
-            "prompt_tokens": _numeric(frame, cols["prompt_tokens"], where, ld.source, 1),
-            "output_tokens": _numeric(frame, cols["output_tokens"], where, ld.source, 0),
+            "arrival_s": _numeric(pd.DataFrame({time_col: t}), time_col, where, src,
+                                  limits.TRACE_TIME_S),
+            "prompt_tokens": _numeric(frame, cols["prompt_tokens"], where, src, limits.TOKENS),
+            "output_tokens": _numeric(frame, cols["output_tokens"], where, src,
+                                      limits.OUTPUT_TOKENS),
         }
-    )
+    )  # fmt: skip
     return out.sort_values("arrival_s", kind="stable").reset_index(drop=True)
 
 
 def _load_bandwidth(ld: LoadedScenario, rel: str, where: str) -> np.ndarray:
     frame, path = _csv(ld, rel, where)
     cols = [_pick(frame, (c,), where, ld.source, path) for c in BANDWIDTH_COLUMNS]
-    t = _numeric(frame, cols[0], where, ld.source, 0)
+    t = _numeric(frame, cols[0], where, ld.source, limits.TRACE_TIME_S)
     if np.any(np.diff(t) <= 0):
         raise UserError(f"{ld.source}: {where}: time_s must increase strictly")
-    up = _numeric(frame, cols[1], where, ld.source, 1e-9)
-    down = _numeric(frame, cols[2], where, ld.source, 1e-9)
+    up = _numeric(frame, cols[1], where, ld.source, limits.BANDWIDTH_MBPS)
+    down = _numeric(frame, cols[2], where, ld.source, limits.BANDWIDTH_MBPS)
     return np.column_stack([t, up, down])
 
 

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BeforeValidator,
-    Field,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from sim import limits as lim
 from sim.catalog.specs import DeviceSpec, ModelSpec
 from sim.config.base import Distribution, Fixed, Section, as_distribution
 
 Dist = Annotated[Distribution, BeforeValidator(as_distribution)]
+
+# What each size distribution of a request class may produce (a draw is rounded for tokens).
+SIZE_BOUNDS = {
+    "prompt_tokens": lim.TOKENS,
+    "output_tokens": lim.OUTPUT_TOKENS,
+    "service_s": lim.SERVICE_S,
+}
+
+
+def _check_support(dist: Any, bound: lim.Bound, what: str) -> None:
+    """A distribution's known lowest and highest draws must lie inside the field's bound."""
+    for end in dist.support:
+        if end is not None and not bound.contains(end):
+            raise ValueError(f"{what} must be {bound.describe()}; this distribution gives {end:g}")
 
 
 def _unique_names(items: list, what: str) -> list:
@@ -32,9 +39,9 @@ class ServerConfig(Section):
     """The GPU server: a catalog device (or an inline spec) with parallel slots."""
 
     device: str | dict = Field("a100-80gb", description="catalog name or inline device spec")
-    slots: PositiveInt = Field(1, description="requests executed in parallel")
+    slots: lim.SLOTS.type = Field(1, description="requests executed in parallel")
     discipline: Literal["fifo", "edf"] = Field("fifo", description="queue order")
-    max_queue: PositiveInt | None = Field(
+    max_queue: lim.QUEUE.optional = Field(
         None, description="a request reaching a server queue with this many waiting is rejected"
     )
 
@@ -44,13 +51,19 @@ class JitterConfig(Section):
 
     delay_ms: Dist
 
+    @field_validator("delay_ms")
+    @classmethod
+    def _delay_range(cls, v: Any) -> Any:
+        _check_support(v, lim.DELAY_MS, "delay_ms")
+        return v
+
 
 class LinkConfig(Section):
     """A client's network link."""
 
-    uplink_mbps: PositiveFloat = 20.0
-    downlink_mbps: PositiveFloat = 100.0
-    rtt_ms: NonNegativeFloat = 30.0
+    uplink_mbps: lim.BANDWIDTH_MBPS.type = 20.0
+    downlink_mbps: lim.BANDWIDTH_MBPS.type = 100.0
+    rtt_ms: lim.RTT_MS.type = 30.0
     jitter: JitterConfig | None = None
     trace: str | None = Field(None, description="CSV of time_s, uplink_mbps, downlink_mbps")
     shared: str | None = Field(None, description="name of a medium shared with other clients")
@@ -63,7 +76,7 @@ class ClientGroup(Section):
     """Identical clients: same device, resident units and link."""
 
     name: str
-    count: PositiveInt = 1
+    count: lim.CLIENTS.type = 1
     device: str | dict = "phone-flagship"
     resident: Resident = "all"
     link: LinkConfig = Field(default_factory=LinkConfig)
@@ -72,28 +85,32 @@ class ClientGroup(Section):
     @classmethod
     def _resident(cls, v: Any) -> Any:
         if isinstance(v, dict) and not _is_first_k(v):
-            raise ValueError("resident must be all, none, fit or {first: K} with K >= 0")
+            raise ValueError(
+                "resident must be all, none, fit or {first: K} with K "
+                + lim.RESIDENT_UNITS.describe().removeprefix("an integer ")
+            )
         return v
 
 
 def _is_first_k(v: dict) -> bool:
     k = v.get("first")
-    return set(v) == {"first"} and isinstance(k, int) and not isinstance(k, bool) and k >= 0
+    ok = isinstance(k, int) and not isinstance(k, bool) and lim.RESIDENT_UNITS.contains(k)
+    return set(v) == {"first"} and ok
 
 
 class ArrivalConfig(Section):
     """Poisson arrivals (total or per-client rate) or a trace replay."""
 
     kind: Literal["poisson", "trace"] = "poisson"
-    rate_per_s: PositiveFloat | None = Field(None, description="total Poisson rate")
-    per_client_rate_per_s: PositiveFloat | None = None
-    load: PositiveFloat | None = Field(
+    rate_per_s: lim.RATE_PER_S.optional = Field(None, description="total Poisson rate")
+    per_client_rate_per_s: lim.RATE_PER_S.optional = None
+    load: lim.LOAD.optional = Field(
         None,
         description="total rate as a fraction of the server-only capacity (slots / mean service)",
     )
     path: str | None = Field(None, description="trace CSV (kind: trace)")
-    time_scale: PositiveFloat = Field(1.0, description="trace times are multiplied by this")
-    start_s: NonNegativeFloat = Field(0.0, description="skip trace rows before this time")
+    time_scale: lim.TIME_SCALE.type = Field(1.0, description="trace times are multiplied by this")
+    start_s: lim.TRACE_TIME_S.type = Field(0.0, description="skip trace rows before this time")
 
     @model_validator(mode="after")
     def _one_rate(self) -> ArrivalConfig:
@@ -116,20 +133,27 @@ class RequestClass(Section):
     task: Literal["forward", "generate", "synthetic"] = "forward"
     prompt_tokens: Dist = Field(default_factory=lambda: Fixed(value=128))
     output_tokens: Dist = Field(default_factory=lambda: Fixed(value=0))
-    deadline_s: PositiveFloat | None = None
-    ttft_deadline_s: PositiveFloat | None = Field(
+    deadline_s: lim.DEADLINE_S.optional = None
+    ttft_deadline_s: lim.DEADLINE_S.optional = Field(
         None, description="token granularity: SLA on time to first token (s)"
     )
-    tpot_deadline_s: PositiveFloat | None = Field(
+    tpot_deadline_s: lim.DEADLINE_S.optional = Field(
         None, description="token granularity: SLA on mean time per output token after the first (s)"
     )
-    deadline_factor: PositiveFloat | None = Field(
+    deadline_factor: lim.DEADLINE_FACTOR.optional = Field(
         None, description="deadline = factor x the request's server-only nominal latency"
     )
     service_s: Dist | None = Field(
         None, description="synthetic task: server time per request, no model, no network"
     )
-    weight: PositiveFloat = 1.0
+    weight: lim.WEIGHT.type = 1.0
+
+    @field_validator("prompt_tokens", "output_tokens", "service_s")
+    @classmethod
+    def _size_range(cls, v: Any, info: Any) -> Any:
+        if v is not None:
+            _check_support(v, SIZE_BOUNDS[info.field_name], info.field_name)
+        return v
 
     @model_validator(mode="after")
     def _one_deadline(self) -> RequestClass:
@@ -163,35 +187,33 @@ class WorkloadConfig(Section):
 
 
 class SplitConfig(Section):
-    time_step_s: PositiveFloat | None = Field(None, description="DP grid; default deadline/2000")
+    time_step_s: lim.TIME_STEP_S.optional = Field(
+        None, description="DP grid; default deadline/2000 (at most 100,000 steps per deadline)"
+    )
     objective: Literal["server_time", "server_flops"] = "server_time"
     granularity: Literal["block", "sublayer"] = "block"
-    slack_fraction: float = Field(
-        0.0, ge=0, lt=1, description="plans must fit (1 - slack) x SLA, leaving room for queueing"
+    slack_fraction: lim.FRACTION_BELOW_ONE.type = Field(
+        0.0, description="plans must fit (1 - slack) x SLA, leaving room for queueing"
     )
     link_estimate: Literal["nominal", "oracle", "ewma"] = Field(
         "nominal",
         description="bandwidth every policy plans with: the configured link (nominal), the "
         "trace's value at arrival (oracle), or an EWMA of the group's realised transfer rates",
     )
-    link_ewma_alpha: float = Field(
-        0.3, gt=0, le=1, description="ewma link estimate: weight of the newest transfer's rate"
+    link_ewma_alpha: lim.FRACTION_OPEN.type = Field(
+        0.3, description="ewma link estimate: weight of the newest transfer's rate"
     )
-    wait_ewma_alpha: float = Field(
-        0.1, gt=0, le=1, description="load-aware policies: weight of the newest server hold time"
+    wait_ewma_alpha: lim.FRACTION_OPEN.type = Field(
+        0.1, description="load-aware policies: weight of the newest server hold time"
     )
-    busy_utilization: float = Field(
+    busy_utilization: lim.FRACTION_OPEN.type = Field(
         0.9,
-        gt=0,
-        le=1,
         description="dp_queue_aware: at or above this recent server utilisation a request may "
         "not take more server work than dp to fit the wait; it sheds to the client instead "
         "(1 = never)",
     )
-    plan_bucket_fraction: float = Field(
+    plan_bucket_fraction: lim.FRACTION_BELOW_ONE.type = Field(
         0.02,
-        ge=0,
-        lt=1,
         description="plans made at arrival are cached per bucket: bandwidth in steps of this "
         "relative size (log scale), server wait in steps of this fraction of the deadline; 0 = exact",
     )
@@ -205,10 +227,10 @@ class SimulationConfig(Section):
         description="request: each server segment holds a slot for its whole time; token: "
         "prefill and every decode step go through an iteration-level batching server",
     )
-    max_batch_requests: PositiveInt = Field(
+    max_batch_requests: lim.BATCH_REQUESTS.type = Field(
         256, description="token: most requests running on the server at once (vLLM max_num_seqs)"
     )
-    max_batch_tokens: PositiveInt = Field(
+    max_batch_tokens: lim.BATCH_TOKENS.type = Field(
         8192, description="token: new tokens per server iteration (decode steps and prefills)"
     )
     chunked_prefill: bool = Field(
@@ -217,11 +239,11 @@ class SimulationConfig(Section):
         "after the decode steps (vLLM enable_chunked_prefill); false = a prefill waits for an "
         "iteration with room for all of it",
     )
-    kv_memory_gb: PositiveFloat | None = Field(
+    kv_memory_gb: lim.MEMORY_GB.optional = Field(
         None, description="token: server KV-cache memory; default kv_memory_fraction of the rest"
     )
-    kv_memory_fraction: float = Field(
-        0.9, gt=0, le=1,
+    kv_memory_fraction: lim.FRACTION_OPEN.type = Field(
+        0.9,
         description="token: share of server memory left after the models' weights kept for KV",
     )  # fmt: skip
     on_kv_full: Literal["wait", "preempt"] = Field(
@@ -233,21 +255,26 @@ class SimulationConfig(Section):
 
 class OutputConfig(Section):
     format: Literal["csv", "parquet"] = "csv"
-    timeseries_bins: PositiveInt = Field(200, description="bins of the utilisation time series")
+    timeseries_bins: lim.TIMESERIES_BINS.type = Field(
+        200, description="bins of the utilisation time series"
+    )
 
 
 class Scenario(Section):
     """One experiment: a server, client groups, a workload and the policies to compare."""
 
-    name: str = "scenario"
-    seed: int = Field(0, ge=0)
-    requests: PositiveInt | None = Field(None, description="stop after this many arrivals")
-    duration_s: PositiveFloat | None = Field(None, description="stop arrivals at this time")
-    drain_s: NonNegativeFloat | None = Field(
+    name: lim.NAME = Field(
+        "scenario",
+        description="letters, digits, '.', '_', '-' (names the default folder runs/<name>)",
+    )
+    seed: lim.SEED.type = 0
+    requests: lim.REQUESTS.optional = Field(None, description="stop after this many arrivals")
+    duration_s: lim.DURATION_S.optional = Field(None, description="stop arrivals at this time")
+    drain_s: lim.TIME_S.optional = Field(
         None, description="time after the last arrival to finish in-flight requests (default: all)"
     )
-    warmup_s: NonNegativeFloat = 0.0
-    replications: PositiveInt = 1
+    warmup_s: lim.TIME_S.type = 0.0
+    replications: lim.REPLICATIONS.type = 1
     policies: list[str] = Field(
         default_factory=lambda: ["dp", "greedy", "server_only"], min_length=1
     )

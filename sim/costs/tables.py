@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim import limits as lim
 from sim.errors import UserError
 
 COLUMNS: tuple[str, ...] = (
@@ -97,6 +98,8 @@ def _fail(path: Path, msg: str) -> UserError:
 def read_cost_table(path: str | Path) -> pd.DataFrame:
     """The rows of a cost table, checked; any problem is a one-line `UserError`."""
     path = Path(path)
+    if path.is_dir():
+        raise _fail(path, "is a folder; expected a cost table (CSV)")
     if not path.is_file():
         raise _fail(path, "cost table not found")
     try:
@@ -104,6 +107,8 @@ def read_cost_table(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else "unreadable"
         raise _fail(path, f"not a readable CSV file: {reason}") from None
+    except OSError as err:
+        raise _fail(path, f"cannot read the file ({err.strerror or err})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise _fail(
@@ -122,18 +127,17 @@ def read_cost_table(path: str | Path) -> pd.DataFrame:
             raise _fail(
                 path, f"column '{col}': unknown value '{bad[0]}'; allowed: {', '.join(allowed)}"
             )
-    numeric = {"unit_index": -1, "tokens": 1, "batch": 1, "seconds": 0}
+    numeric = {
+        "unit_index": lim.UNIT_INDEX,
+        "tokens": lim.TOKENS,
+        "batch": lim.BATCH,
+        "seconds": lim.UNIT_SECONDS,
+    }
     if "energy_j" in frame.columns:
-        numeric["energy_j"] = 0
-    for col, minimum in numeric.items():
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if values.isna().any() or (values < minimum).any():
-            row = int(np.flatnonzero(values.isna() | (values < minimum))[0]) + 2
-            raise _fail(path, f"column '{col}' must hold numbers >= {minimum} (line {row})")
-        frame[col] = values
+        numeric["energy_j"] = lim.ENERGY_J
+    for col, bound in numeric.items():
+        frame[col] = lim.column_in_bound(frame, col, str(path), bound)
     for col in ("unit_index", "tokens", "batch"):
-        if (frame[col] != frame[col].round()).any():
-            raise _fail(path, f"column '{col}' must hold whole numbers")
         frame[col] = frame[col].astype(int)
     return frame
 

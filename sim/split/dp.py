@@ -15,12 +15,18 @@ import numpy as np
 from sim.split.problem import Plan, SplitProblem, make_plan
 
 DEFAULT_STEPS = 2000
+# The grid never has more steps than this per deadline: a finer `time_step` is coarsened to
+# deadline / MAX_STEPS (memory and time grow with the steps; 100,000 is 50x the default).
+MAX_STEPS = 100_000
+# Unit times beyond the horizon are infeasible whatever their exact step count; capping the
+# count keeps huge ratios (a tiny deadline) from overflowing int64.
+_STEP_CAP = 2.0**62
 _REL_TOL = 1e-13  # below make_plan's 1e-12 deadline slack: snapping must not hide overruns
 
 
 def grid_steps(times, step: float, up: bool = True) -> np.ndarray:
     """Times in whole steps, rounded up (or down); exact multiples stay exact despite float error."""
-    ratio = np.asarray(times, float) / step
+    ratio = np.minimum(np.asarray(times, float) / step, _STEP_CAP)
     nearest = np.rint(ratio)
     exact = np.abs(ratio - nearest) <= _REL_TOL * np.maximum(1.0, np.abs(nearest))
     rounded = np.ceil(ratio) if up else np.floor(ratio)
@@ -134,8 +140,8 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
     """Least server work within the deadline, on a latency grid of `time_step` seconds."""
     if not np.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
-    step = time_step or problem.deadline / DEFAULT_STEPS
-    if step <= 0:
+    step = max(time_step or problem.deadline / DEFAULT_STEPS, problem.deadline / MAX_STEPS)
+    if not step > 0:
         raise ValueError("time_step must be > 0")
     horizon = int(grid_steps(problem.deadline, step, up=False))
     g = _grid(problem, step)

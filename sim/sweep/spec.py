@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import (
-    Field,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
+from sim import limits as lim
 from sim.config.base import Section
 from sim.config.load import _format_validation, apply_overrides, read_yaml, set_path
 from sim.errors import UserError
@@ -23,9 +17,9 @@ from sim.errors import UserError
 class Range(Section):
     """`num` values from `start` to `stop` inclusive, linear or log-spaced."""
 
-    start: float
-    stop: float
-    num: PositiveInt
+    start: lim.RANGE_ENDPOINT.type
+    stop: lim.RANGE_ENDPOINT.type
+    num: lim.RANGE_NUM.type
     log: bool = False
     integer: bool = Field(False, description="round values to integers")
 
@@ -41,27 +35,44 @@ class Range(Section):
         return [float(round(v, 12)) for v in vals]
 
 
-Factor = list[Any] | Range
+def _factor(value: Any) -> Any:
+    """A factor is a list of values or a range mapping; say so instead of a union's errors."""
+    if isinstance(value, dict):
+        return Range.model_validate(value)
+    if isinstance(value, list):
+        return value
+    raise ValueError(
+        "a factor is a list of values or a range {start, stop, num[, log, integer]}, "
+        f"got {value!r}"
+    )
+
+
+Factor = Annotated[list[Any] | Range, BeforeValidator(_factor)]
 
 
 class CapacityConfig(Section):
     """Highest arrival rate at which the server still meets the targets, per policy."""
 
     policies: list[str] | None = Field(None, description="default: the scenario's policies")
-    max_sla_violation_rate: float = Field(0.05, ge=0, le=1)
-    max_utilization: float = Field(0.95, gt=0, le=1)
-    rel_tol: PositiveFloat = Field(0.02, description="bisection stops at (hi - lo) / lo <= rel_tol")
-    start_rate_per_s: PositiveFloat | None = Field(
+    max_sla_violation_rate: lim.FRACTION.type = 0.05
+    max_utilization: lim.FRACTION_OPEN.type = 0.95
+    rel_tol: lim.REL_TOL.type = Field(
+        0.02, description="bisection stops at (hi - lo) / lo <= rel_tol"
+    )
+    start_rate_per_s: lim.RATE_PER_S.optional = Field(
         None, description="first rate tried (default: half the server-only capacity)"
     )
-    max_evaluations: PositiveInt = 40
+    max_evaluations: lim.EVALUATIONS.type = 40
 
 
 class SweepSpec(Section):
-    name: str = "sweep"
+    name: lim.NAME = Field(
+        "sweep",
+        description="letters, digits, '.', '_', '-' (names the default folder runs/<name>)",
+    )
     base: str | dict = Field(description="scenario file (relative to the sweep file) or mapping")
-    seed: NonNegativeInt | None = Field(None, description="default: the base scenario's seed")
-    replications: PositiveInt = 1
+    seed: lim.SEED.optional = Field(None, description="default: the base scenario's seed")
+    replications: lim.REPLICATIONS.type = 1
     set: dict[str, Any] = Field(default_factory=dict, description="fixed overrides of the base")
     grid: dict[str, Factor] = Field(default_factory=dict, description="Cartesian product")
     zip: dict[str, Factor] = Field(default_factory=dict, description="varied together")
