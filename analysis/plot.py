@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,14 +39,17 @@ def plot_folder(
 ) -> PlotReport:
     """Write the figures (all, or `names`) that the folder supports to `folder/figures/`.
 
-    Raises `AnalysisError` when the folder is missing, unreadable or supports none of them.
+    Raises `AnalysisError` when the folder is missing, unreadable or supports none of them,
+    or when `folder/figures` cannot take files (checked before any figure is drawn).
     """
     names = check_names(names)
+    check_readable(Path(folder))
     data = load_folder(folder)
     if not data.sources:
         files = ", ".join(f for t in TABLES.values() for f in t.files)
         raise AnalysisError(f"{folder}: no result files to plot (looked for {files})")
     report = PlotReport(Path(folder) / FIGURES_DIR)
+    prepare_figures_dir(report.out_dir)
     figures = {}
     for name in names:
         spec = FIGURES[name]
@@ -68,5 +73,37 @@ def plot_folder(
         reasons = "; ".join(f"{n}: {why}" for n, why in (found or report.skipped).items())
         raise AnalysisError(f"{folder}: nothing to plot ({reasons})")
     for name, fig in figures.items():
-        report.written[name] = save_figure(fig, report.out_dir / name, formats)
+        try:
+            report.written[name] = save_figure(fig, report.out_dir / name, formats)
+        except OSError as err:
+            raise AnalysisError(f"{report.out_dir}: cannot write figures here: {err}") from None
     return report
+
+
+def check_readable(folder: Path) -> None:
+    """Refuse, in one line, a folder that is missing, not a folder or cannot be listed."""
+    if not folder.exists():
+        raise AnalysisError(f"{folder}: no such folder; give a run, sweep or capacity folder")
+    if not folder.is_dir():
+        raise AnalysisError(f"{folder}: not a folder; give a run, sweep or capacity folder")
+    try:
+        next(folder.iterdir(), None)
+    except OSError as err:
+        raise AnalysisError(f"{folder}: cannot read the folder: {err.strerror}") from None
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise AnalysisError(f"{folder}: cannot read the folder: permission denied")
+
+
+def prepare_figures_dir(figures_dir: Path) -> None:
+    """Check, before any figure is drawn, that `figures_dir` can take files: a file in its
+    place is refused (never replaced), and the folder (or its parent, when it is still to
+    be made) must accept a new file. Nothing is left behind by the check."""
+    if figures_dir.is_symlink() or (figures_dir.exists() and not figures_dir.is_dir()):
+        raise AnalysisError(
+            f"{figures_dir}: exists and is not a folder; move it away to draw figures here"
+        )
+    probe_dir = figures_dir if figures_dir.is_dir() else figures_dir.parent
+    try:
+        tempfile.TemporaryFile(dir=probe_dir).close()
+    except OSError as err:
+        raise AnalysisError(f"{figures_dir}: cannot write figures here: {err.strerror}") from None

@@ -6,6 +6,7 @@ import hashlib
 import json
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from sim.engine.planner import ProblemBook
 from sim.engine.run import RunResult, Simulation
 from sim.engine.token import TokenSimulation
 from sim.engine.workload import Streams, generate_arrivals, offered_rate, replication_seeds
-from sim.output import write_result_folder
+from sim.errors import UserError
+from sim.output import KIND_RUN, PendingResult, failure_error, os_error_line
 from sim.records import (
     REQUEST_COLUMNS,
     STATUS_COMPLETED,
@@ -232,13 +234,17 @@ def run_scenario(
 ) -> ScenarioResult:
     """Run a loaded scenario and, with `out_dir`, write its result folder atomically.
 
-    If the simulation fails, the folder still gets the effective scenario and a manifest
-    with `status: failed` and the error, but no results that could be mistaken for real.
+    The output path is checked, and its temporary sibling made, before simulating, so a bad
+    path costs no simulation time. If the simulation fails, its record (the effective
+    scenario and a manifest with `status: failed`, the error and, for a bug, the traceback)
+    goes to `out_dir`, or to `out_dir.failed/` when `out_dir` holds a finished result: a
+    failed run never costs a finished one.
     """
     started = time.perf_counter()
     effective = effective_dict(ld)
     manifest = {
         "package": "splitsim",
+        "kind": KIND_RUN,
         "version": sim.__version__,
         "seed": ld.scenario.seed,
         "scenario": ld.source,
@@ -246,16 +252,30 @@ def run_scenario(
         "command": command if command is not None else sys.argv,
         "python": sys.version.split()[0],
     }
+    pending = PendingResult.open(Path(out_dir)) if out_dir is not None else None
     try:
         result = simulate(ld, progress)
     except Exception as err:
         manifest.update(status="failed", error=f"{type(err).__name__}: {err}")
         manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
-        if out_dir is not None:
-            write_result_folder(Path(out_dir), effective, manifest, None, ld.scenario.output.format)
+        if not isinstance(err, UserError):
+            manifest["traceback"] = traceback.format_exc()
+        if pending is None:
+            raise
+        where = pending.commit_failure(effective, manifest)
+        raised = failure_error(err, where, pending.out_dir)
+        if raised is err:
+            raise
+        raise raised from err
+    except BaseException:  # interrupted: no result, no leftovers
+        if pending is not None:
+            pending.discard()
         raise
     manifest.update(status="ok", wall_time_s=round(time.perf_counter() - started, 3))
     result.manifest = manifest
-    if out_dir is not None:
-        write_result_folder(Path(out_dir), effective, manifest, result, ld.scenario.output.format)
+    if pending is not None:
+        try:
+            pending.commit(effective, manifest, result, ld.scenario.output.format)
+        except OSError as err:
+            raise os_error_line(pending.out_dir, err) from None
     return result

@@ -11,8 +11,7 @@ import yaml
 from sim.commands.progress import RunProgress
 from sim.commands.table import format_table
 from sim.config import effective_dict, load_scenario
-from sim.errors import UserError
-from sim.output import check_target
+from sim.output import default_output
 
 SHOWN = (
     "policy", "replication", "completed", "throughput_rps", "server_utilization",
@@ -32,11 +31,7 @@ def run_run(args: argparse.Namespace) -> int:
     from sim.runner import run_scenario
 
     ld = load_scenario(args.scenario, args.overrides)
-    out = Path(args.output) if args.output else Path("runs") / ld.scenario.name
-    check_target(out)
-    blocker = next((p for p in out.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise UserError(f"{out}: cannot create the folder: {blocker} is not a folder")
+    out = Path(args.output) if args.output else default_output(ld.scenario.name, ld.source)
     progress = None if args.quiet else RunProgress(ld)
     try:
         result = run_scenario(ld, out, command=["splitsim", *sys.argv[1:]], progress=progress)

@@ -1,6 +1,7 @@
 """The SplitLLM reproduction: static studies, one run, a load sweep and a capacity search.
 
-Everything lands in one folder (default `results/paper/`):
+Everything lands in one folder (default `results/paper/`), marked as a reproduction by
+`paper.json` (package `splitsim`, kind `paper`) so a rerun may replace its parts:
 - `allocation.csv`, `unit_costs.csv`: static studies (no queueing), from `studies.yaml`;
 - `run/`: one run of the queueing setting (`setting.yaml`), for latency CDFs and timelines;
 - `queueing/`: the load sweep (offered load 0.2-1.6 of the server-only capacity);
@@ -10,11 +11,14 @@ Figures and `claims.md` are made from these files by `analysis` (see `sim.comman
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import sim
 from sim.config import load_scenario, read_yaml
 from sim.errors import UserError
+from sim.output import PACKAGE, check_parents, os_error_line
 from sim.paper.studies import StudySpec, allocation_table, unit_cost_table
 from sim.runner import run_scenario
 from sim.sweep.run import run_sweep
@@ -22,6 +26,8 @@ from sim.sweep.spec import CapacityConfig, SweepSpec
 from sim.sweep.store import atomic_write_text
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "paper"
+PAPER_MARKER = "paper.json"
+KIND_PAPER = "paper"
 LOADS = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6]
 
 
@@ -44,11 +50,37 @@ class PaperPlan:
         return cls(1.0, 2.0, 2, (0.4, 1.2), 0.1)
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to write into a non-empty folder that is not an earlier reproduction."""
-    earlier = (out / "claims.md").exists() or (out / "allocation.csv").exists()
-    if out.is_dir() and any(out.iterdir()) and not earlier:
-        raise UserError(f"{out}: folder exists and is not a paper reproduction; choose another -o")
+def is_paper_folder(out: Path) -> bool:
+    """Whether `out` holds an earlier reproduction: its paper.json says package `splitsim`,
+    kind `paper` (claims.md or allocation.csv alone prove nothing: any folder may have them)."""
+    try:
+        marker = json.loads((out / PAPER_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("package") == PACKAGE
+        and marker.get("kind") == KIND_PAPER
+    )
+
+
+def claim_out(out: Path) -> None:
+    """Take `out` for a reproduction before any work: it must be new, empty or an earlier
+    reproduction. Writing its paper.json marker is also the writability probe."""
+    try:
+        check_parents(out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a folder; choose another -o")
+        if out.is_dir() and any(out.iterdir()) and not is_paper_folder(out):
+            raise UserError(
+                f"{out}: folder exists and is not a paper reproduction (no {PAPER_MARKER} of "
+                "kind paper); choose another -o"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        marker = {"package": PACKAGE, "kind": KIND_PAPER, "version": sim.__version__}
+        atomic_write_text(out / PAPER_MARKER, json.dumps(marker, indent=2) + "\n")
+    except OSError as err:
+        raise os_error_line(out, err) from None
 
 
 def _display_path(path: Path) -> Path:
@@ -74,8 +106,7 @@ def reproduce(
     out: Path, plan: PaperPlan, jobs: int, scenario_dir: Path = PAPER_DIR, progress: bool = True
 ) -> dict[str, Path]:
     """Run every part of the reproduction into `out`; returns the folders written."""
-    _check_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out)
     static_studies(out, scenario_dir)
     setting = _display_path(scenario_dir / "setting.yaml")
     duration = f"duration_s={plan.run_duration_s}"

@@ -1,8 +1,9 @@
 """The resumable result store of a sweep: one small JSON file per finished task.
 
 Each file is written to a temporary name and renamed, so a killed sweep leaves only whole
-files; rerunning skips every task whose file exists. `sweep.json` holds the content hash
-of what was swept; a different hash means the results belong to another sweep.
+files; rerunning skips every task whose file exists. `sweep.json` marks the folder as this
+tool's (package `splitsim`, kind `sweep`) and holds the content hash of what was swept; a
+different hash means the results belong to another sweep.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import tempfile
 from pathlib import Path
 
 from sim.errors import UserError
+from sim.output import PACKAGE, check_parents, os_error_line, stale_owner, temp_prefix
 
 META = "sweep.json"
+KIND_SWEEP = "sweep"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write a file via a PID-tagged temporary sibling and an atomic rename.
+
+    The temporary is `.NAME.tmp-HOST-PID-XXXX`, so a later run can tell a dead writer's
+    leftover from a live one's (see `sim.output.stale_owner`).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -30,37 +37,80 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def is_sweep_meta(meta: object) -> bool:
+    """Whether a parsed sweep.json is this tool's: package `splitsim`, kind `sweep`, or an
+    older one that predates those fields but has the sweep fields."""
+    if not isinstance(meta, dict):
+        return False
+    if "package" in meta or "kind" in meta:
+        return meta.get("package") == PACKAGE and meta.get("kind") == KIND_SWEEP
+    return {"content_hash", "points", "tasks"} <= meta.keys()
+
+
+def read_meta(out_dir: Path) -> object:
+    """The parsed sweep.json of `out_dir` (None when it is unreadable JSON)."""
+    try:
+        return json.loads((out_dir / META).read_text())
+    except ValueError:
+        return None
+
+
+def remove_stale_temporaries(folder: Path, untagged_too: bool = False) -> None:
+    """Remove files of `folder` that are temporaries of dead writers; with `untagged_too`,
+    also hidden files without an owner tag (temporaries of older versions, in tasks/)."""
+    for entry in folder.glob(".*"):
+        owner = stale_owner(entry.name)
+        if (owner is True or (owner is None and untagged_too)) and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
 class SweepStore:
-    """Finished tasks of one sweep under `out_dir/tasks/`."""
+    """Finished tasks of one sweep under `out_dir/tasks/`.
+
+    `out_dir` is taken only when it is new, empty or already this tool's sweep folder (its
+    sweep.json says so); `fresh` discards the tasks of such a folder, never anything else.
+    Output-path problems (not a folder, not writable, name too long) fail here in one line,
+    before any task runs.
+    """
 
     def __init__(self, out_dir: Path, content_hash: str, meta: dict, fresh: bool):
         self.out_dir = out_dir
         self.tasks_dir = out_dir / "tasks"
-        meta_path = out_dir / META
+        try:
+            self._claim(content_hash, fresh)
+            if fresh and self.tasks_dir.exists():
+                shutil.rmtree(self.tasks_dir)
+            self.tasks_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out_dir)
+            remove_stale_temporaries(self.tasks_dir, untagged_too=True)
+            marker = {"package": PACKAGE, "kind": KIND_SWEEP, **meta, "content_hash": content_hash}
+            atomic_write_text(out_dir / META, json.dumps(marker, indent=2) + "\n")
+        except OSError as err:
+            raise os_error_line(out_dir, err) from None
+
+    def _claim(self, content_hash: str, fresh: bool) -> None:
+        """Refuse `out_dir` unless it is new, empty, or this sweep's folder (any sweep's with
+        `fresh`)."""
+        out_dir = self.out_dir
+        check_parents(out_dir)
         if out_dir.exists() and not out_dir.is_dir():
-            raise UserError(f"{out_dir}: exists and is not a folder")
-        if meta_path.is_file() and not fresh:
-            try:
-                old = json.loads(meta_path.read_text()).get("content_hash")
-            except (ValueError, AttributeError):
-                old = None  # unreadable: treat as another sweep's, never mix
-            if old != content_hash:
+            raise UserError(f"{out_dir}: exists and is not a folder; choose another -o")
+        if (out_dir / META).exists():
+            meta = read_meta(out_dir)
+            if not is_sweep_meta(meta):
+                raise UserError(
+                    f"{out_dir}: its {META} is not a splitsim sweep's; choose another -o"
+                )
+            if not fresh and meta.get("content_hash") != content_hash:
                 raise UserError(
                     f"{out_dir}: holds results of a different sweep (base scenario or factors "
                     "changed); use --fresh to discard them or choose another -o"
                 )
-        elif out_dir.is_dir() and any(out_dir.iterdir()) and not meta_path.is_file():
+        elif out_dir.is_dir() and any(out_dir.iterdir()):
             raise UserError(
-                f"{out_dir}: folder exists and is not a splitsim sweep; choose another -o"
+                f"{out_dir}: folder exists and is not a splitsim sweep (no {META}); "
+                "choose another -o"
             )
-        if fresh and self.tasks_dir.exists():
-            shutil.rmtree(self.tasks_dir)
-        self.tasks_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.tasks_dir.glob(".*"):  # temporaries of a killed run, never complete
-            stale.unlink(missing_ok=True)
-        atomic_write_text(
-            meta_path, json.dumps({**meta, "content_hash": content_hash}, indent=2) + "\n"
-        )
 
     def _path(self, task_id: str) -> Path:
         return self.tasks_dir / f"{task_id}.json"
