@@ -7,13 +7,14 @@ import os
 import time
 from pathlib import Path
 
+from sim.commands.sweep import add_jobs_args, checked_jobs
 from sim.errors import UserError
 
 
 def add_paper_parser(sub) -> None:
     p = sub.add_parser("paper", help="reproduce the SplitLLM paper's experiments into a folder")
     p.add_argument("-o", "--output", default="results/paper", help="default: results/paper")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
+    add_jobs_args(p)
     p.add_argument("--quick", action="store_true", help="a small smoke version (seconds)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -25,14 +26,12 @@ def run_paper(args: argparse.Namespace) -> int:
     from analysis.plot import plot_folder
     from sim.config import read_yaml
     from sim.paper.reproduce import PAPER_DIR, PaperPlan, reproduce
-    from sim.sweep.execute import default_jobs
 
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError("--jobs: must be >= 1")
+    jobs = checked_jobs(args.jobs, args.oversubscribe)
     started = time.perf_counter()
     out = Path(args.output)
     plan = PaperPlan.quick() if args.quick else PaperPlan.full()
-    folders = reproduce(out, plan, args.jobs or default_jobs(), progress=not args.quiet)
+    folders = reproduce(out, plan, jobs, progress=not args.quiet)
     for name, folder in folders.items():
         try:
             report = plot_folder(folder)

@@ -8,26 +8,67 @@ from pathlib import Path
 from sim.commands.table import format_table
 from sim.config import read_yaml
 from sim.errors import UserError
-from sim.sweep.execute import default_jobs
-from sim.sweep.run import SweepOutcome, run_sweep, validate_base
+from sim.sweep.execute import (
+    DEFAULT_DASK_TIMEOUT_S,
+    MAX_DASK_TIMEOUT_S,
+    check_dask_args,
+    default_jobs,
+)
+from sim.sweep.run import SweepOutcome, check_sweep_size, run_sweep, validate_base
 from sim.sweep.spec import CapacityConfig, SweepSpec, load_sweep
+
+# `--oversubscribe` allows up to this many worker processes per core.
+OVERSUBSCRIBE_FACTOR = 32
 
 
 def add_execution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default=None, help="sweep folder (default: runs/<name>)")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
+    add_jobs_args(p)
     p.add_argument("--dask", default=None, metavar="ADDRESS|local",
                    help="run on a Dask cluster (scheduler address) or a LocalCluster")  # fmt: skip
+    p.add_argument("--dask-timeout-s", type=float, default=DEFAULT_DASK_TIMEOUT_S,
+                   help=f"seconds to wait for the Dask scheduler (default "
+                        f"{DEFAULT_DASK_TIMEOUT_S:g}, at most {MAX_DASK_TIMEOUT_S:g})")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base-scenario value")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="discard results of an earlier sweep")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_jobs_args(p: argparse.ArgumentParser) -> None:
+    """`--jobs` and `--oversubscribe`, shared by sweep, capacity and paper."""
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help=f"allow --jobs above the cores (up to {OVERSUBSCRIBE_FACTOR} x cores)")  # fmt: skip
+
+
+def checked_jobs(jobs: int | None, oversubscribe: bool = False) -> int:
+    """Worker processes to start: `jobs` (default the cores), bounded so a typo such as
+    `--jobs 100000` cannot fork the machine to a halt.
+
+    At most the cores; with `oversubscribe`, at most OVERSUBSCRIBE_FACTOR x the cores.
+    """
+    cores = default_jobs()
+    if jobs is None:
+        return cores
+    cap = OVERSUBSCRIBE_FACTOR * cores
+    if jobs < 1:
+        raise UserError(f"--jobs: must be >= 1 (at most {cores}, this machine's cores)")
+    if jobs > cap:
+        raise UserError(
+            f"--jobs: {jobs} is too many; at most {cores} (this machine's cores), "
+            f"or {cap} with --oversubscribe"
+        )
+    if jobs > cores and not oversubscribe:
+        raise UserError(
+            f"--jobs: at most {cores} (this machine's cores); "
+            f"add --oversubscribe to use up to {cap}"
+        )
+    return jobs
+
+
 def _jobs(args: argparse.Namespace) -> int:
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError("--jobs: must be >= 1")
-    return args.jobs or default_jobs()
+    return checked_jobs(args.jobs, getattr(args, "oversubscribe", False))
 
 
 def _report(outcome: SweepOutcome, out: Path, kind: str) -> int:
@@ -41,14 +82,20 @@ def _report(outcome: SweepOutcome, out: Path, kind: str) -> int:
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    check_dask_args(args.dask, args.dask_timeout_s)
     spec, base_raw, base_dir = load_sweep(args.sweep, args.overrides)
+    check_sweep_size(spec, base_raw, args.sweep)  # before expanding anything
     out = Path(args.output) if args.output else Path("runs") / spec.name
-    outcome = run_sweep(spec, base_raw, base_dir, args.sweep, out, _jobs(args), args.dask,
-                        args.fresh, progress=not args.quiet)  # fmt: skip
+    outcome = run_sweep(spec, base_raw, base_dir, args.sweep, out, jobs, args.dask,
+                        args.fresh, progress=not args.quiet,
+                        dask_timeout_s=args.dask_timeout_s)  # fmt: skip
     return _report(outcome, out, "sweep")
 
 
 def run_capacity_cmd(args: argparse.Namespace) -> int:
+    jobs = _jobs(args)
+    check_dask_args(args.dask, args.dask_timeout_s)
     base_path = Path(args.scenario)
     base_raw = read_yaml(base_path)
     from sim.config import apply_overrides
@@ -65,8 +112,9 @@ def run_capacity_cmd(args: argparse.Namespace) -> int:
                      replications=args.replications or base_raw.get("replications", 1),
                      capacity=cfg)  # fmt: skip
     out = Path(args.output) if args.output else Path("runs") / spec.name
-    outcome = run_sweep(spec, base_raw, base_path.parent, str(base_path), out, _jobs(args),
-                        args.dask, args.fresh, progress=not args.quiet)  # fmt: skip
+    outcome = run_sweep(spec, base_raw, base_path.parent, str(base_path), out, jobs,
+                        args.dask, args.fresh, progress=not args.quiet,
+                        dask_timeout_s=args.dask_timeout_s)  # fmt: skip
     shown = [c for c in ("policy", "replications", "capacity_rps_mean", "capacity_rps_ci95",
                          "gain_of_dp_pct_mean", "gain_of_dp_pct_ci95") if c in outcome.ci]  # fmt: skip
     if len(outcome.ci):

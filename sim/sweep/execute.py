@@ -6,7 +6,9 @@ the results are identical; `on_done` is called in this process as each task fini
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -16,6 +18,96 @@ from sim.errors import UserError
 from sim.sweep.tasks import run_task
 
 OnDone = Callable[[dict, dict], None]
+
+# Seconds to wait for a Dask scheduler to answer (`--dask-timeout-s`): default and bound.
+DEFAULT_DASK_TIMEOUT_S = 10.0
+MAX_DASK_TIMEOUT_S = 600.0
+# Dask's comm schemes; an address without one is tcp.
+DASK_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+_HOST = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
+_HOST_PORT = re.compile(rf"{_HOST}(?::(?P<port>[0-9]{{1,5}}))?")
+_INPROC = re.compile(r"[^\s/]+(?:/[^\s/]+)*")
+_ADDRESS_FORMS = (
+    "local, tcp://host:port, host:port, or another Dask scheme ("
+    + ", ".join(f"{s}://" for s in DASK_SCHEMES[1:])
+    + ")"
+)
+
+
+def check_dask_address(address: str) -> str:
+    """The `--dask` address if its form is one Dask accepts, else a UserError.
+
+    Checked before anything starts, so a typo fails in one line instead of a traceback
+    from deep inside Dask.
+    """
+    if address == "local":
+        return address
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    if scheme not in DASK_SCHEMES:
+        raise UserError(
+            f"--dask: unknown scheme '{scheme}://' in '{address}'; use {_ADDRESS_FORMS}"
+        )
+    pattern = _INPROC if scheme == "inproc" else _HOST_PORT
+    match = pattern.fullmatch(rest)
+    port = match.group("port") if match and scheme != "inproc" else None
+    if match is None or (port is not None and not 1 <= int(port) <= 65535):
+        raise UserError(f"--dask: '{address}' is not a scheduler address; use {_ADDRESS_FORMS}")
+    return address
+
+
+def check_dask_timeout(timeout_s: float) -> float:
+    """`--dask-timeout-s` if it is within (0, MAX_DASK_TIMEOUT_S], else a UserError."""
+    if not 0 < timeout_s <= MAX_DASK_TIMEOUT_S:  # also false for NaN
+        raise UserError(
+            f"--dask-timeout-s: {timeout_s:g} is out of range; must be > 0 and "
+            f"<= {MAX_DASK_TIMEOUT_S:g} (seconds)"
+        )
+    return timeout_s
+
+
+def check_dask_args(address: str | None, timeout_s: float) -> None:
+    """Validate `--dask` and `--dask-timeout-s` together (the timeout even without --dask)."""
+    check_dask_timeout(timeout_s)
+    if address is not None:
+        check_dask_address(address)
+
+
+def probe_scheduler(address: str, timeout_s: float) -> None:
+    """Ask the scheduler at `address` who it is, all within `timeout_s`, or a UserError.
+
+    Dask's own `Client(address, timeout=...)` waits without end for a peer that accepts
+    the connection and never answers; this probe bounds the whole exchange (connect,
+    handshake, one `identity` call) and runs in its own event loop, which it closes.
+    """
+    try:
+        from distributed.comm import connect
+    except ImportError:
+        raise UserError("--dask needs the dask extra: pip install 'splitsim[dask]'") from None
+
+    async def identity() -> object:
+        comm = await connect(address, timeout=timeout_s)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout_s))
+    except TimeoutError:
+        raise UserError(
+            f"--dask: no Dask scheduler answered at {address} within {timeout_s:g} s "
+            "(--dask-timeout-s)"
+        ) from None
+    except (OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"--dask: cannot connect to the scheduler at {address} ({reason})"
+        ) from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise UserError(f"--dask: {address} answered, but it is not a Dask scheduler")
 
 
 def default_jobs() -> int:
@@ -61,9 +153,19 @@ def run_local(tasks: list[dict], jobs: int, on_done: OnDone, progress: bool = Tr
 
 
 def run_dask(
-    tasks: list[dict], address: str, jobs: int, on_done: OnDone, progress: bool = True
+    tasks: list[dict],
+    address: str,
+    jobs: int,
+    on_done: OnDone,
+    progress: bool = True,
+    timeout_s: float = DEFAULT_DASK_TIMEOUT_S,
 ) -> None:
-    """Run tasks on a Dask cluster (`local` starts a LocalCluster of `jobs` processes)."""
+    """Run tasks on a Dask cluster (`local` starts a LocalCluster of `jobs` processes).
+
+    A remote scheduler is probed first (`probe_scheduler`), so a wrong address fails
+    within `timeout_s` seconds instead of hanging.
+    """
+    check_dask_args(address, timeout_s)
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
@@ -75,10 +177,13 @@ def run_dask(
         )
         client = Client(cluster)
     else:
+        probe_scheduler(address, timeout_s)
         try:
-            client = Client(address, timeout=10)
+            client = Client(address, timeout=timeout_s)
         except OSError as err:
-            raise UserError(f"--dask {address}: cannot connect to the scheduler ({err})") from None
+            raise UserError(
+                f"--dask: cannot connect to the scheduler at {address} ({err})"
+            ) from None
     bar = _Progress(len(tasks), progress)
     try:
         slots = sum(client.nthreads().values()) or jobs

@@ -14,8 +14,14 @@ from sim.config import validate
 from sim.errors import UserError
 from sim.records import CAPACITY_COLUMNS, SUMMARY_COLUMNS
 from sim.stats import mean_ci95
-from sim.sweep.execute import run_dask, run_local
-from sim.sweep.points import Point, expand
+from sim.sweep.execute import (
+    DEFAULT_DASK_TIMEOUT_S,
+    check_dask_args,
+    probe_scheduler,
+    run_dask,
+    run_local,
+)
+from sim.sweep.points import Point, check_size, expand
 from sim.sweep.spec import SweepSpec
 from sim.sweep.store import SweepStore, atomic_write_text
 
@@ -43,6 +49,24 @@ def _content_hash(spec: SweepSpec, base_raw: dict, seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _capacity_policies(spec: SweepSpec, base_raw: dict) -> list:
+    """The policies a capacity search covers (each is a task per point and replication)."""
+    assert spec.capacity is not None
+    return spec.capacity.policies or base_raw.get("policies") or ["dp", "greedy", "server_only"]
+
+
+def _tasks_per_point(spec: SweepSpec, base_raw: dict) -> int:
+    """Tasks one point makes: its replications, times the policies for a capacity search."""
+    policies = 1 if spec.capacity is None else len(_capacity_policies(spec, base_raw))
+    return spec.replications * policies
+
+
+def check_sweep_size(spec: SweepSpec, base_raw: dict, source: str) -> tuple[int, int]:
+    """(points, tasks) of the sweep, or a UserError naming `source` when over the bounds;
+    computed from the factors' lengths, before anything is expanded, created or run."""
+    return check_size(spec, source, _tasks_per_point(spec, base_raw))
+
+
 def _tasks(spec: SweepSpec, points: list[Point], base_raw: dict, base_dir: Path, source: str):
     """One task per point and replication (and policy, for a capacity search)."""
     common = {"base": base_raw, "base_dir": str(base_dir), "source": source}
@@ -53,10 +77,7 @@ def _tasks(spec: SweepSpec, points: list[Point], base_raw: dict, base_dir: Path,
             for rep in range(spec.replications):
                 tasks.append({**head, "kind": "run", "replication": rep, "id": f"{p.key}-r{rep}"})
             continue
-        policies = (
-            spec.capacity.policies or base_raw.get("policies") or ["dp", "greedy", "server_only"]
-        )
-        for policy in policies:
+        for policy in _capacity_policies(spec, base_raw):
             for rep in range(spec.replications):
                 tid = f"{p.key}-{policy}-r{rep}"
                 tasks.append({**head, "kind": "capacity", "policy": policy, "replication": rep,
@@ -85,10 +106,16 @@ def run_sweep(
     dask: str | None = None,
     fresh: bool = False,
     progress: bool = True,
+    dask_timeout_s: float = DEFAULT_DASK_TIMEOUT_S,
 ) -> SweepOutcome:
     """Run (or resume) a sweep into `out_dir`; write sweep.csv and sweep_ci.csv (or capacity)."""
+    check_sweep_size(spec, base_raw, source)
+    if dask:  # a wrong scheduler fails here, before the sweep folder is touched
+        check_dask_args(dask, dask_timeout_s)
+        if dask != "local":
+            probe_scheduler(dask, dask_timeout_s)
     seed = spec.seed if spec.seed is not None else int(base_raw.get("seed", 0))
-    points = expand(spec, seed)
+    points = expand(spec, seed, source)
     tasks = _tasks(spec, points, base_raw, base_dir, source)
     meta = {
         "name": spec.name,
@@ -111,7 +138,7 @@ def run_sweep(
         store.save(task["id"], result)
 
     if dask:
-        run_dask(pending, dask, jobs, on_done, progress)
+        run_dask(pending, dask, jobs, on_done, progress, dask_timeout_s)
     else:
         run_local(pending, jobs, on_done, progress)
     table = _join(spec, points, tasks, store)
