@@ -147,7 +147,7 @@ def server_only_capacity(ld: LoadedScenario) -> float:
 
     The scenario's arrival must be `load: 1.0`; its offered rate is exactly that capacity.
     """
-    return offered_rate(ld, _server_only_time(ld, ProblemBook(ld)))
+    return offered_rate(ld, _server_only_time(ld, ProblemBook(ld)), check=False)
 
 
 def _engine(ld: LoadedScenario) -> type:

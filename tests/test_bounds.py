@@ -269,3 +269,71 @@ def test_big_grid_fails_before_anything_runs(tmp_path, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "sweep.yaml: the sweep expands to 100,000 points and 100,000 tasks" in line
     assert not out.exists()
+
+
+# --- arrivals per replication ------------------------------------------------------------------
+
+
+def scenario(tmp_path: Path, **changes) -> Path:
+    """BASE with `changes` (dotted keys) written to tmp_path/scenario.yaml."""
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in changes.items():
+        *head, last = key.split(".")
+        node = raw
+        for part in head:
+            node = node[part]
+        node[last] = value
+    return write_yaml(tmp_path / "scenario.yaml", raw)
+
+
+@pytest.mark.parametrize(
+    ("arrival", "fields"),
+    [
+        ({"kind": "poisson", "rate_per_s": 36000.0}, "workload.arrival.rate_per_s x duration_s"),
+        ({"kind": "poisson", "per_client_rate_per_s": 36000.0},
+         "workload.arrival.per_client_rate_per_s x clients x duration_s"),
+        ({"kind": "poisson", "load": 5.0},
+         "workload.arrival.load x the server-only capacity x duration_s"),
+    ],
+)  # fmt: skip
+def test_arrivals_bounded_before_simulating(arrival, fields, tmp_path, capsys):
+    """rate x duration far above the bound: one line naming the fields, at once."""
+    path = scenario(tmp_path, requests=None, duration_s=1e6, **{"workload.arrival": arrival})
+    started = time.monotonic()
+    code = main(["run", str(path), "-o", str(tmp_path / "out"), "--quiet"])
+    assert time.monotonic() - started < 5
+    assert code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{fields} (" in line and "arrivals; at most 1e7 per replication" in line
+
+
+def test_arrivals_bound_message_and_limit():
+    from sim.config import load_scenario
+    from sim.engine.workload import MAX_ARRIVALS, check_arrivals
+
+    assert MAX_ARRIVALS == 10_000_000
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        ld = load_scenario(
+            Path("scenarios/examples/quickstart.yaml"), ["requests=null", "duration_s=1000000"]
+        )
+    check_arrivals(ld, 10.0)  # 1e7 expected: at the bound, allowed
+    with pytest.raises(UserError, match=r"\(36000/s x 1e6 s\) gives about 3\.6e10 arrivals"):
+        check_arrivals(ld, 36000.0)
+
+
+def test_capacity_search_stops_cleanly_at_the_arrival_bound(tmp_path, capsys):
+    """A capacity search whose rates bring too many arrivals: a recorded error, no hang."""
+    path = scenario(
+        tmp_path, requests=None, duration_s=10000,
+        **{"workload.mix": [{**BASE["workload"]["mix"][0],
+                             "service_s": {"kind": "exponential", "mean": 1e-4}}]},
+    )  # fmt: skip
+    out = tmp_path / "cap"
+    started = time.monotonic()
+    code = main(["capacity", str(path), "-o", str(out), "--jobs", "1", "--quiet"])
+    assert time.monotonic() - started < 10
+    assert code == 1
+    error = (out / "capacity.csv").read_text()
+    assert "capacity search of server_only at" in error
+    assert "arrivals; at most 1e7 per replication" in error

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.config import LoadedScenario
+from sim.errors import UserError
 
 # Poisson arrivals are drawn in blocks; a block is this many gaps.
 _BLOCK = 4096
 # Requests sampled to estimate the server-only capacity for `load`, and their stream's key.
 _LOAD_SAMPLE = 1000
 _LOAD_SAMPLE_KEY = 0x10AD
+# At most this many Poisson arrivals per replication (the expected count, rate x duration).
+MAX_ARRIVALS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,55 @@ def _poisson_times(rng: np.random.Generator, rate: float, count: int | None, unt
     return times[:count] if count is not None else times
 
 
+def _short(x: float) -> str:
+    """A rate or duration in 6 significant digits without '+' or zero-padded exponents."""
+    return f"{x:.6g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def _sci(x: float) -> str:
+    """A count in short scientific form: 3.6e10, 1e7."""
+    if not np.isfinite(x):
+        return str(x)
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _rate_fields(arrival) -> str:
+    """The scenario fields that set the Poisson rate, for error messages."""
+    if arrival.rate_per_s is not None:
+        return "workload.arrival.rate_per_s"
+    if arrival.per_client_rate_per_s is not None:
+        return "workload.arrival.per_client_rate_per_s x clients"
+    return "workload.arrival.load x the server-only capacity"
+
+
+def check_arrivals(ld: LoadedScenario, rate_per_s: float) -> None:
+    """Refuse a Poisson workload expected to bring more than MAX_ARRIVALS per replication.
+
+    Checked once the rate is known and before anything is drawn or simulated: a finite
+    but huge rate x duration_s would otherwise run for days or exhaust memory.
+    """
+    sc = ld.scenario
+    if sc.workload.arrival.kind != "poisson":
+        return  # a trace replays its own (finite) rows
+    expected = float("inf") if sc.requests is None else float(sc.requests)
+    if sc.duration_s is not None:
+        expected = min(expected, rate_per_s * sc.duration_s)
+    if expected <= MAX_ARRIVALS:  # false for NaN
+        return
+    if sc.duration_s is not None and rate_per_s * sc.duration_s == expected:
+        what = (
+            f"{_rate_fields(sc.workload.arrival)} x duration_s "
+            f"({_short(rate_per_s)}/s x {_short(sc.duration_s)} s)"
+        )
+    else:
+        what = "requests"
+    raise UserError(
+        f"{ld.source}: {what} gives about {_sci(expected)} arrivals; at most "
+        f"{_sci(MAX_ARRIVALS)} per replication: lower the rate or duration_s"
+    )
+
+
 def generate_arrivals(
     ld: LoadedScenario, streams: Streams, rate_per_s: float = 0.0, count: int | None = None
 ) -> Arrivals:
@@ -91,6 +143,7 @@ def generate_arrivals(
         if count is not None:
             times = _poisson_times(streams.arrivals, rate_per_s, count, None)
         else:
+            check_arrivals(ld, rate_per_s)
             times = _poisson_times(streams.arrivals, rate_per_s, sc.requests, sc.duration_s)
         prompt = output = None
     else:
@@ -114,7 +167,9 @@ def generate_arrivals(
 
 
 def offered_rate(
-    ld: LoadedScenario, server_only_s: Callable[[int, int, int, int, float], float]
+    ld: LoadedScenario,
+    server_only_s: Callable[[int, int, int, int, float], float],
+    check: bool = True,
 ) -> float:
     """Total Poisson arrival rate of the scenario (NaN for trace replay).
 
@@ -122,15 +177,17 @@ def offered_rate(
     the mean server-only service time, estimated on a fixed sample of requests drawn from
     their own stream, so it is the same for every policy and replication.
     `server_only_s(klass, group, prompt, output, service)` is a request's server-only time.
+    With `check`, a rate bringing more than MAX_ARRIVALS per replication is refused
+    (`check_arrivals`); without, it is only computed (e.g. as a capacity estimate).
     """
     sc = ld.scenario
     arrival = sc.workload.arrival
     if arrival.kind != "poisson":
         return float("nan")
     if arrival.rate_per_s is not None:
-        return arrival.rate_per_s
+        return _checked(ld, arrival.rate_per_s, check)
     if arrival.per_client_rate_per_s is not None:
-        return arrival.per_client_rate_per_s * sc.total_clients
+        return _checked(ld, arrival.per_client_rate_per_s * sc.total_clients, check)
     rng_seq = np.random.SeedSequence([sc.seed, _LOAD_SAMPLE_KEY])
     sample = generate_arrivals(ld, Streams.spawn(rng_seq), rate_per_s=1.0, count=_LOAD_SAMPLE)
     times = [
@@ -140,7 +197,14 @@ def offered_rate(
             sample.service_s, strict=True,
         )
     ]  # fmt: skip
-    return float(arrival.load * sc.server.slots / np.mean(times))
+    return _checked(ld, float(arrival.load * sc.server.slots / np.mean(times)), check)
+
+
+def _checked(ld: LoadedScenario, rate_per_s: float, check: bool) -> float:
+    """`rate_per_s`, once `check_arrivals` has accepted it (when asked to check)."""
+    if check:
+        check_arrivals(ld, rate_per_s)
+    return rate_per_s
 
 
 def _sizes(mix, key: str, klass: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from sim.errors import UserError
 from sim.sweep.tasks import scenario_for
 
 
@@ -19,7 +20,10 @@ def _evaluate(task: dict, rate: float) -> dict:
 
     arrival = {"kind": "poisson", "rate_per_s": rate, "per_client_rate_per_s": None, "load": None}
     ld = scenario_for(task, **{"workload.arrival": arrival, "policies": [task["policy"]]})
-    row = simulate(ld, replications=[task["replication"]]).summary.iloc[0].to_dict()
+    try:
+        row = simulate(ld, replications=[task["replication"]]).summary.iloc[0].to_dict()
+    except UserError as err:  # e.g. the arrival bound, reached while doubling the rate
+        raise UserError(f"capacity search of {task['policy']} at {rate:.4g}/s: {err}") from None
     if not row["requests"]:
         raise ValueError(
             f"no requests arrive after warmup_s at {rate:.4g}/s; use a duration_s stop rule "
