@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 
 from sim.errors import UserError
@@ -103,3 +106,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"splitsim: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: one line and a saved traceback, unless debugging
+        if os.environ.get("SPLITSIM_DEBUG") == "1":
+            raise
+        print(internal_error_line(err), file=sys.stderr)
+        return 1
+
+
+def _save_traceback(err: BaseException) -> str:
+    """Write the traceback of `err` to a temporary file; its path, or why it could not be."""
+    text = "".join(traceback.format_exception(err))
+    try:
+        fd, path = tempfile.mkstemp(prefix="splitsim-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+    except OSError as save_err:
+        return f"nowhere ({save_err.strerror}); rerun with SPLITSIM_DEBUG=1 to see it"
+    return path
+
+
+def internal_error_line(err: Exception) -> str:
+    """The one line for an unexpected exception: its type and message, where the traceback
+    is (a failed run's manifest, else a temporary file) and what happened to the results."""
+    where = getattr(err, "splitsim_traceback", None) or _save_traceback(err)
+    message = " ".join(str(err).split())
+    note = getattr(err, "splitsim_note", None)
+    tail = f"; {note}" if note else ""
+    return (
+        f"splitsim: internal error: {type(err).__name__}: {message} "
+        f"(a bug; please report it; traceback in {where}{tail})"
+    )

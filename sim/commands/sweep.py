@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sim.commands.table import format_table
 from sim.config import read_yaml
-from sim.errors import UserError
+from sim.errors import UserError, unknown_name
+from sim.output import default_output
 from sim.sweep.execute import (
     DEFAULT_DASK_TIMEOUT_S,
     MAX_DASK_TIMEOUT_S,
@@ -81,12 +82,47 @@ def _report(outcome: SweepOutcome, out: Path, kind: str) -> int:
     return 1 if outcome.failed_points else 0
 
 
+def check_policy_names(names: list[str], where: str) -> None:
+    """Unknown policy names fail in one line (with the known ones), before any folder."""
+    from sim.split import POLICIES
+
+    for name in names:
+        if name not in POLICIES:
+            raise unknown_name("policy", name, POLICIES.names(), where)
+
+
+def check_some_point_valid(spec: SweepSpec, base_raw: dict, base_dir: Path, source: str) -> None:
+    """Fail in one line, before any folder is made, when no point of the sweep validates
+    (a broken base scenario); a sweep with only some bad points runs and records them.
+
+    The base alone may be incomplete (a grid factor can supply a required value), so the
+    points are checked, stopping at the first good one; run_sweep prechecks them all anyway.
+    """
+    from sim.sweep.points import expand
+    from sim.sweep.tasks import scenario_for
+
+    first_error = None
+    for point in expand(spec, 0):
+        task = {"base": base_raw, "base_dir": str(base_dir), "source": source,
+                "params": point.params, "seed": point.seed, "replications": spec.replications}  # fmt: skip
+        try:
+            scenario_for(task)
+            return
+        except UserError as err:
+            first_error = first_error or err
+    if first_error is not None:
+        raise first_error
+
+
 def run_sweep_cmd(args: argparse.Namespace) -> int:
     jobs = _jobs(args)
     check_dask_args(args.dask, args.dask_timeout_s)
     spec, base_raw, base_dir = load_sweep(args.sweep, args.overrides)
     check_sweep_size(spec, base_raw, args.sweep)  # before expanding anything
-    out = Path(args.output) if args.output else Path("runs") / spec.name
+    check_some_point_valid(spec, base_raw, base_dir, args.sweep)  # before any folder
+    if spec.capacity is not None:
+        check_policy_names(spec.capacity.policies or [], f"{args.sweep}: capacity.policies")
+    out = Path(args.output) if args.output else default_output(spec.name, args.sweep)
     outcome = run_sweep(spec, base_raw, base_dir, args.sweep, out, jobs, args.dask,
                         args.fresh, progress=not args.quiet,
                         dask_timeout_s=args.dask_timeout_s)  # fmt: skip
@@ -102,6 +138,7 @@ def run_capacity_cmd(args: argparse.Namespace) -> int:
 
     base_raw = apply_overrides(base_raw, args.overrides)
     validate_base(base_raw, base_path.parent, str(base_path))
+    check_policy_names(args.policy, "--policy")
     cfg = CapacityConfig(
         policies=args.policy or None,
         max_sla_violation_rate=args.max_sla_violation_rate,
@@ -111,7 +148,7 @@ def run_capacity_cmd(args: argparse.Namespace) -> int:
     spec = SweepSpec(name=f"{base_raw.get('name', 'scenario')}-capacity", base=str(base_path),
                      replications=args.replications or base_raw.get("replications", 1),
                      capacity=cfg)  # fmt: skip
-    out = Path(args.output) if args.output else Path("runs") / spec.name
+    out = Path(args.output) if args.output else default_output(spec.name, str(base_path))
     outcome = run_sweep(spec, base_raw, base_path.parent, str(base_path), out, jobs,
                         args.dask, args.fresh, progress=not args.quiet,
                         dask_timeout_s=args.dask_timeout_s)  # fmt: skip
