@@ -291,15 +291,6 @@ class PendingResult:
             raise
 
 
-def write_result_folder(out_dir: Path, effective: dict, manifest: dict, result, fmt: str) -> None:
-    """Write scenario.yaml, results (when `result` is given) and manifest.json atomically."""
-    pending = PendingResult.open(out_dir)
-    try:
-        pending.commit(effective, manifest, result, fmt)
-    except OSError as err:
-        raise os_error_line(out_dir, err) from None
-
-
 def default_output(name: str, source: str, root: Path = Path("runs")) -> Path:
     """`root/name`, the default output folder of a scenario or sweep named `name` in file
     `source`; refused when the name would lead outside `root` (e.g. `../x` or `/x`)."""
