@@ -99,6 +99,7 @@ class Bound:
                 raise argparse.ArgumentTypeError(str(err)) from None
 
         convert.__name__ = flag  # argparse names the type in some messages
+        convert.bound = self  # type: ignore[attr-defined]  # for the generated flag tests
         return convert
 
 

@@ -300,6 +300,93 @@ CASES = [
         ["workload.mix.0.prompt_tokens.path", "one of n;", "it has tokens"],
         files={"s.csv": "tokens\n10\n20\n"},
     ),
+    # --- the audit of issue 11: values that passed validation, then crashed or misled
+    Case("duplicate_key", "name: a\nseed: 1\nname: b\n", ["duplicate key 'name'", "line 3"]),
+    Case(
+        "anchor_bomb",
+        "a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+        + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 8)),
+        ["expands to more than 1,000,000 values"],
+    ),
+    Case("requests_true", edit(("requests", True)), ["requests", "got True"]),
+    Case(
+        "rate_inf", edit(("workload.arrival.rate_per_s", float("inf"))), ["rate_per_s", "got inf"]
+    ),
+    Case("rtt_inf", edit(("clients.0.link.rtt_ms", float("inf"))), ["rtt_ms", "<= 60000"]),
+    Case(
+        "deadline_inf",
+        edit(("workload.mix.0.deadline_factor", DELETE), ("workload.mix.0.deadline_s", "inf")),
+        ["deadline_s", "<= 1000000"],
+    ),
+    Case(
+        "deadline_factor_tiny",
+        edit(("workload.mix.0.deadline_factor", 1e-300)),
+        ["deadline_factor", ">= 0.01"],
+    ),
+    Case("weight_inf", edit(("workload.mix.0.weight", float("inf"))), ["weight", "got inf"]),
+    Case("time_step_tiny", edit(("split", {"time_step_s": 1e-12})), ["time_step_s", ">= 1e-09"]),
+    Case("bins_huge", edit(("output", {"timeseries_bins": 1e9})), ["timeseries_bins", "<= 100000"]),
+    Case("duration_inf", edit(("duration_s", float("inf"))), ["duration_s", "got inf"]),
+    Case(
+        "prompt_zero",
+        edit(("workload.mix.0.prompt_tokens", 0)),
+        ["workload.mix.0.prompt_tokens", "must be an integer >= 1"],
+    ),
+    Case(
+        "model_layers_huge",
+        edit(("models", {"tiny": {**TINY_MODEL, "heads": 4, "layers": 1e9}})),
+        ["models.tiny.layers", "<= 1024"],
+    ),
+    Case(
+        "peak_tflops_empty",
+        edit(("server.device", {**GOOD_DEVICE, "peak_tflops": {}})),
+        ["server.device.peak_tflops", "at least 1 item"],
+    ),
+    Case(
+        "overhead_absurd",
+        edit(("server.device", {**GOOD_DEVICE, "overhead_us": 1e300})),
+        ["server.device.overhead_us", "<= 1000000"],
+    ),
+    Case("name_escapes", edit(("name", "../escaped")), ["name", "letters, digits"]),
+    Case("name_too_long", edit(("name", "x" * 300)), ["name", "1-100 letters"]),
+    Case(
+        "trace_inf_arrival",
+        edit(("requests", DELETE), ("workload.arrival", {"kind": "trace", "path": "t.csv"})),
+        ["workload.arrival.path", "column 'arrived_at'", "data row 2", "inf"],
+        files={"t.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n0,10,5\ninf,20,5\n"},
+    ),
+    Case(
+        "trace_negative_time_names_its_column",
+        edit(("requests", DELETE), ("workload.arrival", {"kind": "trace", "path": "t.csv"})),
+        ["column 'arrived_at' must hold numbers >= 0", "-3"],
+        files={"t.csv": "arrived_at,num_prefill_tokens,num_decode_tokens\n-3,10,5\n1,20,5\n"},
+    ),
+    Case(
+        "cost_table_inf_seconds",
+        edit(("server.device", {**GOOD_DEVICE, "cost_table": "t.csv"})),
+        ["server.device.cost_table", "column 'seconds'", "<= 3600"],
+        files={
+            "t.csv": "model,unit_kind,unit_index,device,phase,tokens,batch,seconds\n"
+            "gpt2,block,0,server.device,forward,64,1,inf\n"
+        },
+    ),
+    Case(
+        "empirical_jitter_negative",
+        edit(
+            (
+                "clients.0.link.jitter",
+                {"delay_ms": {"kind": "empirical", "path": "j.csv", "column": "ms"}},
+            )
+        ),
+        ["clients.0.link.jitter.delay_ms.path", "column 'ms'", ">= 0"],
+        files={"j.csv": "ms\n1\n-2\n"},
+    ),
+    Case(
+        "set_bool_as_number",
+        edit(),
+        ["server.slots", "got True"],
+        args=["--set", "server.slots=true"],
+    ),
     # --- --set overrides
     Case(
         "set_into_scalar",
@@ -511,3 +598,124 @@ def test_rerun_replaces_result_completely(tmp_path, capsys):
     assert second["requests.csv"] != first["requests.csv"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["r"]  # no temporary siblings
     capsys.readouterr()
+
+
+# --- other commands: the audit's cases, by command line
+
+
+SOLVE = ["solve", "--model", "gpt2", "--client", "phone-flagship", "--server", "a100-80gb",
+         "--uplink-mbps", "20", "--downlink-mbps", "100"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (
+            [*SOLVE, "--tokens", "1000000", "--deadline-s", "1"],
+            ["--tokens", "1000000", "at most 1024 positions"],
+        ),
+        ([*SOLVE, "--tokens", "64", "--deadline-s", "nan"], ["--deadline-s", "got 'nan'"]),
+        ([*SOLVE, "--tokens", "64", "--deadline-s", "inf"], ["--deadline-s", "got 'inf'"]),
+        (
+            [*SOLVE, "--tokens", "64", "--deadline-s", "1", "--uplink-mbps=nan"],
+            ["--uplink-mbps", "got 'nan'"],
+        ),
+        (
+            [*SOLVE, "--tokens", "64", "--deadline-s", "1", "--time-step-s=-1"],
+            ["--time-step-s", ">= 1e-09"],
+        ),
+        (
+            [*SOLVE, "--tokens", "64", "--deadline-s", "1", "--time-step-s", "1e-8"],
+            ["--time-step-s", "at most 100,000 steps"],
+        ),
+        (
+            [*SOLVE, "--tokens", "64", "--deadline-s", "1", "--resident", "-3"],
+            ["--resident", "unit count"],
+        ),
+    ],
+    ids=[
+        "context",
+        "deadline_nan",
+        "deadline_inf",
+        "uplink_nan",
+        "step_negative",
+        "step_tiny",
+        "resident_negative",
+    ],  # fmt: skip
+)
+def test_solve_bad_flags_are_one_line(argv, expect, capsys):
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own one-line usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for fragment in expect:
+        assert fragment in err, (fragment, err)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (["--replications", "0"], "--replications"),
+        (["--replications=-1"], "--replications"),
+        (["--max-utilization", "0"], "--max-utilization"),
+        (["--max-sla-violation-rate", "2"], "--max-sla-violation-rate"),
+        (["--rel-tol", "0"], "--rel-tol"),
+    ],
+)
+def test_capacity_bad_flags_are_one_line_and_leave_nothing(flags, expect, tmp_path, capsys):
+    scenario = _good_scenario(tmp_path)
+    out = tmp_path / "cap"
+    with pytest.raises(SystemExit) as exc:
+        main(["capacity", str(scenario), "-o", str(out), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err and "must be" in err
+    assert not out.exists()
+
+
+def test_catalog_with_a_bad_scenario_is_an_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("clients: [\n")
+    for what in ("models", "devices", "policies"):
+        assert main(["catalog", what, "--scenario", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and str(bad) in err
+
+
+def test_catalog_models_lists_a_scenarios_own_models(tmp_path, capsys):
+    raw = {**BASE, "models": {"tiny": {**TINY_MODEL, "heads": 4}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["catalog", "models", "--scenario", str(path)]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expect"),
+    [
+        ("grid:\n  seed: {start: 1, stop: 3, num: 0}\n", ["grid.seed.num", ">= 1"]),
+        ("grid:\n  seed: 5\n", ["grid.seed", "a factor is a list of values or a range"]),
+        ("grid:\n  seed: [1, 2]\nname: a\n", ["duplicate key 'name'"]),
+        (
+            "a0: &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+            + "grid:\n  seed: *a8\n",
+            ["expands to more than 1,000,000 values"],
+        ),
+    ],
+    ids=["range_num_zero", "factor_scalar", "duplicate_key", "anchor_bomb"],
+)
+def test_bad_sweep_file_is_one_line_and_leaves_nothing(sweep, expect, tmp_path, capsys):
+    base = _good_scenario(tmp_path)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"name: s\nbase: {base}\n{sweep}")
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(path) in err
+    for fragment in expect:
+        assert fragment in err, (fragment, err)
+    assert not out.exists()

@@ -88,7 +88,7 @@ class ModelSpec(_Strict):
             return None
         what = "prompt plus output tokens" if generate else "prompt tokens"
         return (
-            f"{what} can reach {tokens:g} but model '{self.name}' takes at most "
+            f"{what} can reach {tokens:.0f} but model '{self.name}' takes at most "
             f"{self.max_positions} positions"
         )
 

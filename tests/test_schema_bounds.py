@@ -1,0 +1,515 @@
+"""Bad input generated from the schema: every bounded number, every flag, every path.
+
+The ranges live in `sim/limits.py` and ride along in the schemas' field types, so this
+file finds them itself: for each numeric field of each schema section it writes a small
+scenario with the field set to 0, a negative number, NaN, infinities, an absurd number, a
+boolean and a word (whichever the bound refuses) and checks the contract: exit status 2,
+one line naming the file and the field, nothing on disk. It also runs each field at the
+edges of its range, where the contract is "runs, or fails with one line". The command-line
+flags that carry a bound are found in the parser and tried the same way. A new section or
+a numeric field without a bound fails `test_every_number_has_a_bound`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.cli import build_parser, main
+from sim.config import base as dist
+from sim.config import scenario as sc
+from sim.limits import Bound, bound_of
+from sim.sweep import spec as sweep_spec
+
+TINY = {
+    "architecture": "decoder",
+    "layers": 2,
+    "hidden_size": 64,
+    "heads": 4,
+    "kv_heads": 2,
+    "mlp_size": 128,
+    "mlp_kind": "gelu",
+    "vocab_size": 1000,
+    "max_positions": 512,
+}
+SERVER = {
+    "kind": "server",
+    "peak_tflops": {"fp16": 100},
+    "memory_bandwidth_gb_s": 1000,
+    "memory_gb": 40,
+    "power_w": 300,
+}
+REQUEST_BASE: dict = {
+    "name": "bounds",
+    "seed": 1,
+    "requests": 12,
+    "policies": ["dp", "server_only"],
+    "models": {"tiny": TINY},
+    "devices": {"srv": SERVER},
+    "server": {"device": "srv", "slots": 1, "max_queue": 50},
+    "clients": [
+        {
+            "name": "phones",
+            "count": 2,
+            "device": "phone-flagship",
+            "resident": {"first": 2},
+            "link": {
+                "uplink_mbps": 50,
+                "downlink_mbps": 200,
+                "rtt_ms": 20,
+                "jitter": {"delay_ms": {"kind": "exponential", "mean": 1}},
+            },
+        }
+    ],
+    "workload": {
+        "arrival": {"kind": "poisson", "rate_per_s": 20},
+        "mix": [
+            {
+                "name": "score",
+                "model": "tiny",
+                "task": "forward",
+                "prompt_tokens": 16,
+                "deadline_factor": 4,
+                "weight": 1,
+            }
+        ],
+    },
+    "output": {"timeseries_bins": 20},
+}
+TOKEN_BASE = copy.deepcopy(REQUEST_BASE)
+TOKEN_BASE["simulation"] = {"granularity": "token", "max_batch_requests": 8}
+TOKEN_BASE["workload"]["mix"][0] = {
+    "name": "chat",
+    "model": "tiny",
+    "task": "generate",
+    "prompt_tokens": 16,
+    "output_tokens": 4,
+    "deadline_s": 5,
+    "ttft_deadline_s": 1,
+    "tpot_deadline_s": 0.5,
+}
+SYNTH_BASE = copy.deepcopy(REQUEST_BASE)
+SYNTH_BASE["workload"]["mix"][0] = {
+    "name": "job",
+    "task": "synthetic",
+    "service_s": {"kind": "exponential", "mean": 0.01},
+    "deadline_factor": 4,
+}
+BASES = {"request": REQUEST_BASE, "token": TOKEN_BASE, "synthetic": SYNTH_BASE}
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a schema section's fields are set: a base, a dotted prefix, a template."""
+
+    base: str
+    prefix: str
+    template: dict | None = None  # replaces the section first (e.g. a distribution kind)
+    clear: dict[str, tuple[str, ...]] = field(default_factory=dict)  # field -> keys to null
+
+
+PROMPT = "workload.mix.0.prompt_tokens"
+SITES: dict[type, Site] = {
+    sc.Scenario: Site("request", ""),
+    sc.ServerConfig: Site("request", "server"),
+    sc.LinkConfig: Site("request", "clients.0.link"),
+    sc.ClientGroup: Site("request", "clients.0"),
+    sc.ArrivalConfig: Site(
+        "request",
+        "workload.arrival",
+        clear={"per_client_rate_per_s": ("rate_per_s",), "load": ("rate_per_s",)},
+    ),
+    sc.RequestClass: Site("token", "workload.mix.0", clear={"deadline_factor": ("deadline_s",)}),
+    sc.SplitConfig: Site("request", "split"),
+    sc.SimulationConfig: Site("token", "simulation"),
+    sc.OutputConfig: Site("request", "output"),
+    dist.Fixed: Site("request", PROMPT, {"kind": "fixed", "value": 16}),
+    dist.Uniform: Site("request", PROMPT, {"kind": "uniform", "low": 8, "high": 16}),
+    dist.LogNormal: Site(
+        "request", PROMPT, {"kind": "lognormal", "median": 8, "sigma": 0.5, "min": 1, "max": 32}
+    ),
+    dist.Exponential: Site(
+        "request", "clients.0.link.jitter.delay_ms", {"kind": "exponential", "mean": 1}
+    ),
+    ModelSpec: Site("request", "models.tiny"),
+    DeviceSpec: Site("request", "devices.srv"),
+}
+# Fields that exist only in another base (service_s is for synthetic requests).
+FIELD_BASE = {
+    (sc.RequestClass, "service_s"): "synthetic",
+    (sc.RequestClass, "deadline_factor"): "request",
+}
+SWEEP_SITES: dict[type, str] = {
+    sweep_spec.SweepSpec: "",
+    sweep_spec.CapacityConfig: "capacity",
+    sweep_spec.Range: "grid.seed",
+}
+SCHEMA_ROOTS = (sc.Scenario, ModelSpec, DeviceSpec, sweep_spec.SweepSpec)
+# Their maximum is legitimate but is a long run by design (the arrivals bound and the
+# memory-safe mode are tested in test_bounds.py); these edges are checked by validation only.
+LONG_AT_MAX = {
+    (sc.Scenario, "replications"),
+    (sc.ClientGroup, "count"),
+    (sc.ServerConfig, "slots"),
+    (sc.ServerConfig, "max_queue"),
+    (ModelSpec, "layers"),
+}
+# Valid, but hours of simulated requests: only validated (the arrivals bound caps the work).
+VALIDATE_ONLY_AT_MAX = {(sc.Scenario, "requests")}
+
+
+# ---- walking the schema ------------------------------------------------------------------
+
+
+def _numeric_leaves(annotation: typing.Any) -> Iterator[tuple[typing.Any, Bound | None]]:
+    """Numeric types inside an annotation (through unions, lists, dicts), with their bounds."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *meta = typing.get_args(annotation)
+        b = bound_of(meta)
+        if b is not None:
+            yield annotation, b
+            return
+        yield from _numeric_leaves(inner)
+        return
+    if annotation in (int, float):
+        yield annotation, None
+        return
+    for arg in typing.get_args(annotation):
+        yield from _numeric_leaves(arg)
+
+
+def _sections(root: type[BaseModel], seen: set | None = None) -> Iterator[type[BaseModel]]:
+    """`root` and every schema section reachable from its fields."""
+    seen = set() if seen is None else seen
+    if root in seen:
+        return
+    seen.add(root)
+    yield root
+    for info in root.model_fields.values():
+        for cls in _models_in(info.annotation):
+            yield from _sections(cls, seen)
+
+
+def _models_in(annotation: typing.Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def bounded_fields(cls: type[BaseModel]) -> list[tuple[str, Bound]]:
+    out = []
+    for name, info in cls.model_fields.items():
+        b = bound_of(info.metadata)
+        if b is None:
+            leaves = [lb for _, lb in _numeric_leaves(info.annotation) if lb is not None]
+            b = leaves[0] if leaves else None
+        if b is not None:
+            out.append((name, b))
+    return out
+
+
+def all_sections() -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    for root in SCHEMA_ROOTS:
+        for cls in _sections(root):
+            if cls not in found:
+                found.append(cls)
+    return found
+
+
+# ---- values ------------------------------------------------------------------------------
+
+
+def invalid_values(b: Bound) -> list[object]:
+    """0, a negative, NaN, infinities, an absurd number, a boolean, a word: those refused."""
+    candidates: list[object] = [0, -1, -1e300, 1e300, b.hi * 10 + 1, math.nan, -math.inf, True]
+    if not b.inf_ok:
+        candidates.append(math.inf)
+    if b.integer:
+        candidates.append(b.lo + 0.5)
+    below = b.lo if b.lo_open else (b.lo - 1 if b.integer else b.lo - max(abs(b.lo), 1) * 0.5)
+    candidates.append(below)
+    out = []
+    for v in candidates:
+        try:
+            b.parse(v)
+        except ValueError:
+            if v not in out or (isinstance(v, float) and math.isnan(v)):
+                out.append(v)
+    out.append("many")
+    return out
+
+
+def edge_values(b: Bound) -> list[float]:
+    """The smallest and largest values the bound accepts."""
+    low = b.lo
+    if b.lo_open:
+        low = b.lo + 1 if b.integer else b.lo + max(abs(b.lo), 1) * 1e-6
+    return [b.parse(low), b.parse(b.hi)]
+
+
+def _yaml_value(v: object) -> object:
+    return v  # yaml.safe_dump writes .nan / .inf / true as YAML does
+
+
+def set_dotted(raw: dict, dotted: str, value: object) -> None:
+    node: typing.Any = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def scenario_with(cls: type, name: str, value: object) -> dict:
+    site = SITES[cls]
+    raw = copy.deepcopy(BASES[FIELD_BASE.get((cls, name), site.base)])
+    if site.template is not None:
+        set_dotted(raw, site.prefix, copy.deepcopy(site.template))
+    for key in site.clear.get(name, ()):
+        set_dotted(raw, f"{site.prefix}.{key}" if site.prefix else key, None)
+    if cls is dist.LogNormal and name == "max" and isinstance(value, float) and value > 1e6:
+        raw["workload"]["mix"][0]["prompt_tokens"]["max"] = value  # context error: one line
+    if cls is DeviceSpec and name == "peak_tflops":
+        value = {"fp16": value}
+    set_dotted(raw, f"{site.prefix}.{name}" if site.prefix else name, value)
+    return raw
+
+
+def field_cases() -> list:
+    cases = []
+    for cls in SITES:
+        for name, b in bounded_fields(cls):
+            for v in invalid_values(b):
+                cases.append(pytest.param(cls, name, v, id=f"{cls.__name__}.{name}={v!r}"))
+    return cases
+
+
+def edge_cases() -> list:
+    cases = []
+    for cls in SITES:
+        for name, b in bounded_fields(cls):
+            for i, v in enumerate(edge_values(b)):
+                marks = ()
+                if i == 1 and (cls, name) in LONG_AT_MAX:
+                    marks = (pytest.mark.slow,)
+                command = "check" if i == 1 and (cls, name) in VALIDATE_ONLY_AT_MAX else "run"
+                cases.append(pytest.param(cls, name, v, command, marks=marks,
+                                          id=f"{cls.__name__}.{name}={v!r}"))  # fmt: skip
+    return cases
+
+
+# ---- the contract ------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def one_line(err: str, *fragments: str) -> str:
+    assert "Traceback" not in err, err
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
+    for f in fragments:
+        assert f in err, f"{f!r} not in {err!r}"
+    return err
+
+
+class _Timeout(BaseException):  # not an Exception: the CLI's bug handler must not catch it
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001
+    raise _Timeout
+
+
+def run_with_limit(argv: list[str], seconds: int = 60) -> int:
+    """main(argv) in this process, stopped (as a failure) after `seconds`."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        return main(argv)
+    except _Timeout:
+        pytest.fail(f"{argv} still running after {seconds} s: unbounded work")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# ---- tests -------------------------------------------------------------------------------
+
+
+def test_every_number_has_a_bound():
+    """A numeric field without a range, or a section no site covers, fails here."""
+    unbounded, uncovered = [], []
+    for cls in all_sections():
+        for name, info in cls.model_fields.items():
+            leaves = list(_numeric_leaves(info.annotation))
+            if bound_of(info.metadata) is None and any(b is None for _, b in leaves):
+                unbounded.append(f"{cls.__name__}.{name}")
+        if bounded_fields(cls) and cls not in SITES and cls not in SWEEP_SITES:
+            uncovered.append(cls.__name__)
+    assert not unbounded, f"numeric fields without a limits.Bound: {unbounded}"
+    assert not uncovered, f"sections with bounded fields no test site covers: {uncovered}"
+
+
+def test_the_bases_run(tmp_path):
+    for name, raw in BASES.items():
+        path = write(tmp_path / f"{name}.yaml", raw)
+        assert main(["run", str(path), "-o", str(tmp_path / name), "--quiet"]) == 0, name
+
+
+def test_enough_generated_cases():
+    assert len(field_cases()) >= 300
+    assert len(edge_cases()) >= 100
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), field_cases())
+def test_out_of_range_value_is_one_line(cls, name, value, tmp_path, capsys):
+    path = write(tmp_path / "bad.yaml", scenario_with(cls, name, value))
+    out = tmp_path / "out"
+    assert main(["check", str(path)]) == 2
+    std, err = capsys.readouterr()
+    assert std == ""
+    one_line(err, f"splitsim: error: {path}: ", name)
+    assert main(["run", str(path), "-o", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("cls", "name", "value", "command"), edge_cases())
+def test_value_at_the_edge_of_its_range_runs_or_is_one_line(
+    cls, name, value, command, tmp_path, capsys
+):
+    path = write(tmp_path / "edge.yaml", scenario_with(cls, name, value))
+    out = ["-o", str(tmp_path / "out"), "--quiet"] if command == "run" else []
+    status = run_with_limit([command, str(path), *out])
+    std, err = capsys.readouterr()
+    assert status in (0, 2), err
+    if status == 2:
+        one_line(err, f"splitsim: error: {path}: ")
+    elif command == "run":
+        assert (tmp_path / "out" / "summary.csv").is_file()
+
+
+# ---- sweep files ---------------------------------------------------------------------------
+
+
+def sweep_with(cls: type, name: str, value: object, base: Path) -> dict:
+    raw: dict = {"name": "s", "base": str(base), "grid": {"seed": [1, 2]}}
+    if cls is sweep_spec.CapacityConfig:
+        raw = {"name": "s", "base": str(base), "capacity": {name: value}}
+    elif cls is sweep_spec.Range:
+        rng = {"start": 1, "stop": 3, "num": 2}
+        rng[name] = value
+        raw["grid"] = {"seed": rng}
+    else:
+        raw[name] = value
+    return raw
+
+
+def sweep_cases() -> list:
+    return [
+        pytest.param(cls, name, v, id=f"{cls.__name__}.{name}={v!r}")
+        for cls in SWEEP_SITES
+        for name, b in bounded_fields(cls)
+        for v in invalid_values(b)
+    ]
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), sweep_cases())
+def test_out_of_range_sweep_value_is_one_line(cls, name, value, tmp_path, capsys):
+    base = write(tmp_path / "base.yaml", REQUEST_BASE)
+    path = write(tmp_path / "sweep.yaml", sweep_with(cls, name, value, base))
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "-o", str(out), "--quiet"]) == 2
+    std, err = capsys.readouterr()
+    one_line(err, f"splitsim: error: {path}: ", name)
+    assert not out.exists()
+
+
+# ---- command-line flags --------------------------------------------------------------------
+
+
+def _flag_commands(tmp: Path) -> dict[str, list[str]]:
+    """A valid command line per sub-command, to which one bad flag is added."""
+    scenario = str(write(tmp / "base.yaml", REQUEST_BASE))
+    return {
+        "solve": ["solve", "--model", "gpt2", "--tokens", "64", "--client", "phone-flagship",
+                  "--server", "a100-80gb", "--uplink-mbps", "20", "--downlink-mbps", "100",
+                  "--deadline-s", "1"],
+        "capacity": ["capacity", scenario, "-o", str(tmp / "cap")],
+        "sweep": ["sweep", scenario, "-o", str(tmp / "sw")],
+        "paper": ["paper", "-o", str(tmp / "paper")],
+        "profile": ["profile", "--model", "gpt2", "--tokens", "8", "-o", str(tmp / "p.csv")],
+        "run": ["run", scenario, "-o", str(tmp / "run")],
+    }  # fmt: skip
+
+
+def bounded_flags() -> list[tuple[str, str, Bound]]:
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    found = []
+    for command, sub in subs.items():
+        for action in sub._actions:  # noqa: SLF001
+            b = getattr(action.type, "bound", None)
+            if b is not None:
+                found.append((command, action.option_strings[0], b))
+    return found
+
+
+def flag_cases() -> list:
+    return [
+        pytest.param(cmd, flag, v, id=f"{cmd} {flag}={v!r}")
+        for cmd, flag, b in bounded_flags()
+        for v in invalid_values(b)
+    ]
+
+
+def test_flags_with_numbers_have_bounds():
+    """Every flag whose value is a number parses it through a limits.Bound."""
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    loose = [
+        f"{cmd} {a.option_strings[0]}"
+        for cmd, sub in subs.items()
+        for a in sub._actions  # noqa: SLF001
+        if a.type in (int, float)
+    ]
+    assert not loose, f"flags parsed with bare int/float: {loose}"
+    assert len(bounded_flags()) >= 15
+
+
+@pytest.mark.parametrize(("command", "flag", "value"), flag_cases())
+def test_out_of_range_flag_is_one_line(command, flag, value, tmp_path, capsys):
+    argv = [*_flag_commands(tmp_path)[command], f"{flag}={value}"]
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    std, err = capsys.readouterr()
+    assert std == ""
+    one_line(err, flag, "must be")
+    assert snapshot(tmp_path) == before
