@@ -59,6 +59,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "rejected",
     "backlog_at_stop",
     "in_flight_at_end",
+    "overload_stop_s",  # when simulation.max_in_flight stopped the run (NaN: it did not)
     "duration_s",
     "offered_rate_per_s",
     "throughput_rps",

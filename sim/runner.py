@@ -211,6 +211,7 @@ def simulate(
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
             row["offered_rate_per_s"] = rate if np.isfinite(rate) else len(arrivals) / res.stop_s
+            row["overload_stop_s"] = res.overload_stop_s  # NaN unless max_in_flight stopped it
             row.update(_token_row(frame, res, sc.warmup_s))
             summaries.append({"policy": policy, "replication": rep, **row})
             frames.append(frame)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import simpy
@@ -50,6 +50,30 @@ class RunResult:
     events: int
     client_energy_j: np.ndarray | None = None
     token: object | None = None  # token granularity: `sim.engine.token.TokenStats`
+    overload_stop_s: float = float("nan")  # when `max_in_flight` stopped the run (NaN: never)
+
+
+def _sliced(record, n_total: int, n: int):
+    """A dataclass record with every per-request array or list cut to its first n entries."""
+    cut = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, np.ndarray | list) and len(value) == n_total:
+            cut[f.name] = value[:n]
+    return replace(record, **cut)
+
+
+def truncated(res: RunResult, n: int) -> RunResult:
+    """`res` restricted to its first n requests: those that arrived before an overload stop
+    (the rest never arrived). Token statistics are cut the same way."""
+    n_total = len(res.arrivals)
+    if n >= n_total:
+        return res
+    out = _sliced(res, n_total, n)
+    out.arrivals = _sliced(res.arrivals, n_total, n)
+    if res.token is not None:
+        out.token = _sliced(res.token, n_total, n)
+    return out
 
 
 class Simulation:
@@ -112,6 +136,15 @@ class Simulation:
         self._dyn_programs: dict[int, tuple] = {}
         self.stop_s = 0.0
         self.backlog_at_stop = 0
+        # memory-safe overload stop: arrivals end once this many requests are in the system
+        self.max_in_flight = sc.simulation.max_in_flight
+        self.overload_stop_s = float("nan")
+        self.arrived = n  # requests admitted (fewer than n after an overload stop)
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether `max_in_flight` stopped the arrivals (the run then ends without drain)."""
+        return not np.isnan(self.overload_stop_s)
 
     def run(self) -> RunResult:
         sc = self.ld.scenario
@@ -120,19 +153,29 @@ class Simulation:
         self.env.run(until=source)
         self.stop_s = self.env.now
         self.backlog_at_stop = self.in_flight
-        if sc.drain_s is None:
+        if self.overloaded:
+            pass  # stopped for memory: no drain, the in-flight requests stay in flight
+        elif sc.drain_s is None:
             self.env.run()
         elif self.stop_s + sc.drain_s > self.env.now:  # SimPy refuses until <= now (drain_s 0)
             self.env.run(until=self.stop_s + sc.drain_s)
         self.server.finish()
         events = next(self.env._eid)  # events SimPy scheduled (ids are consecutive from 0)
-        return RunResult(
+        res = RunResult(
             self.policy, self.arr, self._status_codes(), self.finish_s, self.deadline_s,
             self.planned, self.feasible, self.s_wait, self.s_busy, self.c_wait, self.c_busy,
             self.xfer, self.work, self.only_work, self.units, self.switches, self.server,
             self.stop_s, float(self.env.now), self.backlog_at_stop,
             self.planner.cached_plans, events, self.energy,
         )  # fmt: skip
+        return self._cut(res)
+
+    def _cut(self, res: RunResult) -> RunResult:
+        """After an overload stop: the result of the requests that arrived, and when."""
+        if not self.overloaded:
+            return res
+        res.overload_stop_s = self.overload_stop_s
+        return truncated(res, self.arrived)
 
     def _status_codes(self) -> np.ndarray:
         return self.status
@@ -273,10 +316,13 @@ class Simulation:
         return program[0]
 
     def _arrivals(self):
+        """Admit every request at its arrival time, then wait out `duration_s`; stop early
+        when `max_in_flight` requests are in the system (the overload stop)."""
         env = self.env
         times, duration = self.arr.time_s.tolist(), self.ld.scenario.duration_s
         timeout, admit, progress = env.timeout, self._admit, self.progress
         report_every = max(1, len(times) // 100)
+        cap = self.max_in_flight or len(times) + 1  # in flight never exceeds the arrivals
         for i in range(len(times)):
             gap = times[i] - env.now
             if gap > 0:
@@ -284,6 +330,9 @@ class Simulation:
             admit(i)
             if progress and i % report_every == 0:
                 progress(i)
+            if self.in_flight >= cap:
+                self.overload_stop_s, self.arrived = env.now, i + 1
+                return
         if duration is not None and env.now < duration:
             yield env.timeout(duration - env.now)
 

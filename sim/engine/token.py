@@ -121,15 +121,16 @@ class TokenSimulation(Simulation):
         source = self.env.process(self._arrivals())
         self.env.run(until=source)
         self.stop_s = self.env.now
+        arrived = slice(self.arrived)  # all but those an overload stop kept out
         self.backlog_at_stop = int(
-            np.sum(~(self.finish_s <= self.stop_s) & (self.status != _REJECTED))
+            np.sum(~(self.finish_s[arrived] <= self.stop_s) & (self.status[arrived] != _REJECTED))
         )
-        end_s = self._drain()
+        end_s = self.stop_s if self.overloaded else self._drain()  # overload stop: no drain
         late = self.finish_s > end_s
         self.status[late] = 0
         self.finish_s[late] = np.nan
         self.server.finish()
-        return self._result(end_s)
+        return self._cut(self._result(end_s))
 
     def _drain(self) -> float:
         """Run past the last arrival (to the end, or for `drain_s`); the run's end (s)."""
