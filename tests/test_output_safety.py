@@ -195,7 +195,10 @@ def test_paper_accepts_an_earlier_reproduction_by_its_marker(tmp_path):
     out = tmp_path / "paper"
     claim_out(out)  # new folder: marked
     (out / "claims.md").write_text("old\n")
-    claim_out(out)  # an earlier reproduction: accepted
+    stale = out / f".allocation.csv.tmp-{HOST}-{dead_pid()}-abc"
+    stale.write_text("partial")
+    claim_out(out)  # an earlier reproduction: accepted, a killed one's temporary removed
+    assert sorted(p.name for p in out.iterdir()) == ["claims.md", "paper.json"]
     assert json.loads((out / "paper.json").read_text())["kind"] == "paper"
     (out / "paper.json").write_text('{"package": "other"}')
     with pytest.raises(UserError, match="not a paper reproduction"):

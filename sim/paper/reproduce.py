@@ -23,7 +23,7 @@ from sim.paper.studies import StudySpec, allocation_table, unit_cost_table
 from sim.runner import run_scenario
 from sim.sweep.run import run_sweep
 from sim.sweep.spec import CapacityConfig, SweepSpec
-from sim.sweep.store import atomic_write_text
+from sim.sweep.store import atomic_write_text, remove_stale_temporaries
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "paper"
 PAPER_MARKER = "paper.json"
@@ -77,6 +77,7 @@ def claim_out(out: Path) -> None:
                 "kind paper); choose another -o"
             )
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # files a killed reproduction was writing
         marker = {"package": PACKAGE, "kind": KIND_PAPER, "version": sim.__version__}
         atomic_write_text(out / PAPER_MARKER, json.dumps(marker, indent=2) + "\n")
     except OSError as err:
