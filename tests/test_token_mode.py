@@ -21,7 +21,7 @@ BASE = {
             "name": "laptops",
             "count": 6,
             "device": "laptop-m2",
-            "link": {"uplink_mbps": 1e9, "downlink_mbps": 1e9, "rtt_ms": 0},
+            "link": {"uplink_mbps": 1e6, "downlink_mbps": 1e6, "rtt_ms": 0},
         }
     ],
     "workload": {
