@@ -10,6 +10,7 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 
+from sim import limits as lim
 from sim.errors import UserError
 
 
@@ -29,21 +30,24 @@ def _add_solve(sub) -> None:
         choices=["forward", "generate"],
         help="default: generate for decoder LMs with --output-tokens, else forward",
     )
-    p.add_argument("--tokens", type=int, required=True, help="prompt / sequence length")
-    p.add_argument("--output-tokens", type=int, default=0, help="tokens to generate")
+    p.add_argument("--tokens", type=lim.TOKENS.arg("--tokens"), required=True,
+                   help="prompt / sequence length")  # fmt: skip
+    p.add_argument("--output-tokens", type=lim.OUTPUT_TOKENS.arg("--output-tokens"), default=0,
+                   help="tokens to generate")  # fmt: skip
     p.add_argument("--client", required=True, help="client device name")
     p.add_argument("--server", required=True, help="server device name")
-    p.add_argument("--uplink-mbps", type=float, required=True)
-    p.add_argument("--downlink-mbps", type=float, required=True)
-    p.add_argument("--rtt-ms", type=float, default=0.0)
-    p.add_argument("--deadline-s", type=float, required=True, help="SLA on end-to-end latency")
+    p.add_argument("--uplink-mbps", type=lim.BANDWIDTH_MBPS.arg("--uplink-mbps"), required=True)
+    p.add_argument("--downlink-mbps", type=lim.BANDWIDTH_MBPS.arg("--downlink-mbps"),
+                   required=True)  # fmt: skip
+    p.add_argument("--rtt-ms", type=lim.RTT_MS.arg("--rtt-ms"), default=0.0)
+    p.add_argument("--deadline-s", type=lim.DEADLINE_S.arg("--deadline-s"), required=True,
+                   help="SLA on end-to-end latency")  # fmt: skip
     p.add_argument("--policy", default="dp", help="policy to show in full (default dp)")
     p.add_argument("--resident", default="all", help="units the client holds: all, none, fit, or K")
     p.add_argument("--granularity", default="block", choices=["block", "sublayer"])
     p.add_argument("--objective", default="server_time", choices=["server_time", "server_flops"])
-    p.add_argument(
-        "--time-step-s", type=float, default=None, help="DP grid (default deadline/2000)"
-    )
+    p.add_argument("--time-step-s", type=lim.TIME_STEP_S.arg("--time-step-s"), default=None,
+                   help="DP grid (default deadline/2000; at most 100,000 steps)")  # fmt: skip
     p.add_argument("--client-cost-table", default=None, metavar="CSV",
                    help="time the client's units from this measured cost table (splitsim profile)")  # fmt: skip
     p.add_argument("--server-cost-table", default=None, metavar="CSV",
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     cat = sub.add_parser("catalog", help="list built-in models, devices or policies")
     cat.add_argument("what", choices=["models", "devices", "policies"])
     cat.add_argument("--scenario", default=None,
-                     help="devices: also list a scenario's devices (cost tables attached)")  # fmt: skip
+                     help="also list a scenario's own models and devices (cost tables attached)")  # fmt: skip
     return parser
 
 

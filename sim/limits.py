@@ -234,6 +234,13 @@ RANGE_NUM = Bound(1, 10_000, integer=True)
 REL_TOL = Bound(1e-4, 1)
 EVALUATIONS = Bound(1, 200, integer=True)
 
+# Execution of sweeps (the cores bound --jobs further unless --oversubscribe)
+JOBS = Bound(1, 1_000_000, integer=True)  # checked_jobs: at most the cores, see --oversubscribe
+DASK_TIMEOUT_S = Bound(0, 600, lo_open=True)
+
+# Memory-safe overload stop
+IN_FLIGHT = Bound(1, 100_000_000, integer=True)
+
 # Profiling
 REPEATS = Bound(1, 10_000, integer=True)
 WARMUP = Bound(0, 10_000, integer=True)

@@ -513,3 +513,100 @@ def test_out_of_range_flag_is_one_line(command, flag, value, tmp_path, capsys):
     assert std == ""
     one_line(err, flag, "must be")
     assert snapshot(tmp_path) == before
+
+
+# ---- paths -----------------------------------------------------------------------------------
+
+PATH_KINDS = ("missing", "folder", "binary", "empty", "fifo", "unreadable")
+
+
+def make_path(kind: str, where: Path, name: str) -> Path:
+    """A path of the given hostile kind below `where`."""
+    path = where / name
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 64)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "fifo":
+        import os
+
+        os.mkfifo(path)
+    elif kind == "unreadable":
+        path.write_text("time_s,uplink_mbps,downlink_mbps\n0,1,1\n")
+        path.chmod(0)
+    return path
+
+
+def _scenario_path_site(dotted: str, value: dict | str):
+    def build(path: Path, tmp: Path) -> list[str]:
+        raw = copy.deepcopy(REQUEST_BASE)
+        set_dotted(raw, dotted, value if isinstance(value, str) else value)
+        text = yaml.safe_dump(raw, sort_keys=False).replace("@PATH@", str(path))
+        scenario = tmp / "s.yaml"
+        scenario.write_text(text)
+        return ["run", str(scenario), "-o", str(tmp / "out"), "--quiet"]
+
+    return build
+
+
+PATH_SITES = {
+    "run SCENARIO": lambda p, tmp: ["run", str(p), "-o", str(tmp / "out"), "--quiet"],
+    "check SCENARIO": lambda p, tmp: ["check", str(p)],
+    "sweep SWEEP": lambda p, tmp: ["sweep", str(p), "-o", str(tmp / "out"), "--quiet"],
+    "capacity SCENARIO": lambda p, tmp: ["capacity", str(p), "-o", str(tmp / "out")],
+    "catalog --scenario": lambda p, tmp: ["catalog", "devices", "--scenario", str(p)],
+    "plot DIR": lambda p, tmp: ["plot", str(p)],
+    "solve --server-cost-table": lambda p, tmp: [
+        "solve",
+        "--model",
+        "gpt2",
+        "--tokens",
+        "64",
+        "--client",
+        "phone-flagship",
+        "--server",
+        "a100-80gb",
+        "--uplink-mbps",
+        "20",
+        "--downlink-mbps",
+        "100",
+        "--deadline-s",
+        "1",
+        "--server-cost-table",
+        str(p),
+    ],  # fmt: skip
+    "workload.arrival.path": _scenario_path_site(
+        "workload.arrival", {"kind": "trace", "path": "@PATH@"}
+    ),
+    "clients.0.link.trace": _scenario_path_site("clients.0.link.trace", "@PATH@"),
+    "prompt_tokens empirical": _scenario_path_site(
+        PROMPT, {"kind": "empirical", "path": "@PATH@", "column": "n"}
+    ),
+    "devices.srv.cost_table": _scenario_path_site("devices.srv.cost_table", "@PATH@"),
+}
+
+
+def path_cases() -> list:
+    return [
+        pytest.param(site, kind, id=f"{site}:{kind}")
+        for site in PATH_SITES
+        for kind in PATH_KINDS
+        if not (site == "plot DIR" and kind == "folder")  # an empty folder is a valid DIR
+    ]
+
+
+@pytest.mark.parametrize(("site", "kind"), path_cases())
+def test_hostile_path_is_one_line(site, kind, tmp_path, capsys):
+    import os
+
+    if kind == "unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    hostile = make_path(kind, tmp_path, "input.csv" if "." in site or "table" in site else "in")
+    argv = PATH_SITES[site](hostile, tmp_path)
+    status = run_with_limit(argv, 30)
+    std, err = capsys.readouterr()
+    assert status == 2, (status, err)
+    one_line(err, "splitsim: error: ")
+    assert not (tmp_path / "out").exists()

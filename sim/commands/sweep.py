@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sim import limits as lim
 from sim.commands.table import format_table
 from sim.config import read_yaml
 from sim.errors import UserError, unknown_name
 from sim.output import default_output
 from sim.sweep.execute import (
     DEFAULT_DASK_TIMEOUT_S,
-    MAX_DASK_TIMEOUT_S,
     check_dask_args,
     default_jobs,
 )
@@ -27,9 +27,10 @@ def add_execution_args(p: argparse.ArgumentParser) -> None:
     add_jobs_args(p)
     p.add_argument("--dask", default=None, metavar="ADDRESS|local",
                    help="run on a Dask cluster (scheduler address) or a LocalCluster")  # fmt: skip
-    p.add_argument("--dask-timeout-s", type=float, default=DEFAULT_DASK_TIMEOUT_S,
+    p.add_argument("--dask-timeout-s", type=lim.DASK_TIMEOUT_S.arg("--dask-timeout-s"),
+                   default=DEFAULT_DASK_TIMEOUT_S,
                    help=f"seconds to wait for the Dask scheduler (default "
-                        f"{DEFAULT_DASK_TIMEOUT_S:g}, at most {MAX_DASK_TIMEOUT_S:g})")  # fmt: skip
+                        f"{DEFAULT_DASK_TIMEOUT_S:g}, at most {lim.DASK_TIMEOUT_S.hi:g})")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base-scenario value")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="discard results of an earlier sweep")
@@ -38,7 +39,8 @@ def add_execution_args(p: argparse.ArgumentParser) -> None:
 
 def add_jobs_args(p: argparse.ArgumentParser) -> None:
     """`--jobs` and `--oversubscribe`, shared by sweep, capacity and paper."""
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
+    p.add_argument("--jobs", type=lim.JOBS.arg("--jobs"), default=None,
+                   help="worker processes (default: cores)")  # fmt: skip
     p.add_argument("--oversubscribe", action="store_true",
                    help=f"allow --jobs above the cores (up to {OVERSUBSCRIBE_FACTOR} x cores)")  # fmt: skip
 
@@ -166,8 +168,24 @@ def add_sweep_parsers(sub) -> None:
     cap = sub.add_parser("capacity", help="highest sustainable arrival rate per policy")
     cap.add_argument("scenario", help="scenario YAML file")
     cap.add_argument("--policy", action="append", default=[], help="policy (repeatable)")
-    cap.add_argument("--max-sla-violation-rate", type=float, default=0.05)
-    cap.add_argument("--max-utilization", type=float, default=0.95)
-    cap.add_argument("--rel-tol", type=float, default=0.02)
-    cap.add_argument("--replications", type=int, default=None)
+    cap.add_argument(
+        "--max-sla-violation-rate",
+        type=lim.FRACTION.arg("--max-sla-violation-rate"),
+        default=0.05,
+        help="target: SLA misses at most this share (default 0.05)",
+    )
+    cap.add_argument(
+        "--max-utilization",
+        type=lim.FRACTION_OPEN.arg("--max-utilization"),
+        default=0.95,
+        help="target: server utilisation below this (default 0.95)",
+    )
+    cap.add_argument(
+        "--rel-tol",
+        type=lim.REL_TOL.arg("--rel-tol"),
+        default=0.02,
+        help="stop when (hi - lo) / lo <= this (default 0.02)",
+    )
+    cap.add_argument("--replications", type=lim.REPLICATIONS.arg("--replications"),
+                     default=None, help="default: the scenario's replications")  # fmt: skip
     add_execution_args(cap)

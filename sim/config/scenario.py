@@ -251,10 +251,8 @@ class SimulationConfig(Section):
         description="token: wait = reserve a request's final KV at admission; preempt = grow KV "
         "per token and preempt (recompute) the newest request when memory runs out",
     )
-    max_in_flight: int | None = Field(
+    max_in_flight: lim.IN_FLIGHT.optional = Field(
         100_000,
-        ge=1,
-        le=100_000_000,
         description="memory-safe overload stop: when this many requests are in the system the "
         "run stops (no more arrivals, no drain), reports overload_stop_s and counts the "
         "in-flight requests as SLA misses (about 1.1 KB each); null = no limit",

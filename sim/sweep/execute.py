@@ -14,6 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
+from sim import limits as lim
 from sim.errors import UserError
 from sim.sweep.tasks import run_task
 
@@ -21,7 +22,6 @@ OnDone = Callable[[dict, dict], None]
 
 # Seconds to wait for a Dask scheduler to answer (`--dask-timeout-s`): default and bound.
 DEFAULT_DASK_TIMEOUT_S = 10.0
-MAX_DASK_TIMEOUT_S = 600.0
 # Dask's comm schemes; an address without one is tcp.
 DASK_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
 _HOST = r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\])"
@@ -58,13 +58,11 @@ def check_dask_address(address: str) -> str:
 
 
 def check_dask_timeout(timeout_s: float) -> float:
-    """`--dask-timeout-s` if it is within (0, MAX_DASK_TIMEOUT_S], else a UserError."""
-    if not 0 < timeout_s <= MAX_DASK_TIMEOUT_S:  # also false for NaN
-        raise UserError(
-            f"--dask-timeout-s: {timeout_s:g} is out of range; must be > 0 and "
-            f"<= {MAX_DASK_TIMEOUT_S:g} (seconds)"
-        )
-    return timeout_s
+    """`--dask-timeout-s` inside its range (limits.DASK_TIMEOUT_S), else a UserError."""
+    try:
+        return float(lim.DASK_TIMEOUT_S.parse(timeout_s))
+    except ValueError as err:
+        raise UserError(f"--dask-timeout-s: {err} (seconds)") from None
 
 
 def check_dask_args(address: str | None, timeout_s: float) -> None:
