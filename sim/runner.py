@@ -191,16 +191,26 @@ def _token_row(frame: pd.DataFrame, res: RunResult, warmup_s: float) -> dict:
     return row
 
 
+def prepare(ld: LoadedScenario) -> tuple[ProblemBook, float]:
+    """The placement problems (shared by every policy) and the offered Poisson rate.
+
+    This is where the work a scenario asks for is checked (at most 1e7 arrivals per
+    replication), so `run_scenario` calls it before it makes any folder.
+    """
+    book = ProblemBook(ld)
+    return book, offered_rate(ld, _server_only_time(ld, book))
+
+
 def simulate(
     ld: LoadedScenario,
     progress: Callable[[int], None] | None = None,
     replications: Sequence[int] | None = None,
+    prepared: tuple[ProblemBook, float] | None = None,
 ) -> ScenarioResult:
     """Run the scenario's replications (all, or the listed ones) and policies in memory."""
     sc = ld.scenario
     frames, summaries, series = [], [], []
-    book = ProblemBook(ld)  # placement problems are the same for every policy
-    rate = offered_rate(ld, _server_only_time(ld, book))
+    book, rate = prepared if prepared is not None else prepare(ld)
     engine = _engine(ld)
     for rep in replications if replications is not None else range(sc.replications):
         arrivals, jitter_seed = _replication_arrivals(ld, rep, rate)
@@ -253,9 +263,10 @@ def run_scenario(
         "command": command if command is not None else sys.argv,
         "python": sys.version.split()[0],
     }
+    prepared = prepare(ld)  # a scenario asking for too much work fails here, leaving nothing
     pending = PendingResult.open(Path(out_dir)) if out_dir is not None else None
     try:
-        result = simulate(ld, progress)
+        result = simulate(ld, progress, prepared=prepared)
     except Exception as err:
         manifest.update(status="failed", error=f"{type(err).__name__}: {err}")
         manifest["wall_time_s"] = round(time.perf_counter() - started, 3)

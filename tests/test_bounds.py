@@ -308,6 +308,7 @@ def test_arrivals_bounded_before_simulating(arrival, fields, tmp_path, capsys):
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert f"{fields} (" in line and "arrivals; at most 1e7 per replication" in line
+    assert not (tmp_path / "out").exists()  # refused before any folder is made
 
 
 def test_arrivals_bound_message_and_limit():

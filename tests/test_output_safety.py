@@ -219,7 +219,7 @@ def test_failed_run_keeps_the_finished_result_and_records_the_failure_beside_it(
     capsys.readouterr()
     good = snapshot(out)
 
-    def too_much(ld, progress=None):
+    def too_much(ld, progress=None, **_):
         raise UserError(f"{ld.source}: workload: the run needs too much memory")
 
     monkeypatch.setattr(sim.runner, "simulate", too_much)
@@ -242,7 +242,7 @@ def test_failed_run_into_a_new_folder_leaves_the_failed_manifest_there(
 ):
     import sim.runner
 
-    def broken(ld, progress=None):
+    def broken(ld, progress=None, **_):
         raise UserError("x: broken")
 
     monkeypatch.setattr(sim.runner, "simulate", broken)
@@ -263,7 +263,7 @@ def test_a_bug_is_one_internal_error_line_with_the_traceback_saved(tmp_path, cap
     capsys.readouterr()
     good = snapshot(out)
 
-    def bug(ld, progress=None):
+    def bug(ld, progress=None, **_):
         raise ZeroDivisionError("float division by zero")
 
     monkeypatch.setattr(sim.runner, "simulate", bug)
