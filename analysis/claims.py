@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.atomic import atomic_write_text
+
 PAPER_REDUCTION = 1 / 3  # "roughly 1/3 reduction in the server workload"
 PAPER_OVER_GREEDY = 0.19  # "19 percent improvement over a greedy method"
 BASELINES = ("greedy", "greedy_ratio", "best_cut")
@@ -179,7 +181,5 @@ def write_claims(folder: Path, default_factor: float) -> Path:
         pd.read_csv(c) if c.is_file() else None,
     )  # fmt: skip
     path = folder / "claims.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 from analysis.figures import FIGURES
 from analysis.io import TABLES, AnalysisError, MissingData, load_folder
 from analysis.style import save_figure
+from sim.atomic import remove_stale_temporaries
 
 FIGURES_DIR = "figures"
 
@@ -72,6 +73,8 @@ def plot_folder(
         }
         reasons = "; ".join(f"{n}: {why}" for n, why in (found or report.skipped).items())
         raise AnalysisError(f"{folder}: nothing to plot ({reasons})")
+    if report.out_dir.is_dir():
+        remove_stale_temporaries(report.out_dir)  # what a killed `plot` left half-written
     for name, fig in figures.items():
         try:
             report.written[name] = save_figure(fig, report.out_dir / name, formats)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import ParamSpec, TypeVar
 
 import matplotlib
 
+from sim.atomic import atomic_write
 from sim.records import POLICY_ORDER
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common
@@ -155,14 +155,11 @@ def save_figure(
     with paper_style():
         for fmt in formats:
             target = stem.with_name(f"{stem.name}.{fmt}")
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=stem.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    fig.savefig(handle, format=fmt, metadata=_metadata(fmt))
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(
+                target,
+                lambda handle, fmt=fmt: fig.savefig(handle, format=fmt, metadata=_metadata(fmt)),
+                binary=True,
+            )
             written.append(target)
     return written
 

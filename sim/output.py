@@ -15,11 +15,8 @@ import contextlib
 import errno
 import json
 import math
-import os
-import re
 import secrets
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from sim.atomic import glob_escape, stale_owner, temp_prefix
 from sim.errors import UserError
 
 MARKER = "manifest.json"
@@ -53,53 +51,6 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
 
 
-# --- who owns a temporary sibling
-
-
-def owner_tag() -> str:
-    """`HOST-PID` of this process, for the names of temporaries (host limited to safe chars)."""
-    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:40] or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def temp_prefix(name: str, what: str = "tmp") -> str:
-    """The name prefix of a temporary (`what` tmp) or old (`what` old) sibling of `name`."""
-    return f".{name}.{what}-{owner_tag()}-"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs on this host (a zombie counts as dead; unknown as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists but is not ours to signal
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-_TEMP_NAME = re.compile(
-    r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[^-]+$"
-)
-
-
-def stale_owner(entry_name: str, name: str | None = None) -> bool | None:
-    """For a PID-tagged temporary `entry_name` (of target `name`, when given): True when its
-    process is dead and ran on this host, False when it lives or ran elsewhere; None when
-    `entry_name` is not such a temporary."""
-    match = _TEMP_NAME.match(entry_name)
-    if match is None or (name is not None and match["name"] != name):
-        return None
-    same_host = match["host"] == owner_tag().rpartition("-")[0]
-    return same_host and not _pid_alive(int(match["pid"]))
-
-
 def remove_stale_siblings(out_dir: Path) -> None:
     """Remove temporaries of `out_dir` left by dead runs; put back an old result that a run
     killed between its two renames left aside (then `out_dir` itself is missing)."""
@@ -115,11 +66,6 @@ def remove_stale_siblings(out_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
-
-
-def glob_escape(name: str) -> str:
-    """`name` with glob wildcards escaped, for `Path.glob`."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 # --- what a folder is

@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sim.atomic import atomic_write_text, owner_tag, stale_owner, temp_prefix
 from sim.cli import main
 from sim.errors import UserError
-from sim.output import owner_tag, remove_stale_siblings, stale_owner, temp_prefix
+from sim.output import remove_stale_siblings
 from sim.paper.reproduce import claim_out, is_paper_folder
-from sim.sweep.store import SweepStore, atomic_write_text
+from sim.sweep.store import SweepStore
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "scenarios" / "examples" / "quickstart.yaml"

@@ -15,7 +15,13 @@ from sim.sweep.execute import (
     check_dask_args,
     default_jobs,
 )
-from sim.sweep.run import SweepOutcome, check_sweep_size, run_sweep, validate_base
+from sim.sweep.run import (
+    SweepOutcome,
+    check_some_point_valid,
+    check_sweep_size,
+    run_sweep,
+    validate_base,
+)
 from sim.sweep.spec import CapacityConfig, SweepSpec, load_sweep
 
 # `--oversubscribe` allows up to this many worker processes per core.
@@ -91,29 +97,6 @@ def check_policy_names(names: list[str], where: str) -> None:
     for name in names:
         if name not in POLICIES:
             raise unknown_name("policy", name, POLICIES.names(), where)
-
-
-def check_some_point_valid(spec: SweepSpec, base_raw: dict, base_dir: Path, source: str) -> None:
-    """Fail in one line, before any folder is made, when no point of the sweep validates
-    (a broken base scenario); a sweep with only some bad points runs and records them.
-
-    The base alone may be incomplete (a grid factor can supply a required value), so the
-    points are checked, stopping at the first good one; run_sweep prechecks them all anyway.
-    """
-    from sim.sweep.points import expand
-    from sim.sweep.tasks import scenario_for
-
-    first_error = None
-    for point in expand(spec, 0):
-        task = {"base": base_raw, "base_dir": str(base_dir), "source": source,
-                "params": point.params, "seed": point.seed, "replications": spec.replications}  # fmt: skip
-        try:
-            scenario_for(task)
-            return
-        except UserError as err:
-            first_error = first_error or err
-    if first_error is not None:
-        raise first_error
 
 
 def run_sweep_cmd(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sim
+from sim.atomic import atomic_write_text, remove_stale_temporaries
 from sim.config import load_scenario, read_yaml
 from sim.errors import UserError
 from sim.output import PACKAGE, check_parents, os_error_line
@@ -23,7 +24,6 @@ from sim.paper.studies import StudySpec, allocation_table, unit_cost_table
 from sim.runner import run_scenario
 from sim.sweep.run import run_sweep
 from sim.sweep.spec import CapacityConfig, SweepSpec
-from sim.sweep.store import atomic_write_text, remove_stale_temporaries
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "paper"
 PAPER_MARKER = "paper.json"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 import sim
+from sim.atomic import atomic_write_text
 from sim.config import validate
 from sim.errors import UserError
 from sim.records import CAPACITY_COLUMNS, SUMMARY_COLUMNS
@@ -23,7 +24,7 @@ from sim.sweep.execute import (
 )
 from sim.sweep.points import Point, check_size, expand
 from sim.sweep.spec import SweepSpec
-from sim.sweep.store import SweepStore, atomic_write_text
+from sim.sweep.store import SweepStore
 
 
 @dataclass
@@ -216,6 +217,26 @@ def _gain_of_dp(point_rows: pd.DataFrame, policy: str) -> dict:
     gains = (dp[both] / other[both] - 1) * 100
     mean, half, _ = mean_ci95(gains)
     return {"gain_of_dp_pct_mean": mean, "gain_of_dp_pct_ci95": half}
+
+
+def check_some_point_valid(spec: SweepSpec, base_raw: dict, base_dir: Path, source: str) -> None:
+    """Fail in one line, before any folder is made, when no point of the sweep validates
+    (a broken base scenario); a sweep with only some bad points runs and records them.
+
+    The base alone may be incomplete (a grid factor can supply a required value), so the
+    points are checked, stopping at the first good one; run_sweep prechecks them all anyway.
+    """
+    from sim.sweep.tasks import scenario_for
+
+    first_error = None
+    for task in _tasks(spec, expand(spec, 0), base_raw, base_dir, source):
+        try:
+            scenario_for(task)
+            return
+        except UserError as err:
+            first_error = first_error or err
+    if first_error is not None:
+        raise first_error
 
 
 def validate_base(base_raw: dict, base_dir: Path, source: str) -> None:

@@ -9,32 +9,15 @@ different hash means the results belong to another sweep.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from sim.atomic import atomic_write_text, remove_stale_temporaries
 from sim.errors import UserError
-from sim.output import PACKAGE, check_parents, os_error_line, stale_owner, temp_prefix
+from sim.output import PACKAGE, check_parents, os_error_line
 
 META = "sweep.json"
 KIND_SWEEP = "sweep"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a PID-tagged temporary sibling and an atomic rename.
-
-    The temporary is `.NAME.tmp-HOST-PID-XXXX`, so a later run can tell a dead writer's
-    leftover from a live one's (see `sim.output.stale_owner`).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_sweep_meta(meta: object) -> bool:
@@ -53,15 +36,6 @@ def read_meta(out_dir: Path) -> object:
         return json.loads((out_dir / META).read_text())
     except ValueError:
         return None
-
-
-def remove_stale_temporaries(folder: Path, untagged_too: bool = False) -> None:
-    """Remove files of `folder` that are temporaries of dead writers; with `untagged_too`,
-    also hidden files without an owner tag (temporaries of older versions, in tasks/)."""
-    for entry in folder.glob(".*"):
-        owner = stale_owner(entry.name)
-        if (owner is True or (owner is None and untagged_too)) and entry.is_file():
-            entry.unlink(missing_ok=True)
 
 
 class SweepStore:
