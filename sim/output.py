@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import math
+import os
 import secrets
 import shutil
 import tempfile
@@ -112,6 +113,22 @@ def check_parents(out_dir: Path) -> None:
             if not parent.is_dir():
                 raise UserError(f"{out_dir}: cannot create the folder: {parent} is not a folder")
             return
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse, before any work, an output file that could not be written: a folder in its
+    place, a file on its way (FILE/x.csv), or a nearest existing folder that takes no files
+    (probed with a temporary file, removed at once). Nothing is left behind."""
+    try:
+        check_parents(path)
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; give a file name")
+        folder = next(p for p in path.parents if p.exists())
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise os_error_line(path, err) from None
 
 
 def check_target(out_dir: Path) -> None:

@@ -719,3 +719,32 @@ def test_bad_sweep_file_is_one_line_and_leaves_nothing(sweep, expect, tmp_path, 
     for fragment in expect:
         assert fragment in err, (fragment, err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"),
+    [
+        (["--torch-device", "nonsense"], "--torch-device: 'nonsense' is not a torch device"),
+        (["--torch-device", "cuda:7"], "--torch-device: "),
+        (["-o", "/proc/x.csv"], "/proc/x.csv: cannot write the results here"),
+        (["-o", "{tmp}"], "is a folder; give a file name"),
+        (["-o", "{tmp}/file.txt/x.csv"], "is not a folder"),
+    ],
+    ids=["device_unknown", "device_absent", "proc", "folder", "below_a_file"],
+)
+def test_profile_refuses_bad_device_or_output_before_measuring(flags, expect, tmp_path, capsys):
+    pytest.importorskip("torch")
+    if "cuda" in flags[-1]:
+        import torch
+
+        if torch.cuda.device_count() > 7:
+            pytest.skip("this machine has a cuda:7")
+    (tmp_path / "file.txt").write_text("precious\n")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    out = [] if "-o" in flags else ["-o", str(tmp_path / "t.csv")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status = main(["profile", "--model", "gpt2", "--tokens", "8", *out, *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert expect in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from sim import limits as lim
+from sim.atomic import atomic_write_text
 from sim.errors import UserError
+from sim.output import check_output_file
 
 
 def add_profile_parser(sub) -> None:
@@ -68,6 +70,29 @@ def _model(ref: str):
     return get_model(ref, "--model")
 
 
+def _check_torch_device(name: str) -> None:
+    """`--torch-device` must name a device torch knows and this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(
+            f"--torch-device: '{name}' is not a torch device (cpu, cuda, cuda:1, mps ...)"
+        ) from None
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    count = getattr(backend, "device_count", None)
+    if available is None or not available():
+        raise UserError(f"--torch-device: no {device.type} device on this machine; use cpu")
+    if device.index is not None and count is not None and device.index >= count():
+        raise UserError(
+            f"--torch-device: {name}: this machine has {count()} {device.type} device(s)"
+        )
+
+
 def _memory_gb() -> float:
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
@@ -88,7 +113,10 @@ def run_profile(args: argparse.Namespace) -> int:
     if bad or not phases:
         raise UserError(f"--phases: expected forward, prefill, decode; got '{args.phases}'")
     spec = _model(args.model)
+    _check_torch_device(args.torch_device)
     out = Path(args.output)
+    check_output_file(out)  # before minutes of profiling
+    check_output_file(out.with_suffix(".yaml"))
     result = profile_to_files(
         spec, tokens, batches, phases, args.granularity == "sublayer", args.repeats,
         args.warmup, args.torch_device, args.device_name, args.threads, out,
@@ -117,7 +145,7 @@ def profile_to_files(spec, tokens, batches, phases, sublayer, repeats, warmup, t
     out.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame([r.__dict__ for r in rows])
     frame["seconds"] = frame["seconds"].map(lambda s: float(f"{s:.6g}"))
-    frame.to_csv(out, index=False)
+    atomic_write_text(out, frame.to_csv(index=False))
     table = read_cost_table(out)  # what users will load: check it round-trips
     fp32 = spec.model_copy(update={"weight_dtype": "fp32", "activation_dtype": "fp32"})
     w = work_rows(fp32, table)
@@ -138,7 +166,7 @@ def profile_to_files(spec, tokens, batches, phases, sublayer, repeats, warmup, t
         f"median relative error of the fitted roofline: {factors.median_rel_error:.1%}\n"
         "paste under `devices:` in a scenario (cost_table is relative to the scenario file)"
     )
-    yaml_path.write_text(device_yaml(device, comment))
+    atomic_write_text(yaml_path, device_yaml(device, comment))
     return (
         f"{len(frame)} rows -> {out}; device spec -> {yaml_path} "
         f"(achievable {factors.flops_per_s / 1e9:.1f} GFLOP/s, "
