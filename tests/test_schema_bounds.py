@@ -12,7 +12,9 @@ a numeric field without a bound fails `test_every_number_has_a_bound`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import signal
 import typing
@@ -610,3 +612,67 @@ def test_hostile_path_is_one_line(site, kind, tmp_path, capsys):
     assert status == 2, (status, err)
     one_line(err, "splitsim: error: ")
     assert not (tmp_path / "out").exists()
+
+
+# ---- valid values together -------------------------------------------------------------------
+
+# Fields whose values multiply the work (they have their own edge tests above).
+_WORK = {(sc.Scenario, "requests"), (sc.Scenario, "replications"), (sc.Scenario, "duration_s"),
+         (sc.ClientGroup, "count"), (sc.RequestClass, "service_s")}  # fmt: skip
+_COMBINABLE = [(c, n, b) for c in SITES for n, b in bounded_fields(c) if (c, n) not in _WORK]
+
+
+def _in_bound(b: Bound):
+    """A hypothesis strategy for values inside `b`, edges included, log-spread when wide."""
+    from hypothesis import strategies as st
+
+    lo = b.lo + (1 if b.integer else max(abs(b.lo), 1) * 1e-6) if b.lo_open else b.lo
+    if b.integer:
+        return st.one_of(st.sampled_from([int(lo), int(b.hi)]), st.integers(int(lo), int(b.hi)))
+    spread = st.floats(lo, b.hi, allow_nan=False, allow_infinity=False)
+    if lo > 0:
+        log = st.floats(math.log(lo), math.log(b.hi)).map(math.exp)
+        spread = st.one_of(spread, log.map(lambda v: b.parse(min(max(v, lo), b.hi))))
+    return st.one_of(st.sampled_from([lo, b.hi]), spread)
+
+
+def test_valid_values_together_run_or_are_one_line(tmp_path_factory):
+    """Three random in-range values at once (plus a policy pair and a discipline): the run
+    finishes, or refuses in one line (a combination the schema's per-field ranges cannot
+    see, such as a prompt longer than a model's context)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @st.composite
+    def scenarios(draw):
+        base = draw(st.sampled_from(["request", "token"]))
+        raw = copy.deepcopy(BASES[base])
+        for cls, name, b in draw(st.lists(st.sampled_from(_COMBINABLE), min_size=1, max_size=3)):
+            site = SITES[cls]
+            if site.template is not None:
+                set_dotted(raw, site.prefix, copy.deepcopy(site.template))
+            for key in site.clear.get(name, ()):
+                set_dotted(raw, f"{site.prefix}.{key}" if site.prefix else key, None)
+            value = draw(_in_bound(b))
+            value = {"fp16": value} if (cls, name) == (DeviceSpec, "peak_tflops") else value
+            set_dotted(raw, f"{site.prefix}.{name}" if site.prefix else name, value)
+        policies = ["dp", "greedy", "server_only", "dp_queue_aware", "best_cut", "client_only"]
+        raw["policies"] = draw(st.lists(st.sampled_from(policies), min_size=1, max_size=2,
+                                        unique=True))  # fmt: skip
+        raw["server"]["discipline"] = draw(st.sampled_from(["fifo", "edf"]))
+        return raw
+
+    @settings(max_examples=100, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(scenarios())
+    def check(raw):
+        tmp = tmp_path_factory.mktemp("combo")
+        path = write(tmp / "c.yaml", raw)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = run_with_limit(["run", str(path), "-o", str(tmp / "out"), "--quiet"])
+        assert status in (0, 2), err.getvalue()
+        if status == 2:
+            one_line(err.getvalue(), f"splitsim: error: {path}: ")
+
+    check()
