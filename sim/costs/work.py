@@ -155,45 +155,67 @@ def _attention_cost(model: ModelSpec, unit: Unit, p: Pass) -> tuple[float, float
     return flops, bytes_
 
 
-def _costs(model: ModelSpec, units: list[Unit], passes: dict[str, Pass]) -> np.ndarray:
-    """(L, 2) FLOPs and bytes; units of one kind and stack cost the same, so each is costed once."""
-    seen: dict[tuple[str, str], tuple[float, float]] = {}
-    out = np.empty((len(units), 2))
+@cache
+def _kinds(units: tuple[Unit, ...]) -> tuple[tuple[Unit, ...], np.ndarray]:
+    """One representative unit per (kind, stack), and each unit's representative index.
+
+    Units of one kind and stack cost the same in every pass, so a request's per-unit
+    arrays are its few representatives' values spread by this index (cached per chain).
+    """
+    first: dict[tuple[str, str], int] = {}
+    reps: list[Unit] = []
+    index = np.empty(len(units), np.intp)
     for i, u in enumerate(units):
         key = (u.kind, u.stack)
-        if key not in seen:
-            seen[key] = _unit_cost(model, u, passes[u.stack])
-        out[i] = seen[key]
-    return out
+        if key not in first:
+            first[key] = len(reps)
+            reps.append(u)
+        index[i] = first[key]
+    index.setflags(write=False)
+    return tuple(reps), index
 
 
-def _boundary_bytes(model: ModelSpec, units: list[Unit], passes: dict[str, Pass], memory: float):
+def _costs(model: ModelSpec, units: tuple[Unit, ...], passes: dict[str, Pass]) -> np.ndarray:
+    """(L, 2) FLOPs and bytes; units of one kind and stack cost the same, so each is costed once."""
+    reps, index = _kinds(units)
+    per_kind = np.array([_unit_cost(model, u, passes[u.stack]) for u in reps], float)
+    return per_kind.reshape(len(reps), 2)[index]
+
+
+def _boundary_bytes(
+    model: ModelSpec, units: tuple[Unit, ...], passes: dict[str, Pass], memory: float
+) -> np.ndarray:
     """Bytes crossing each boundary: input, hidden states (plus encoder memory), output."""
-    h, ab = model.hidden_size, model.act_bytes
+    reps, index = _kinds(units)
     out = np.zeros(len(units) + 1)
-    for b, unit in enumerate(units):
-        p = passes[unit.stack]
-        # Only decoder blocks cross-attend: the memory need not reach the head.
-        mem = memory if unit.stack == "dec" and unit.kind != "head" else 0.0
-        if p.tokens <= 0:
-            continue
-        if unit.kind == "embed":
-            if model.input == "image":
-                out[b] = model.channels * model.image_size**2 * PIXEL_BYTES  # type: ignore[operator]
-            else:
-                out[b] = p.tokens * TOKEN_ID_BYTES + mem
-        else:
-            out[b] = p.tokens * h * ab + mem
+    out[:-1] = np.array([_entry_bytes(model, u, passes[u.stack], memory) for u in reps])[index]
     last = passes[units[-1].stack]
     if model.head == "lm":
         out[-1] = last.out_tokens * TOKEN_ID_BYTES
     elif last.tokens > 0:
-        out[-1] = model.num_labels * ab
+        out[-1] = model.num_labels * model.act_bytes
     return out
 
 
-def _weight_bytes(model: ModelSpec, units: list[Unit]) -> np.ndarray:
-    return _cached_params(model, tuple(units)) * model.weight_bytes
+def _entry_bytes(model: ModelSpec, unit: Unit, p: Pass, memory: float) -> float:
+    """Bytes entering `unit` in a pass: its input (token ids, pixels or hidden states)."""
+    if p.tokens <= 0:
+        return 0.0
+    # Only decoder blocks cross-attend: the memory need not reach the head.
+    mem = memory if unit.stack == "dec" and unit.kind != "head" else 0.0
+    if unit.kind == "embed":
+        if model.input == "image":
+            return model.channels * model.image_size**2 * PIXEL_BYTES  # type: ignore[operator]
+        return p.tokens * TOKEN_ID_BYTES + mem
+    return p.tokens * model.hidden_size * model.act_bytes + mem
+
+
+@cache
+def _weight_bytes(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
+    """Bytes of each unit's weights (read-only: shared by every request of the model)."""
+    out = _cached_params(model, units) * model.weight_bytes
+    out.setflags(write=False)
+    return out
 
 
 @cache
@@ -203,9 +225,26 @@ def _cached_params(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     return params
 
 
-def _kv_per_token(model: ModelSpec, units: list[Unit]) -> np.ndarray:
+@cache
+def _kv_per_token(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
+    """KV-cache bytes per token of each unit (read-only, cached per model and chain)."""
     dkv = model.n_kv_heads * model.dim_head
-    return np.array([2 * dkv * model.act_bytes if u.has_attention else 0.0 for u in units])
+    out = np.array([2 * dkv * model.act_bytes if u.has_attention else 0.0 for u in units])
+    out.setflags(write=False)
+    return out
+
+
+@cache
+def _units(model: ModelSpec, granularity: Granularity) -> tuple[Unit, ...]:
+    """The model's chain of units, built once per (model, granularity)."""
+    return tuple(model_units(model, granularity))
+
+
+@cache
+def _is_dec(units: tuple[Unit, ...]) -> np.ndarray:
+    out = np.array([u.stack == "dec" for u in units])
+    out.setflags(write=False)
+    return out
 
 
 def request_work(
@@ -216,7 +255,7 @@ def request_work(
     granularity: Granularity = "block",
 ) -> RequestWork:
     """Work of one request: `forward` over `prompt_tokens`, or `generate` `output_tokens`."""
-    units = model_units(model, granularity)
+    units = _units(model, granularity)
     if model.input == "image":
         prompt_tokens = model.image_tokens
     if prompt_tokens < 1:
@@ -248,7 +287,7 @@ def _empty_steps(n: int) -> dict:
     )
 
 
-def _forward(model: ModelSpec, units: list[Unit], n: int) -> RequestWork:
+def _forward(model: ModelSpec, units: tuple[Unit, ...], n: int) -> RequestWork:
     causal = model.architecture != "encoder"
     span = n * (n + 1) / 2 if causal else float(n * n)
     out = n if model.head == "lm" else 0
@@ -264,7 +303,7 @@ def _forward(model: ModelSpec, units: list[Unit], n: int) -> RequestWork:
     costs = _costs(model, units, passes)
     kv = _kv_per_token(model, units) * 0.0  # a forward pass keeps no cache
     return RequestWork(
-        units=tuple(units),
+        units=units,
         pass_flops=costs[:, 0],
         pass_bytes=costs[:, 1],
         pass_runs=np.ones(len(units), bool),
@@ -275,7 +314,7 @@ def _forward(model: ModelSpec, units: list[Unit], n: int) -> RequestWork:
     )
 
 
-def _generate(model: ModelSpec, units: list[Unit], p: int, o: int) -> RequestWork:
+def _generate(model: ModelSpec, units: tuple[Unit, ...], p: int, o: int) -> RequestWork:
     L = len(units)
     enc_dec = model.architecture == "encoder_decoder"
     kv_tok = _kv_per_token(model, units)
@@ -289,7 +328,7 @@ def _generate(model: ModelSpec, units: list[Unit], p: int, o: int) -> RequestWor
         memory = p * model.hidden_size * model.act_bytes
         ctx_first, dec_tokens = 2, o
         loop_start = next(i for i, u in enumerate(units) if u.name == "dec.embed")
-        cross_kv = np.where([u.stack == "dec" for u in units], kv_tok * p, 0.0)
+        cross_kv = np.where(_is_dec(units), kv_tok * p, 0.0)
     else:
         prefill = {s: Pass(p, p * (p + 1) / 2, 0, p, out_tokens=1) for s in ("enc", "dec")}
         step = {s: Pass(1, 0, 0, 1, out_tokens=1) for s in ("enc", "dec")}
@@ -300,9 +339,9 @@ def _generate(model: ModelSpec, units: list[Unit], p: int, o: int) -> RequestWor
     c1 = _costs(model, units, _with_context(step, 1))
     act_step = _boundary_bytes(model, units, step, 0.0)
     act_step[loop_start] = 0.0  # the generated token arrives through the loop
-    is_dec = np.array([u.stack == "dec" for u in units])
+    is_dec = _is_dec(units)
     return RequestWork(
-        units=tuple(units),
+        units=units,
         pass_flops=pass_costs[:, 0],
         pass_bytes=pass_costs[:, 1],
         pass_runs=np.ones(L, bool),

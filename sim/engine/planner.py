@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sim.catalog.specs import DeviceSpec
 from sim.config import LoadedScenario
 from sim.costs import RequestWork, request_work
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
+from sim.split.build import device_unit_times_s
 from sim.split.phased import (
     DEADLINE_POLICIES,
     Phases,
@@ -97,6 +99,49 @@ class ProblemBook:
         self._work: dict[tuple, RequestWork] = {}
         self._problems: dict[tuple, RequestProblem] = {}
         self._linked: dict[tuple, RequestProblem] = {}
+        self._times: dict[tuple, np.ndarray] = {}  # (class, prompt, output, device id) -> s
+        self._prefill: dict[tuple, SplitProblem] = {}  # (class, group, prompt, link) -> problem
+
+    def unit_times_s(self, klass: int, prompt: int, output: int, device: DeviceSpec) -> np.ndarray:
+        """Seconds of each unit of a request size on a device, cached: the server's times
+        serve every client group, a prefill's every output length."""
+        key = (klass, prompt, output, id(device))
+        found = self._times.get(key)
+        if found is None:
+            cls = self.ld.scenario.workload.mix[klass]
+            work = self.work(klass, prompt, output)
+            model = self.ld.models[cls.model]
+            found = device_unit_times_s(work, model, device, cls.task, prompt)
+            self._times[key] = found
+        return found
+
+    def _problem(
+        self, klass: int, group: int, prompt: int, output: int, link: Link, deadline_s: float
+    ) -> SplitProblem:
+        """`build_problem` for a request size on a client group, with cached unit times."""
+        sc = self.ld.scenario
+        cls, grp = sc.workload.mix[klass], sc.clients[group]
+        client, server = self.ld.client_devices[group], self.ld.server_device
+        times = (
+            self.unit_times_s(klass, prompt, output, server),
+            self.unit_times_s(klass, prompt, output, client),
+        )
+        return build_problem(
+            self.ld.models[cls.model], cls.task, prompt, output, client, server, link,
+            deadline_s, resident=grp.resident, objective=self.split.objective,
+            granularity=self.split.granularity, work=self.work(klass, prompt, output),
+            times_s=times,
+        )  # fmt: skip
+
+    def _prefill_problem(self, klass: int, group: int, prompt: int, link: Link) -> SplitProblem:
+        """The prefill-only problem (one output token) of a prompt, shared by every output
+        length of that prompt (it depends on neither)."""
+        key = (klass, group, prompt, link)
+        found = self._prefill.get(key)
+        if found is None:
+            found = self._problem(klass, group, prompt, 1, link, 1.0)
+            self._prefill[key] = found
+        return found
 
     def work(self, klass: int, prompt: int, output: int) -> RequestWork:
         key = (klass, prompt, output)
@@ -141,11 +186,7 @@ class ProblemBook:
         work = self.work(klass, prompt, output)
         if link is None:
             link = Link(grp.link.uplink_mbps, grp.link.downlink_mbps, grp.link.rtt_ms)
-        problem = build_problem(
-            self.ld.models[cls.model], cls.task, prompt, output, self.ld.client_devices[group],
-            self.ld.server_device, link, cls.deadline_s or 1.0, resident=grp.resident,
-            objective=self.split.objective, granularity=self.split.granularity, work=work,
-        )  # fmt: skip
+        problem = self._problem(klass, group, prompt, output, link, cls.deadline_s or 1.0)
         deadline = cls.deadline_s
         if deadline is None and cls.deadline_factor is None:
             # token SLAs only: plan for the end-to-end time they allow together
@@ -160,12 +201,7 @@ class ProblemBook:
         problem = replace(problem, deadline=deadline * keep)
         phases = None
         if (cls.ttft_deadline_s or cls.tpot_deadline_s) and work.steps > 0:
-            first = build_problem(
-                self.ld.models[cls.model], cls.task, prompt, 1, self.ld.client_devices[group],
-                self.ld.server_device, link, 1.0, resident=grp.resident,
-                objective=self.split.objective, granularity=self.split.granularity,
-                work=self.work(klass, prompt, 1),
-            )  # fmt: skip
+            first = self._prefill_problem(klass, group, prompt, link)
             phases = split_phases(
                 problem, first, work.steps, (cls.ttft_deadline_s or 0) * keep,
                 (cls.tpot_deadline_s or 0) * keep, (cls.deadline_s or 0) * keep,
@@ -293,6 +329,11 @@ class Planner:
             whole = replace(whole, server_entry_time=pass_waits(rp.work, wait))
         if self.policy not in DEADLINE_POLICIES:
             return judge(whole, phases, solve(whole, self.policy))
+        if not whole.client_allowed.any():
+            # one placement (all on the server): every mix's search would return it
+            on_client = np.zeros(whole.n_units, bool)
+            on_client.setflags(write=False)
+            return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731
         return solve_phased(whole, phases, run)

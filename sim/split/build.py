@@ -50,6 +50,19 @@ def resident_units(work: RequestWork, resident, client: DeviceSpec) -> np.ndarra
     raise ValueError(f"resident must be all, none, fit or {{first: K}}, got {resident!r}")
 
 
+def device_unit_times_s(
+    work: RequestWork, model: ModelSpec, device: DeviceSpec, task: Task, prompt_tokens: int
+) -> np.ndarray:
+    """Seconds of each unit of `work` on `device`: its cost table where it covers the unit,
+    the roofline elsewhere."""
+    seconds = unit_times_s(work, device, model.activation_dtype)
+    if device.cost_table is None:
+        return seconds
+    from sim.costs.tables import table_unit_times_s
+
+    return table_unit_times_s(work, model, device, task, prompt_tokens, seconds)
+
+
 def build_problem(
     model: ModelSpec,
     task: Task,
@@ -63,18 +76,21 @@ def build_problem(
     objective: Objective = "server_time",
     granularity: Granularity = "block",
     work: RequestWork | None = None,
+    times_s: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SplitProblem:
-    """The placement problem of one request, times from the roofline (or a device's cost table)."""
+    """The placement problem of one request, times from the roofline (or a device's cost table).
+
+    `times_s` (server, client seconds per unit, from `device_unit_times_s`) skips timing
+    the work again: a caller planning many sizes shares a device's times between the
+    client groups and problems that use them.
+    """
     if work is None:
         work = request_work(model, task, prompt_tokens, output_tokens, granularity)
-    dtype = model.activation_dtype
-    server_time = unit_times_s(work, server, dtype)
-    client_time = unit_times_s(work, client, dtype)
-    if server.cost_table is not None or client.cost_table is not None:
-        from sim.costs.tables import table_unit_times_s
-
-        server_time = table_unit_times_s(work, model, server, task, prompt_tokens, server_time)
-        client_time = table_unit_times_s(work, model, client, task, prompt_tokens, client_time)
+    if times_s is None:
+        server_time = device_unit_times_s(work, model, server, task, prompt_tokens)
+        client_time = device_unit_times_s(work, model, client, task, prompt_tokens)
+    else:
+        server_time, client_time = times_s
     server_work = server_time if objective == "server_time" else work.total_flops()
     return SplitProblem(
         client_time=client_time,

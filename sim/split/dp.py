@@ -6,6 +6,12 @@ rounded *up* to the grid, so a placement that fits the discretised deadline also
 real one. Work is vectorised over the latency axis. With a generation loop (see
 `problem.py`) the DP runs once per location of the loop's start unit, so the loop's
 refund or extra crossing is known at the end.
+
+Nothing is searched where there is nothing to choose: when no unit may run on the client
+(`client_allowed` all false, e.g. `resident: none`) the only placement is all on the
+server, and `solve_dp` and `fastest_placement` return it directly (the DP's grid check of
+that one placement is a sum of integer steps, so the plan, its notes included, is the
+DP's).
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
         raise ValueError("time_step must be > 0")
     horizon = int(grid_steps(problem.deadline, step, up=False))
     g = _grid(problem, step)
+    if not problem.client_allowed.any():
+        return _server_only_plan(problem, g, horizon, step, name)
     starts = (0, 1) if problem.has_loop else (None,)
     best = None
     for start_on in starts:
@@ -158,9 +166,30 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
     return make_plan(problem, on_client, name, time_step=step)
 
 
-def fastest_placement(problem: SplitProblem) -> np.ndarray:
-    """The exact least-latency placement (ties: least server work); exact, no grid."""
+def _server_only_plan(problem: SplitProblem, g: dict, horizon: int, step: float, name: str):
+    """The DP's answer when no unit may run on the client: the one placement, all on the
+    server, found without a search. Its grid latency (the steps the DP would sum: entry,
+    every unit, the way back) decides, as in the DP, whether it fits on the grid or is
+    the fallback (the same placement, noted as a fallback)."""
     L = problem.n_units
+    end = g["dn_end_loop"] if problem.has_loop else int(g["dn"][L])
+    steps = int(g["up"][0]) + sum(g["cs"].tolist()) + end
+    on_server = np.zeros(L, bool)
+    if steps <= horizon:
+        return make_plan(problem, on_server, name, time_step=step)
+    reason = "no placement fits the deadline on the grid"
+    return make_plan(problem, on_server, name, fallback=True, reason=reason)
+
+
+def fastest_placement(problem: SplitProblem) -> np.ndarray:
+    """The exact least-latency placement (ties: least server work); exact, no grid.
+
+    With no unit allowed on the client the only placement (all on the server) is returned
+    without a search.
+    """
+    L = problem.n_units
+    if not problem.client_allowed.any():
+        return np.zeros(L, bool)
     entry = problem.entry_times
     best_key, best_oc = None, None
     starts = (0, 1) if problem.has_loop else (None,)

@@ -2,6 +2,11 @@
 
 Each policy takes a `SplitProblem` and returns a `Plan`. When nothing the policy considers
 meets the deadline it returns the least-latency placement with `feasible=False`.
+
+Planning costs nothing where nothing is searched: `server_only` and `client_only` declare
+their fixed placement (`FIXED_PLACEMENTS`) and evaluate it once, no DP; the searching
+policies skip their search when the problem leaves one placement (no unit allowed on the
+client: `solve_dp` and `fastest_placement` return all-on-the-server directly).
 """
 
 from __future__ import annotations
@@ -85,16 +90,37 @@ def dp_queue_aware(
     return make_plan(waited, problem.client_allowed, "dp_queue_aware", fallback=True, wait=True)
 
 
+def _all_server(problem: SplitProblem) -> np.ndarray:
+    return np.zeros(problem.n_units, bool)
+
+
+def _all_allowed_client(problem: SplitProblem) -> np.ndarray:
+    return problem.client_allowed.copy()
+
+
+# Policies that search nothing: their placement is read off the problem's arrays (and
+# evaluated once); only when it misses the deadline is the least-latency placement sought.
+FIXED_PLACEMENTS: dict[str, Callable[[SplitProblem], np.ndarray]] = {
+    "server_only": _all_server,
+    "client_only": _all_allowed_client,
+}
+
+
+def searches(policy: str) -> bool:
+    """Whether a policy searches placements (false: its placement is fixed by the problem)."""
+    return policy not in FIXED_PLACEMENTS
+
+
 @POLICIES.register("server_only")
 def server_only(problem: SplitProblem, **_) -> Plan:
     """Everything on the server: the baseline of conventional serving."""
-    return _finish(problem, np.zeros(problem.n_units, bool), "server_only")
+    return _finish(problem, _all_server(problem), "server_only")
 
 
 @POLICIES.register("client_only")
 def client_only(problem: SplitProblem, **_) -> Plan:
     """Everything on the client (server-only units, if any, stay on the server)."""
-    return _finish(problem, problem.client_allowed.copy(), "client_only")
+    return _finish(problem, _all_allowed_client(problem), "client_only")
 
 
 def _prefixes(problem: SplitProblem) -> np.ndarray:

@@ -28,10 +28,15 @@ import numpy as np
 
 
 def _vec(x, n: int, name: str, dtype=float) -> np.ndarray:
+    """`x` as a flat array of n entries; float entries must be finite and >= 0.
+
+    The check is two reductions (min >= 0 fails on NaN and -inf, max < inf on +inf):
+    problems are built per request size, so validation is on the planning path.
+    """
     a = np.asarray(x, dtype=dtype).reshape(-1)
     if a.shape != (n,):
         raise ValueError(f"{name} must have {n} entries, got {a.shape[0]}")
-    if dtype is float and (not np.all(np.isfinite(a)) or np.any(a < 0)):
+    if dtype is float and not (a.min() >= 0 and a.max() < np.inf):
         raise ValueError(f"{name} must be finite and >= 0")
     return a
 
