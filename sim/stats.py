@@ -37,3 +37,20 @@ def mean_ci95(values) -> tuple[float, float, int]:
         return mean, float("nan"), n
     half = t975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return mean, half, n
+
+
+def linear_percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """`np.percentile(values, qs)` (its default linear method), bit for bit, without its
+    per-call overhead: the token engine takes two percentiles of every request's gaps."""
+    v = np.sort(values)
+    last = v.shape[0] - 1
+    out = []
+    for q in qs:
+        at = (q / 100) * last
+        i = int(at // 1)
+        frac = at - i
+        lo, hi = v[i], v[min(i + 1, last)]
+        diff = hi - lo
+        out.append(float(hi - diff * (1 - frac) if frac >= 0.5 else lo + diff * frac))
+    return out
+

@@ -251,6 +251,11 @@ class SimulationConfig(Section):
         description="token: wait = reserve a request's final KV at admission; preempt = grow KV "
         "per token and preempt (recompute) the newest request when memory runs out",
     )
+    coalesce: bool = Field(
+        True,
+        description="token: advance runs of identical decode-only iterations as one event "
+        "(exact: the same results as stepping them, faster); false = step every iteration",
+    )
     max_in_flight: lim.IN_FLIGHT.optional = Field(
         100_000,
         description="memory-safe overload stop: when this many requests are in the system the "

@@ -129,6 +129,49 @@ class BatchCost:
         self._touched.clear()
         return total
 
+    def close_span(self, k: int) -> np.ndarray:
+        """Seconds of `k` decode-only iterations (resets the accumulators, like `close`).
+
+        The accumulated batch is the first iteration; in each following one every decode
+        step's context is one token longer, so per unit the summed context grows by the
+        number of steps on it. Each iteration's time is computed with the same operations,
+        in the same order, as `close` would compute it, so the span's times equal the times
+        of stepping the iterations one by one (bit for bit). Only decode steps may have
+        been added (no passes).
+        """
+        j = np.arange(k, dtype=float)[:, None]
+        per_model: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for g in self.groups:
+            if not g.active:
+                continue
+            n = np.cumsum(g.n_diff[:-1])
+            c = np.cumsum(g.c_diff[:-1])
+            cj = c + j * n  # summed context per iteration and unit (whole numbers)
+            m = g.model
+            if m not in per_model:
+                zeros = np.zeros((k, len(n)))
+                per_model[m] = (zeros, zeros.copy())
+            flops, nbytes = per_model[m]
+            flops += n * g.f0 + cj * g.f1
+            nbytes += n * g.b0 + cj * g.b1
+            self._used[m] |= n > 0
+            self._touched.add(m)
+            size = len(g.n_diff)
+            g.n_diff = [0] * size
+            g.c_diff = [0.0] * size
+            g.active = False
+        total = np.zeros(k)
+        for m in self._touched:
+            used = self._used[m]
+            flops, nbytes = per_model[m]
+            f = np.ascontiguousarray(flops[:, used])
+            b = np.ascontiguousarray(nbytes[:, used]) + self.weights[m][used]
+            t = np.maximum(f / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
+            total += t.sum(axis=1)
+            used[:] = False
+        self._touched.clear()
+        return total
+
 
 class LevelSeries:
     """A piecewise-constant level (batch size, KV bytes) with its change points."""
@@ -143,6 +186,18 @@ class LevelSeries:
         elif self.level[-1] != value:
             self.t.append(now)
             self.level.append(value)
+
+    def extend(self, times: np.ndarray, values: np.ndarray) -> None:
+        """`set` at each of the increasing `times` (all at or after the last change) in bulk."""
+        if not len(times):
+            return
+        if self.t[-1] == times[0]:
+            self.level[-1] = float(values[0])
+            times, values = times[1:], values[1:]
+        prev = np.concatenate(([self.level[-1]], values[:-1]))
+        keep = values != prev
+        self.t.frombytes(np.ascontiguousarray(times[keep], float).tobytes())
+        self.level.frombytes(np.ascontiguousarray(values[keep], float).tobytes())
 
     def mean(self, start_s: float, end_s: float) -> float:
         if end_s <= start_s:

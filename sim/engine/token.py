@@ -33,6 +33,7 @@ from sim.engine.resources import ServerPool
 from sim.engine.run import _AT_ARRIVAL, _DONE, _REJECTED, RunResult, Simulation
 from sim.engine.token_program import SERVER_LEG, TokenProgram, TokenRequest, build_program
 from sim.engine.token_server import TokenServer
+from sim.stats import linear_percentiles
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TokenSimulation(Simulation):
         self._tp_programs: dict[int, TokenProgram] = {}
         self._dev_free = [0.0] * sc.total_clients  # per client: when its device is free (s)
         self._last_finish = 0.0
+        self._coalesce = sc.simulation.coalesce
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -125,7 +127,11 @@ class TokenSimulation(Simulation):
         self.backlog_at_stop = int(
             np.sum(~(self.finish_s[arrived] <= self.stop_s) & (self.status[arrived] != _REJECTED))
         )
-        end_s = self.stop_s if self.overloaded else self._drain()  # overload stop: no drain
+        if self.overloaded:  # overload stop: no drain
+            end_s = self.stop_s
+            self.token_server.flush(end_s)
+        else:
+            end_s = self._drain()
         late = self.finish_s > end_s
         self.status[late] = 0
         self.finish_s[late] = np.nan
@@ -141,6 +147,7 @@ class TokenSimulation(Simulation):
         until = self.stop_s + drain_s
         if until > self.env.now:
             self.env.run(until=until)
+        self.token_server.flush(until)
         return until
 
     def _result(self, end_s: float) -> RunResult:
@@ -157,7 +164,7 @@ class TokenSimulation(Simulation):
         res.token = TokenStats(
             self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,
             ts.series_tokens, ts.series_batch, ts.series_kv, ts.kv_capacity,
-            ts.iterations, ts.preemptions, self.request_events + ts.visits,
+            ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events,
         )  # fmt: skip
         return res
 
@@ -170,6 +177,10 @@ class TokenSimulation(Simulation):
         else:
             prog = self._token_program(key)
         r = TokenRequest(i, prog, self._client[i], self.links[self._group[i]], self.env.now)
+        link = r.link
+        if self._coalesce and prog.span_ok and link.fixed and not self._observe:
+            r.span_ok = prog.step_out > 0  # as `_xfer` computes a token's way down:
+            r.down_s = link.serialisation_s(DOWN, prog.step_out, 0.0) + link.delay_s(1.0)
         if self.token_server.edf:
             r.priority = self.env.now + self._deadline[i]
         self.in_flight += 1
@@ -267,7 +278,7 @@ class TokenSimulation(Simulation):
         if times.size > 1:
             gaps = np.diff(times)
             self.tpot[i] = (times[-1] - times[0]) / (times.size - 1)
-            self.itl50[i], self.itl99[i] = np.percentile(gaps, [50, 99])
+            self.itl50[i], self.itl99[i] = linear_percentiles(gaps, (50, 99))
             self.itlmax[i] = gaps.max()
             self.gaps[i] = gaps
         self.in_flight -= 1

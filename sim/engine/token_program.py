@@ -34,7 +34,7 @@ class TokenProgram:
         "head_server", "loop_server", "steps", "ctx_first", "klass", "prompt", "output",
         "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
         "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
-        "loop_bytes", "server_units", "pass_first_server", "step_first_server",
+        "loop_bytes", "server_units", "pass_first_server", "step_first_server", "span_ok",
     )  # fmt: skip
 
 
@@ -120,6 +120,12 @@ def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> Non
     p.pass_first_server = min((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
     p.step_first_server = min((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
     p.step_has_server = p.step_last_server >= 0
+    # A decode step wholly on the server, the token sent down and the next step started on
+    # the server at once: its iterations can be coalesced (`TokenServer`'s decode spans).
+    p.span_ok = (
+        p.steps > 0 and len(p.step_legs) == 1 and p.step_legs[0][0] == SERVER_LEG
+        and p.head_server and p.loop_server
+    )  # fmt: skip
 
 
 class TokenRequest:
@@ -130,6 +136,7 @@ class TokenRequest:
         "i", "prog", "client", "link", "arrival", "k", "leg", "ctx", "generated", "times",
         "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
         "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
+        "span_ok", "down_s",
     )  # fmt: skip
 
     def __init__(self, i: int, prog: TokenProgram, client: int, link: LinkModel, arrival: float):
@@ -145,6 +152,8 @@ class TokenRequest:
         self.t_ready = arrival
         self.s_wait = self.s_busy = self.c_wait = self.c_busy = self.xfer = self.nbytes = 0.0
         self.done = self.chunk = 0  # prompt tokens of the current prefill visit done, taking
+        self.span_ok = False  # its decode iterations may be coalesced (set by the engine)
+        self.down_s = 0.0  # then: the fixed time of a token's transfer to the client (s)
 
     def token(self, t: float) -> None:
         """A token reached the client at time t."""

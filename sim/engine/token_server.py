@@ -20,6 +20,7 @@ is freed and, readmitted, it first recomputes its server units' KV over its cont
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,23 @@ from sim.engine.planner import ProblemBook
 from sim.engine.resources import ServerPool
 from sim.engine.token_program import TokenRequest
 from sim.errors import UserError
+
+
+class DecodeSpan:
+    """A run of decode-only iterations of one batch, advanced as one SimPy wait.
+
+    `d` holds the iterations' durations (s), `t` their start times and, at `t[k]`, the end
+    of the last; `k` shrinks when a visit becomes ready inside the span; `done` is the
+    event the server waits on (succeeded with the `tag` of the current end);
+    `ewma0` is the iteration-time EWMA after the first iteration began."""
+
+    __slots__ = ("batch", "d", "t", "k", "ewma0", "done", "tag")
+
+    def __init__(self, batch: list, d: np.ndarray, t: np.ndarray, k: int, ewma0: float,
+                 done: simpy.Event):  # fmt: skip
+        self.batch, self.d, self.t, self.k, self.ewma0 = batch, d, t, k, ewma0
+        self.done = done
+        self.tag: object | None = None
 
 
 def kv_capacity_bytes(ld: LoadedScenario, book: ProblemBook) -> float:
@@ -97,6 +115,9 @@ class TokenServer:
         self._tokens_done = 0.0
         self.iterations = 0
         self.preemptions = 0
+        self.coalesce = cfg.coalesce
+        self._span: DecodeSpan | None = None  # the decode span running, if any
+        self.span_events = 0  # token transfers of coalesced iterations (request events)
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -122,7 +143,13 @@ class TokenServer:
     def wait_per_pass_s(self) -> float:
         """The load-aware wait per pass through a server entry: the recent iteration time
         while the server iterates (a visit waits for the next iteration, then lasts one)."""
-        return 0.0 if self._wake is not None else self._iteration_ewma_s  # asleep: idle
+        if self._wake is not None:  # asleep: idle
+            return 0.0
+        span = self._span
+        if span is None:
+            return self._iteration_ewma_s
+        started = bisect.bisect_right(span.t, self.env.now, 0, span.k)  # iterations begun
+        return self._ewma_through(span.ewma0, span.d[1:started])
 
     # --- visits and the iteration loop ---------------------------------------------------
 
@@ -131,6 +158,9 @@ class TokenServer:
         r.t_ready = t
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, r))
+        span = self._span
+        if span is not None and t < span.t[span.k]:
+            self._cut_span(span, t)
         wake = self._wake
         if wake is not None and t < self._sleep_until:
             self._sleep_until = t
@@ -168,6 +198,10 @@ class TokenServer:
                 yield self._sleep(now)
                 self._wake = None
                 continue
+            k = self._span_length(batch) if self.coalesce else 1
+            if k > 1:
+                yield from self._run_span(batch, now, k)
+                continue
             dur_s, tokens = self._start_iteration(batch, now)
             yield env.timeout(dur_s)
             self._end_iteration(batch, dur_s, tokens)
@@ -187,13 +221,24 @@ class TokenServer:
     def _start_iteration(self, batch: list, now: float) -> tuple[float, float]:
         """Price the batch and record the iteration's start: (duration s, tokens)."""
         dur, tokens = self._price(batch)
+        self._begin(batch, now, dur)
+        return dur, tokens
+
+    def _begin(self, batch: list, now: float, dur_s: float) -> None:
+        """Record an iteration's start: the iteration-time EWMA, counts, batch and busy."""
         a = self._iteration_alpha
         ewma = self._iteration_ewma_s
-        self._iteration_ewma_s = dur if not self.iterations else a * dur + (1 - a) * ewma
+        self._iteration_ewma_s = dur_s if not self.iterations else a * dur_s + (1 - a) * ewma
         self.iterations += 1
         self.series_batch.set(now, len(batch))
         self.pool._change(0, 1)
-        return dur, tokens
+
+    def _ewma_through(self, ewma: float, durations) -> float:
+        """The iteration-time EWMA after iterations of `durations` began (as `_begin` folds)."""
+        a = self._iteration_alpha
+        for d in durations:
+            ewma = a * d + (1 - a) * ewma
+        return ewma
 
     def _end_iteration(self, batch: list, dur_s: float, tokens: float) -> None:
         """Record the iteration's end and continue each of its requests."""
@@ -351,6 +396,157 @@ class TokenServer:
         heapq.heappush(self._waiting, (-1.0 if not self.edf else victim.priority, self._seq,
                                        victim))  # fmt: skip
         self.pool._change(1, 0)
+
+    # --- decode spans ----------------------------------------------------------------------
+
+    def _span_length(self, batch: list) -> int:
+        """How many iterations, from this one, the formed batch repeats unchanged but for
+        every context growing by a token: 1 unless it is all decode steps of requests whose
+        steps stay on the server (`span_ok`); then up to the first request's last step and,
+        with `preempt`, up to the iteration whose KV growth would preempt."""
+        k = 1 << 62
+        for r in batch:
+            if not r.span_ok or r.k == 0 or r.recompute:
+                return 1
+            k = min(k, r.prog.steps - r.k + 1)
+        if self.preempt and k > 1:
+            k = self._kv_span_limit(batch, k)
+        return k
+
+    def _kv_span_limit(self, batch: list, k: int) -> int:
+        """With `preempt`, the iterations that surely grow KV without preempting.
+
+        Stepping checks, at each iteration, the KV in use (a float sum, request by request)
+        plus the batch's growth against the capacity. The span stops while that check is
+        still clear by a margin far above the sums' rounding (1e-9 of the capacity), so the
+        iterations near the boundary are stepped and decided exactly as stepping decides.
+        """
+        total = 0.0
+        for r in batch:
+            total += r.grow
+        if total <= 0:
+            return k
+        margin = self.kv_capacity * (1 - 1e-9) - total - self._kv_used
+        clear = int(margin // total) if margin > 0 else -1  # later iterations surely clear
+        return max(1, min(k, clear + 1))
+
+    def _run_span(self, batch: list, now: float, k: int):
+        """Run `k` decode-only iterations of `batch` as one SimPy wait (a generator to
+        `yield from`): their times in closed form, then every iteration but the last applied
+        in bulk (`_apply_silent`) and the last ended as a stepped one would end. A visit
+        that becomes ready meanwhile cuts the span at the first iteration it could join."""
+        d = self._price_span(batch, k)
+        t = np.cumsum(np.concatenate(([now], d)))  # iteration starts (then the last end)
+        heap = self._heap
+        if heap:  # a visit already waiting for its ready time joins the iteration after it
+            k = min(k, self._first_start_at_or_after(t, heap[0][0], k))
+        self._begin(batch, now, float(d[0]))
+        span = DecodeSpan(batch, d, t, k, self._iteration_ewma_s, self.env.event())
+        self._span = span
+        self._schedule_span_end(span)
+        yield span.done
+        self._span = None
+        k = span.k
+        self._apply_silent(span, k)
+        self._end_iteration(batch, float(d[k - 1]), float(len(batch)))
+
+    def _first_start_at_or_after(self, t: np.ndarray, ready_s: float, k: int) -> int:
+        """The first iteration j >= 1 of the span starting at or after `ready_s` (else k)."""
+        j = int(np.searchsorted(t[1:k], ready_s, side="left")) + 1
+        return min(j, k)
+
+    def _schedule_span_end(self, span: DecodeSpan) -> None:
+        """Wake the server at the span's end (a later cut schedules an earlier wake-up)."""
+        tag = span.tag = object()
+        tm = self.env.timeout(float(span.t[span.k]) - self.env.now)
+        tm.callbacks.append(lambda _e: self._span_end_reached(span, tag))
+
+    @staticmethod
+    def _span_end_reached(span: DecodeSpan, tag: object) -> None:
+        """A scheduled end fired: it ends the span unless a cut superseded it."""
+        if span.tag is tag and not span.done.triggered:
+            span.done.succeed()
+
+    def _cut_span(self, span: DecodeSpan, ready_s: float) -> None:
+        """A visit is ready at `ready_s` inside the span: end it at the first iteration the
+        visit can join (an iteration already begun cannot take it)."""
+        j = self._first_start_at_or_after(span.t, ready_s, span.k)
+        if j < span.k:
+            span.k = j
+            self._schedule_span_end(span)
+
+    def flush(self, now: float) -> None:
+        """The run ends at `now` inside a span: apply the iterations ended by then (for the
+        server's series and counts; requests in flight keep no results)."""
+        span = self._span
+        if span is not None:
+            begun = bisect.bisect_right(span.t, now, 0, span.k)
+            self._apply_silent(span, begun)
+            self._span = None
+
+    def _apply_silent(self, span: DecodeSpan, k: int) -> None:
+        """Apply iterations 0..k-2 of the span (their ends) and the starts of 1..k-1: what
+        stepping them does, in bulk. Token times and KV sums are computed as stepping
+        computes them; per-request busy and transfer sums agree to rounding."""
+        if k < 2:
+            return
+        batch, d, t = span.batch, span.d, span.t
+        n = k - 1
+        ends = t[1:k]
+        b = len(batch)
+        busy = float(np.sum(d[:n]))
+        self.pool.busy_time_total += busy
+        self.visits += b * n
+        self.span_events += b * n
+        self._seq += b * n
+        last_end = float(ends[-1])
+        for r in batch:
+            r.s_busy += busy
+            r.times.frombytes((ends + r.down_s).tobytes())
+            r.generated += n
+            r.xfer += r.down_s * n
+            r.nbytes += r.prog.step_out * n
+            r.k += n
+            r.ctx = r.prog.ctx_first + r.k - 1
+            r.t_ready = last_end
+        tokens = self._tokens_done + b * np.arange(1, n + 1, dtype=float)  # whole numbers
+        self.series_tokens.extend(ends, tokens)
+        self._tokens_done = float(tokens[-1])
+        self._iteration_ewma_s = self._ewma_through(span.ewma0, d[1:k].tolist())
+        self.iterations += n
+        if self.preempt:
+            self._grow_kv_silently(batch, ends)
+
+    def _grow_kv_silently(self, batch: list, ends: np.ndarray) -> None:
+        """KV growth of the span's silent iterations, summed request by request in
+        `_grow_kv`'s order (the same floats as stepping), and its series points."""
+        kv = self._kv_used
+        grows = [r.grow for r in batch]
+        trajectory = np.empty(len(ends))
+        for j in range(len(ends)):
+            for g in grows:
+                kv += g
+            trajectory[j] = kv
+        self._kv_used = kv
+        for r in batch:
+            held, g = r.kv, r.grow
+            for _ in range(len(ends)):
+                held += g
+            r.kv = held
+        self.series_kv.extend(ends, trajectory)
+
+    def _price_span(self, batch: list, k: int) -> np.ndarray:
+        """Durations (s) of the span's k iterations (see `BatchCost.close_span`)."""
+        costs: dict[BatchCost, None] = {}
+        for r in batch:
+            cost, m = r.prog.model
+            costs[cost] = None
+            self._add_visit(r, cost, m)
+        total = None
+        for c in costs:
+            d = c.close_span(k)
+            total = d if total is None else total + d
+        return total
 
     # --- pricing -------------------------------------------------------------------------
 
