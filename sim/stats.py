@@ -53,4 +53,3 @@ def linear_percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]
         diff = hi - lo
         out.append(float(hi - diff * (1 - frac) if frac >= 0.5 else lo + diff * frac))
     return out
-
