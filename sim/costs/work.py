@@ -24,9 +24,11 @@ Simplifications, stated once:
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
-from typing import Literal
+from functools import cache, wraps
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -43,6 +45,7 @@ from sim.costs.units import (
 )
 
 Task = Literal["forward", "generate"]
+T = TypeVar("T")
 TOKEN_ID_BYTES = 4  # int32 token ids on the wire
 PIXEL_BYTES = 1  # uint8 image pixels on the wire
 
@@ -155,7 +158,28 @@ def _attention_cost(model: ModelSpec, unit: Unit, p: Pass) -> tuple[float, float
     return flops, bytes_
 
 
-@cache
+def _by_identity(fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn` memoised on the identity of its arguments (models, unit chains, strings).
+
+    Request work is built per request size, so its size-free parts (the unit chain, the
+    per-kind index, weights, KV bytes per token) are built once per model; hashing a
+    model or a chain of units on every call would cost more than the work itself. The
+    arguments are kept alive with the result, so an identity is never reused.
+    """
+    memo: dict[tuple[int, ...], tuple[tuple, T]] = {}
+
+    @wraps(fn)
+    def cached(*args):
+        key = tuple(map(id, args))
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = (args, fn(*args))
+        return hit[1]
+
+    return cached
+
+
+@_by_identity
 def _kinds(units: tuple[Unit, ...]) -> tuple[tuple[Unit, ...], np.ndarray]:
     """One representative unit per (kind, stack), and each unit's representative index.
 
@@ -210,7 +234,7 @@ def _entry_bytes(model: ModelSpec, unit: Unit, p: Pass, memory: float) -> float:
     return p.tokens * model.hidden_size * model.act_bytes + mem
 
 
-@cache
+@_by_identity
 def _weight_bytes(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     """Bytes of each unit's weights (read-only: shared by every request of the model)."""
     out = _cached_params(model, units) * model.weight_bytes
@@ -225,7 +249,7 @@ def _cached_params(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     return params
 
 
-@cache
+@_by_identity
 def _kv_per_token(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     """KV-cache bytes per token of each unit (read-only, cached per model and chain)."""
     dkv = model.n_kv_heads * model.dim_head
@@ -234,13 +258,13 @@ def _kv_per_token(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     return out
 
 
-@cache
+@_by_identity
 def _units(model: ModelSpec, granularity: Granularity) -> tuple[Unit, ...]:
     """The model's chain of units, built once per (model, granularity)."""
     return tuple(model_units(model, granularity))
 
 
-@cache
+@_by_identity
 def _is_dec(units: tuple[Unit, ...]) -> np.ndarray:
     out = np.array([u.stack == "dec" for u in units])
     out.setflags(write=False)
@@ -255,7 +279,7 @@ def request_work(
     granularity: Granularity = "block",
 ) -> RequestWork:
     """Work of one request: `forward` over `prompt_tokens`, or `generate` `output_tokens`."""
-    units = _units(model, granularity)
+    units = _units(model, sys.intern(granularity) if isinstance(granularity, str) else granularity)
     if model.input == "image":
         prompt_tokens = model.image_tokens
     if prompt_tokens < 1:

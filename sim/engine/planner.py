@@ -327,8 +327,9 @@ class Planner:
         if wait:
             phases = with_waits(phases, wait, np.where(after_loop(rp.work), wait, 0.0))
             whole = replace(whole, server_entry_time=pass_waits(rp.work, wait))
-        if self.policy not in DEADLINE_POLICIES:
-            return judge(whole, phases, solve(whole, self.policy))
+        if self.policy not in DEADLINE_POLICIES:  # a plan made on `whole`: evaluated there
+            plan = solve(whole, self.policy)
+            return judge(whole, phases, plan, (plan.latency, plan.server_work))
         if not whole.client_allowed.any():
             # one placement (all on the server): every mix's search would return it
             on_client = np.zeros(whole.n_units, bool)

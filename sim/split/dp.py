@@ -153,6 +153,11 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
     g = _grid(problem, step)
     if not problem.client_allowed.any():
         return _server_only_plan(problem, g, horizon, step, name)
+    return _search(problem, g, horizon, step, name)
+
+
+def _search(problem: SplitProblem, g: dict, horizon: int, step: float, name: str) -> Plan:
+    """The DP proper: sweeps (one per location of the loop's start) and the trace-back."""
     starts = (0, 1) if problem.has_loop else (None,)
     best = None
     for start_on in starts:
@@ -187,9 +192,14 @@ def fastest_placement(problem: SplitProblem) -> np.ndarray:
     With no unit allowed on the client the only placement (all on the server) is returned
     without a search.
     """
-    L = problem.n_units
     if not problem.client_allowed.any():
-        return np.zeros(L, bool)
+        return np.zeros(problem.n_units, bool)
+    return _fastest_search(problem)
+
+
+def _fastest_search(problem: SplitProblem) -> np.ndarray:
+    """`fastest_placement`'s exact search over both locations of every unit."""
+    L = problem.n_units
     entry = problem.entry_times
     best_key, best_oc = None, None
     starts = (0, 1) if problem.has_loop else (None,)

@@ -126,10 +126,13 @@ def _start_theta(phases: Phases) -> float:
     return ttft / (ttft + phases.steps * tpot)
 
 
-def judge(whole: SplitProblem, phases: Phases, plan: Plan) -> Plan:
+def judge(
+    whole: SplitProblem, phases: Phases, plan: Plan, on_whole: tuple[float, float] | None = None
+) -> Plan:
     """`plan` on the whole request: its latency and work, feasible when it meets the TTFT,
-    the TPOT and any end-to-end limit."""
-    latency, work = evaluate(whole, plan.on_client)
+    the TPOT and any end-to-end limit. `on_whole` is the placement's (latency s, work) on
+    `whole` when the caller has it already (a plan made on `whole`): not evaluated again."""
+    latency, work = evaluate(whole, plan.on_client) if on_whole is None else on_whole
     ok = all(meets(phases, plan.on_client)) and latency <= phases.e2e_s * _FITS
     return Plan(plan.on_client, latency, work, bool(ok), plan.policy, plan.notes)
 
