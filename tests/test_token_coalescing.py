@@ -223,3 +223,41 @@ def test_vidur_like_run_equal_with_and_without_spans(policy, tmp_path):
                               "deadline_s": 3.0}]},
     }  # fmt: skip
     assert_same_tables(_tables(tmp_path, raw, True), _tables(tmp_path, raw, False))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**31))
+def test_span_prices_equal_stepped_prices_bit_for_bit(seed):
+    """`BatchCost.close_span(k)` gives, for random decode batches over random models, the
+    same floats as `close()` after each of k iterations with every context one longer."""
+    from sim.engine.batching import BatchCost
+
+    rng = np.random.default_rng(seed)
+    units = int(rng.integers(2, 40))
+    fast = BatchCost(1e12 + 1e14 * rng.random(), 1e11 + 1e12 * rng.random(), 1e-5)
+    ref = BatchCost(fast.flops_per_s, fast.bytes_per_s, fast.overhead_s)
+    for _ in range(int(rng.integers(1, 3))):
+        weights = rng.random(units) * 1e8
+        fast.add_model(weights)
+        ref.add_model(weights)
+    coeffs = [
+        (int(rng.integers(0, len(fast.weights))), *(rng.random(units) * 1e9 for _ in range(4)))
+        for _ in range(int(rng.integers(1, 4)))
+    ]
+    steps = []
+    for _ in range(int(rng.integers(1, 30))):
+        first = int(rng.integers(0, units))
+        steps.append((int(rng.integers(0, len(coeffs))), first,
+                      int(rng.integers(first + 1, units + 1)), int(rng.integers(1, 5000))))  # fmt: skip
+    k = int(rng.integers(1, 60))
+    g_fast = [fast.group(*c) for c in coeffs]
+    g_ref = [ref.group(*c) for c in coeffs]
+    for g, a, e, ctx in steps:
+        fast.add_step(g_fast[g], a, e, ctx)
+    span = fast.close_span(k)
+    stepped = []
+    for j in range(k):
+        for g, a, e, ctx in steps:
+            ref.add_step(g_ref[g], a, e, ctx + j)
+        stepped.append(ref.close())
+    assert np.array_equal(span, np.array(stepped))

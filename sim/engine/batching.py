@@ -140,33 +140,39 @@ class BatchCost:
         been added (no passes).
         """
         j = np.arange(k, dtype=float)[:, None]
-        per_model: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        steps = []  # (group, units on which it ran, summed context) of the active groups
         for g in self.groups:
             if not g.active:
                 continue
             n = np.cumsum(g.n_diff[:-1])
-            c = np.cumsum(g.c_diff[:-1])
-            cj = c + j * n  # summed context per iteration and unit (whole numbers)
-            m = g.model
-            if m not in per_model:
-                zeros = np.zeros((k, len(n)))
-                per_model[m] = (zeros, zeros.copy())
-            flops, nbytes = per_model[m]
-            flops += n * g.f0 + cj * g.f1
-            nbytes += n * g.b0 + cj * g.b1
-            self._used[m] |= n > 0
-            self._touched.add(m)
+            steps.append((g, n, np.cumsum(g.c_diff[:-1])))
+            self._used[g.model] |= n > 0
+            self._touched.add(g.model)
             size = len(g.n_diff)
             g.n_diff = [0] * size
             g.c_diff = [0.0] * size
             g.active = False
+        # Only the used units' columns: elementwise the same operations as `close`, so the
+        # per-iteration sums over them are the same floats.
+        per_model: dict[int, list[np.ndarray]] = {}
+        for g, n, c in steps:
+            used = self._used[g.model]
+            n, c = n[used], c[used]
+            cj = c + j * n  # summed context per iteration and unit (whole numbers)
+            flops = n * g.f0[used] + cj * g.f1[used]
+            nbytes = n * g.b0[used] + cj * g.b1[used]
+            acc = per_model.get(g.model)
+            if acc is None:
+                per_model[g.model] = [0.0 + flops, 0.0 + nbytes]
+            else:
+                acc[0] += flops
+                acc[1] += nbytes
         total = np.zeros(k)
         for m in self._touched:
             used = self._used[m]
             flops, nbytes = per_model[m]
-            f = np.ascontiguousarray(flops[:, used])
-            b = np.ascontiguousarray(nbytes[:, used]) + self.weights[m][used]
-            t = np.maximum(f / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
+            b = nbytes + self.weights[m][used]
+            t = np.maximum(flops / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
             total += t.sum(axis=1)
             used[:] = False
         self._touched.clear()
