@@ -201,6 +201,14 @@ def prepare(ld: LoadedScenario) -> tuple[ProblemBook, float]:
     return book, offered_rate(ld, _server_only_time(ld, book))
 
 
+def _offered(rate_per_s: float, arrivals: int, stop_s: float) -> float:
+    """The Poisson rate, or for a trace its arrivals over their span (NaN when they all
+    arrive at once: no span to divide by)."""
+    if np.isfinite(rate_per_s):
+        return rate_per_s
+    return arrivals / stop_s if stop_s > 0 else float("nan")
+
+
 def simulate(
     ld: LoadedScenario,
     progress: Callable[[int], None] | None = None,
@@ -220,7 +228,7 @@ def simulate(
             util = res.server.utilization(sc.warmup_s, res.end_s)
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
-            row["offered_rate_per_s"] = rate if np.isfinite(rate) else len(arrivals) / res.stop_s
+            row["offered_rate_per_s"] = _offered(rate, len(arrivals), res.stop_s)
             row["overload_stop_s"] = res.overload_stop_s  # NaN unless max_in_flight stopped it
             row.update(_token_row(frame, res, sc.warmup_s))
             summaries.append({"policy": policy, "replication": rep, **row})

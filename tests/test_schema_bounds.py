@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -676,3 +677,25 @@ def test_valid_values_together_run_or_are_one_line(tmp_path_factory):
             one_line(err.getvalue(), f"splitsim: error: {path}: ")
 
     check()
+
+
+@pytest.mark.parametrize("granularity", ["request", "token"])
+def test_a_trace_arriving_all_at_once_runs(granularity, tmp_path, capsys):
+    """Found by the token timeline test: every arrival at t = 0 left no span to divide the
+    offered rate by (a crash); the offered rate of such a trace is NaN."""
+    (tmp_path / "t.csv").write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n"
+                                    "0,16,3\n0,16,4\n0,32,2\n")  # fmt: skip
+    raw = copy.deepcopy(REQUEST_BASE)
+    raw.pop("requests")
+    raw["workload"]["arrival"] = {"kind": "trace", "path": "t.csv"}
+    raw["workload"]["mix"][0].update(task="generate", deadline_s=5)
+    raw["workload"]["mix"][0].pop("deadline_factor")
+    raw["workload"]["mix"][0].pop("prompt_tokens")
+    if granularity == "token":
+        raw["simulation"] = {"granularity": "token"}
+    path = write(tmp_path / "s.yaml", raw)
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "--quiet"]) == 0, (
+        capsys.readouterr()
+    )
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["completed"].eq(3).all() and summary["offered_rate_per_s"].isna().all()
