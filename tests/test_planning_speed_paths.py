@@ -27,7 +27,15 @@ from sim.costs.work import Pass, _unit_cost
 from sim.engine.planner import Planner, ProblemBook
 from sim.split import SplitProblem, build_problem, evaluate, solve
 from sim.split.build import Link
-from sim.split.dp import DEFAULT_STEPS, _fastest_search, _grid, _search, grid_steps, solve_dp
+from sim.split.dp import (
+    DEFAULT_STEPS,
+    _dp_sweeps,
+    _fastest_search,
+    _grid,
+    _search,
+    grid_steps,
+    solve_dp,
+)
 from sim.split.phased import judge, solve_phased
 from sim.split.policies import FIXED_PLACEMENTS, searches
 
@@ -220,3 +228,21 @@ def test_book_times_equal_build_problem(tmp_path):
                     assert np.array_equal(getattr(got, field), getattr(ref, field)), field
                 assert got.loop_uplink_time == ref.loop_uplink_time
     assert devices()  # the catalog loaded
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems())
+def test_sweeping_both_loop_starts_together_equals_each_alone(problem):
+    """`_dp_sweeps` of both loop-start locations at once equals each location's own sweep
+    (best work, end, location, choices), so `solve_dp` is the DP it was."""
+    step = problem.deadline / DEFAULT_STEPS
+    horizon = int(grid_steps(problem.deadline, step, up=False))
+    g = _grid(problem, step)
+    starts = (0, 1) if problem.has_loop else (None,)
+    together = _dp_sweeps(problem, g, horizon, starts)
+    for start_on, got in zip(starts, together, strict=True):
+        alone = _dp_sweeps(problem, g, horizon, (start_on,))[0]
+        assert (got is None) == (alone is None)
+        if got is not None:
+            assert got[:4] == alone[:4]
+            assert np.array_equal(got[4], alone[4]) and np.array_equal(got[5], alone[5])

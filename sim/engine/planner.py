@@ -5,6 +5,16 @@ default plans use nominal link values and are cached per request class; the engi
 realises them against queues and the actual link. Plans that depend on time (a load-aware
 policy's expected server wait, a non-nominal link estimate) are made at arrival by
 `Planner.get_at`, cached per quantised (wait, bandwidth) bucket.
+
+Planning cost: a run asks for one problem per distinct (class, group, prompt, output), so
+the book shares what does not depend on all four: unit times per (class, sizes, device)
+(the server's serve every client group), the prefill-only problem of token SLAs per
+(class, group, prompt) (every output length of a prompt), and request work keeps its
+size-free parts per model (`sim.costs.work`). Nothing is searched where nothing can be
+chosen: fixed policies (`server_only`, `client_only`) evaluate their placement once, and
+a problem with no unit allowed on the client (`resident: none`) takes its one placement
+without the DP or the token-SLA bisection. Every shortcut gives the general path's plan
+exactly (tests/test_planning_speed_paths.py).
 """
 
 from __future__ import annotations

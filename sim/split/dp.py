@@ -51,19 +51,30 @@ def _dp_pass(problem: SplitProblem, g: dict, horizon: int, start_on: int | None)
     """One DP sweep. start_on forces the loop-start unit to 0 (client) or 1 (server).
 
     Returns (best work, end time, end location, choice arrays) or None if nothing fits.
+    """
+    return _dp_sweeps(problem, g, horizon, (start_on,))[0]
+
+
+def _dp_sweeps(problem: SplitProblem, g: dict, horizon: int, starts: tuple) -> list:
+    """The DP sweeps of every start location at once, one row each; per row as `_dp_pass`.
+
     Per unit and location: new[t] = min(stay[t - run], switch[t - run - link]), marking in
     the choice array where the switch strictly won. Each state array is the upper half of
     a buffer whose lower half stays inf, so a shift by k is the view buf[n-k : 2n-k] and a
     location costs one `less` and one `minimum` (per-call overhead dominates at ~2000 steps).
+    The sweeps differ only at the loop's start unit, where a row's forbidden location is
+    reset to inf (and its choices to false), so sweeping the rows together halves the
+    calls with every element computed as in its own sweep.
     """
     L = problem.n_units
     n = horizon + 1
+    rows = len(starts)
     inf = np.inf
     less, minimum = np.less, np.minimum
-    cur_c, new_c, cur_s, new_s = np.full((4, 2 * n), inf)
-    cur_c[n] = 0.0  # time 0 on the client
-    from_s = np.zeros((L, n), bool)  # client entry came from the server
-    from_c = np.zeros((L, n), bool)  # server entry came from the client
+    cur_c, new_c, cur_s, new_s = np.full((4, rows, 2 * n), inf)
+    cur_c[:, n] = 0.0  # time 0 on the client
+    from_s = np.zeros((L, rows, n), bool)  # client entry came from the server
+    from_c = np.zeros((L, rows, n), bool)  # server entry came from the client
     cc, cs, up, dn = g["cc"], g["cs"], g["up"][:L], g["dn"]
     # Where each shifted view starts: buffer index n - min(shift, n).
     c_stay, c_switch = (n - np.minimum(cc, n)).tolist(), (n - np.minimum(cc + dn[:L], n)).tolist()
@@ -72,27 +83,45 @@ def _dp_pass(problem: SplitProblem, g: dict, horizon: int, start_on: int | None)
     allowed = problem.client_allowed.tolist()
     loop_start = problem.loop_start
     for u in range(L):
-        forced = start_on if u == loop_start else None
-        out = new_c[n:]
-        if allowed[u] and forced != 1:
+        at_start = u == loop_start
+        out = new_c[:, n:]
+        if allowed[u]:
             a, b = c_stay[u], c_switch[u]
-            stay, switch = cur_c[a : a + n], cur_s[b : b + n]
+            stay, switch = cur_c[:, a : a + n], cur_s[:, b : b + n]
             less(switch, stay, out=from_s[u])
             minimum(stay, switch, out=out)
+            if at_start:
+                _forbid(out, from_s[u], starts, 1)
         else:
             out.fill(inf)
-        out = new_s[n:]
-        if forced != 0:
-            a, b = s_stay[u], s_switch[u]
-            stay, switch = cur_s[a : a + n], cur_c[b : b + n]
-            less(switch, stay, out=from_c[u])
-            minimum(stay, switch, out=out)
-            out += work[u]
-        else:
-            out.fill(inf)
+        out = new_s[:, n:]
+        a, b = s_stay[u], s_switch[u]
+        stay, switch = cur_s[:, a : a + n], cur_c[:, b : b + n]
+        less(switch, stay, out=from_c[u])
+        minimum(stay, switch, out=out)
+        out += work[u]
+        if at_start:
+            _forbid(out, from_c[u], starts, 0)
         cur_c, new_c = new_c, cur_c
         cur_s, new_s = new_s, cur_s
-    cur_c, cur_s = cur_c[n:], cur_s[n:]
+    return [
+        _sweep_end(g, cur_c[r, n:], cur_s[r, n:], from_s[:, r], from_c[:, r], start_on, L)
+        for r, start_on in enumerate(starts)
+    ]
+
+
+def _forbid(out: np.ndarray, choice: np.ndarray, starts: tuple, start_on: int) -> None:
+    """Rows whose loop start is forced to `start_on` have no state at the other location."""
+    for r, s in enumerate(starts):
+        if s == start_on:
+            out[r].fill(np.inf)
+            choice[r].fill(False)
+
+
+def _sweep_end(g: dict, cur_c, cur_s, from_s, from_c, start_on, L: int):
+    """A sweep's best end: back on the client with the least work (then the least time)."""
+    n = cur_c.shape[0]
+    dn = g["dn"]
     end_c_shift = g["loop_up"] if start_on == 1 else 0
     end_s_shift = g["dn_end_loop"] if start_on == 1 else int(dn[L])
     end_c = np.full(n, np.inf)
@@ -160,8 +189,7 @@ def _search(problem: SplitProblem, g: dict, horizon: int, step: float, name: str
     """The DP proper: sweeps (one per location of the loop's start) and the trace-back."""
     starts = (0, 1) if problem.has_loop else (None,)
     best = None
-    for start_on in starts:
-        found = _dp_pass(problem, g, horizon, start_on)
+    for found in _dp_sweeps(problem, g, horizon, starts):
         if found and (best is None or (found[0], found[1]) < (best[0], best[1])):
             best = found
     if best is None:

@@ -90,8 +90,9 @@ class SplitProblem:
     @property
     def entry_times(self) -> np.ndarray | float:
         """Cost of a client -> server switch at each boundary: uplink plus expected wait."""
-        if np.any(self.server_entry_time):
-            return self.uplink_time + self.server_entry_time
+        entry = self.server_entry_time
+        if entry.any() if isinstance(entry, np.ndarray) else entry != 0:
+            return self.uplink_time + entry
         return self.uplink_time
 
     @property
@@ -128,9 +129,11 @@ def evaluate_many(problem: SplitProblem, on_client: np.ndarray) -> tuple[np.ndar
         oc = oc[None, :]
     on_server = ~oc
     compute = np.where(oc, problem.client_time, problem.server_time).sum(axis=1)
-    path = np.concatenate([np.ones((oc.shape[0], 1), bool), oc, np.ones((oc.shape[0], 1), bool)], 1)
-    up = path[:, :-1] & ~path[:, 1:]  # client before boundary b, server after
-    down = ~path[:, :-1] & path[:, 1:]
+    path = np.ones((oc.shape[0], oc.shape[1] + 2), bool)  # the client at both ends
+    path[:, 1:-1] = oc
+    off = ~path
+    up = path[:, :-1] & off[:, 1:]  # client before boundary b, server after
+    down = off[:, :-1] & path[:, 1:]
     links = up.astype(float) @ problem.entry_times + down.astype(float) @ problem.downlink_time
     latency = compute + links
     if problem.has_loop:
