@@ -183,7 +183,7 @@ class ProblemBook:
         if found is None:
             nominal = self.get(klass, group, prompt, output)
             built = self._build(klass, group, prompt, output, Link(up_mbps, down_mbps, cfg.rtt_ms))
-            problem = replace(built.problem, deadline=nominal.problem.deadline)
+            problem = built.problem.with_deadline(nominal.problem.deadline)
             found = RequestProblem(problem, built.work, nominal.deadline_s, built.phases)
             self._linked[key] = found
         return found
@@ -208,7 +208,7 @@ class ProblemBook:
             deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]
         # plans aim at the SLA less the slack kept for queueing and link variation
         keep = 1 - self.split.slack_fraction
-        problem = replace(problem, deadline=deadline * keep)
+        problem = problem.with_deadline(deadline * keep)
         phases = None
         if (cls.ttft_deadline_s or cls.tpot_deadline_s) and work.steps > 0:
             first = self._prefill_problem(klass, group, prompt, link)
@@ -266,7 +266,9 @@ class Planner:
     plans with the server's expected wait) or a non-nominal `split.link_estimate`.
     """
 
-    def __init__(self, book: ProblemBook, policy: str):
+    def __init__(
+        self, book: ProblemBook, policy: str, *, wait_per_pass: bool = False, shed: bool = True
+    ):
         self.book = book
         self.policy = policy
         self.time_step_s = book.split.time_step_s
@@ -277,8 +279,8 @@ class Planner:
         self._dynamic: dict[tuple, PlannedRequest] = {}
         # token granularity: the server's wait recurs on every pass through an entry, and
         # a load-aware policy does not shed load to the client (see dp_queue_aware)
-        self.wait_per_pass = False
-        self.shed = True
+        self.wait_per_pass = wait_per_pass
+        self.shed = shed
 
     def get(self, klass: int, group: int, prompt: int, output: int) -> PlannedRequest:
         key = (klass, group, prompt, output)

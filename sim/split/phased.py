@@ -74,7 +74,7 @@ def split_phases(
     )
     inf = float("inf")
     return Phases(
-        replace(prefill, deadline=np.inf), step, steps, ttft_s or inf, tpot_s or inf, e2e_s or inf
+        prefill.with_deadline(np.inf), step, steps, ttft_s or inf, tpot_s or inf, e2e_s or inf
     )
 
 

@@ -22,6 +22,7 @@ passes cross the boundary: once for a forward pass, once per decode step after t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,15 @@ class SplitProblem:
             raise ValueError("server_entry_time must be finite and >= 0")
         if self.loop_downlink_time > self.downlink_time[n] + 1e-12:
             raise ValueError("loop_downlink_time is part of downlink_time[L] and cannot exceed it")
+
+    def with_deadline(self, deadline: float) -> SplitProblem:
+        """This problem with another deadline (s; > 0, may be inf): `replace` without
+        validating the unchanged arrays again (planning re-targets one problem per size)."""
+        if not (deadline > 0):
+            raise ValueError("deadline must be > 0")
+        out = copy.copy(self)
+        object.__setattr__(out, "deadline", deadline)
+        return out
 
     @property
     def n_units(self) -> int:
