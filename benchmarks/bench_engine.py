@@ -38,6 +38,7 @@ from sim.config import validate
 from sim.engine.planner import CLIENT, SERVER, XFER, Planner, ProblemBook
 from sim.engine.run import Simulation
 from sim.engine.workload import Streams, generate_arrivals, replication_seeds
+from sim.records import RequestStatus
 
 TARGET_RATIO = 0.4
 MEMORY_LIMIT_MB = 1024.0
@@ -132,9 +133,8 @@ def fill_plans(ld, arrivals, book: ProblemBook, policy: str):
 
 
 def make_simulation(ld, arrivals, streams, book, planner) -> Simulation:
-    sim_ = Simulation(ld, "dp", arrivals, streams.jitter_seed, book)
-    sim_.planner = planner  # plans already built: time the engine alone
-    return sim_
+    # plans already built: time the engine alone
+    return Simulation(ld, "dp", arrivals, streams.jitter_seed, book, planner=planner)
 
 
 def time_splitsim(ld, arrivals, streams, book, planner):
@@ -297,14 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         tracemalloc.stop()
 
     server = res.server
-    change_mb = (
-        sum(a.itemsize * len(a) for a in (server.change_t, server.change_busy, server.change_queue))
-        / 2**20
-    )
+    series = (server.busy.t, server.busy.level, server.queue.t, server.queue.level)
+    change_mb = sum(a.itemsize * len(a) for a in series) / 2**20
     sim_med, bare_med = statistics.median(sim_times), statistics.median(bare_times)
     sim_rate, bare_rate = n / sim_med, n / bare_med
     ratio = sim_rate / bare_rate
-    done = res.status == 1
+    done = res.status == RequestStatus.COMPLETED
     latency = res.finish_s - arrivals.time_s
     util = server.utilization(0.0, res.end_s)
 
@@ -354,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     row("peak RSS after cold splitsim run (MB)", f"{rss_after_sim:.1f}")
     row("peak RSS, whole benchmark (MB)", f"{rss_peak:.1f}", "OK" if ok_mem else "ABOVE 1 GB")
     row("tracemalloc peak, one splitsim run (MB)", f"{tm_peak_mb:.1f}")
-    row("server change arrays (MB / points)", f"{change_mb:.2f}", f"{len(server.change_t):,}")
+    row("server change arrays (MB / points)", f"{change_mb:.2f}", f"{len(server.busy.t):,}")
     print(rule)
 
     if args.profile:

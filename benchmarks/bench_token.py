@@ -10,7 +10,7 @@ policy on one core; planning under 10 % of the whole for every policy.
 
 Planning is timed apart from the simulation: each policy starts from a fresh
 `ProblemBook` (so its planning includes building the placement problems), static plans
-are built before the timed run (`_prepare`), and plans made at arrival (dp_queue_aware)
+are built before the timed run (`prepare`), and plans made at arrival (dp_queue_aware)
 are timed inside the run (every `Planner.get_at` call) and counted as planning, not
 simulation.
 
@@ -30,6 +30,7 @@ from sim.config import load_scenario
 from sim.engine.planner import ProblemBook
 from sim.engine.token import TokenSimulation
 from sim.engine.workload import Streams, generate_arrivals, replication_seeds
+from sim.records import RequestStatus
 
 SCENARIO = {
     "name": "bench_token",
@@ -108,11 +109,10 @@ def main() -> None:
         book = ProblemBook(ld)  # fresh: planning includes building the problems
         t0 = time.perf_counter()
         warm = TokenSimulation(ld, policy, arrivals, streams.jitter_seed, book)
-        warm._prepare()  # builds every static plan once (cached in the book and planner)
+        warm.prepare()  # builds every static plan once (cached in the book and planner)
         planner = warm.planner
         prepare_s = time.perf_counter() - t0
-        sim_ = TokenSimulation(ld, policy, arrivals, streams.jitter_seed, book)
-        sim_.planner = planner
+        sim_ = TokenSimulation(ld, policy, arrivals, streams.jitter_seed, book, planner=planner)
         at_arrival = _time_calls(planner, "get_at")
         t0 = time.perf_counter()
         res = sim_.run()
@@ -120,7 +120,7 @@ def main() -> None:
         plan_s = prepare_s + at_arrival[0]
         share = plan_s / (plan_s + wall)
         tok = res.token
-        done = int((res.status == 1).sum())
+        done = int((res.status == RequestStatus.COMPLETED).sum())
         print(
             f"{policy:14s} wall {wall:6.1f} s  planning {plan_s:5.2f} s ({share:5.1%} of "
             f"{plan_s + wall:.1f} s)  plans {planner.cached_plans}  completed {done}  "

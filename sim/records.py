@@ -6,6 +6,10 @@ This module imports nothing from the engine so analysis code may import it.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+import numpy as np
+
 # Per-request record (requests.csv): one row per request and policy.
 REQUEST_COLUMNS: tuple[str, ...] = (
     "policy",
@@ -49,6 +53,37 @@ REQUEST_COLUMNS: tuple[str, ...] = (
 STATUS_COMPLETED = "completed"
 STATUS_REJECTED = "rejected"
 STATUS_IN_FLIGHT = "in_flight"
+
+
+class RequestStatus(IntEnum):
+    """Where a request ended: the engines' status codes (int8 per-request arrays) and the
+    strings the `status` column writes for them."""
+
+    IN_FLIGHT = 0  # still in the system when the run ended (or never finished)
+    COMPLETED = 1
+    REJECTED = 2  # lost: the server queue was full, or its KV cache can never fit
+
+    @property
+    def label(self) -> str:
+        """The `status` column's string for this code."""
+        return _STATUS_LABELS[self]
+
+
+_STATUS_LABELS = {
+    RequestStatus.IN_FLIGHT: STATUS_IN_FLIGHT,
+    RequestStatus.COMPLETED: STATUS_COMPLETED,
+    RequestStatus.REJECTED: STATUS_REJECTED,
+}
+
+
+def status_labels(codes: np.ndarray) -> np.ndarray:
+    """The `status` column of an array of `RequestStatus` codes."""
+    return np.where(
+        codes == RequestStatus.COMPLETED,
+        STATUS_COMPLETED,
+        np.where(codes == RequestStatus.REJECTED, STATUS_REJECTED, STATUS_IN_FLIGHT),
+    )
+
 
 # Per-policy summary (summary.csv / summary.json): one row per policy and replication.
 SUMMARY_COLUMNS: tuple[str, ...] = (

@@ -17,18 +17,17 @@ import pandas as pd
 import sim
 from sim.config import LoadedScenario, effective_dict
 from sim.engine.planner import ProblemBook
-from sim.engine.run import RunResult, Simulation
-from sim.engine.token import TokenSimulation
+from sim.engine.recorder import RunResult
+from sim.engine.registry import engine_for
 from sim.engine.workload import Streams, generate_arrivals, offered_rate, replication_seeds
 from sim.errors import UserError
 from sim.output import KIND_RUN, PendingResult, failure_error, os_error_line
 from sim.records import (
     REQUEST_COLUMNS,
-    STATUS_COMPLETED,
-    STATUS_IN_FLIGHT,
-    STATUS_REJECTED,
     SUMMARY_COLUMNS,
     TIMESERIES_COLUMNS,
+    RequestStatus,
+    status_labels,
 )
 from sim.summary import TOKEN_SUMMARY_KEYS, summarize, token_summary
 
@@ -53,24 +52,21 @@ def scenario_hash(effective: dict) -> str:
 def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame:
     sc, arr = ld.scenario, res.arrivals
     mix, groups = sc.workload.mix, sc.clients
-    status = np.where(
-        res.status == 1,
-        STATUS_COMPLETED,
-        np.where(res.status == 2, STATUS_REJECTED, STATUS_IN_FLIGHT),
-    )
+    status = status_labels(res.status)
+    completed = res.status == RequestStatus.COMPLETED
     latency = res.finish_s - arr.time_s
     n = len(arr)
     nan = np.full(n, np.nan)
     tok = res.token
     ttft_dl = np.array([c.ttft_deadline_s or np.nan for c in mix], float)[arr.klass]
     tpot_dl = np.array([c.tpot_deadline_s or np.nan for c in mix], float)[arr.klass]
-    sla_met = (res.status == 1) & (latency <= res.deadline_s)
+    sla_met = completed & (latency <= res.deadline_s)
     if tok is not None:  # every SLA the class gives must hold
         e2e = np.array([c.deadline_s is not None or c.deadline_factor is not None for c in mix])
         ok_e2e = ~e2e[arr.klass] | (latency <= res.deadline_s)
         ok_ttft = np.isnan(ttft_dl) | (tok.ttft_s <= ttft_dl)
         ok_tpot = np.isnan(tpot_dl) | np.isnan(tok.tpot_s) | (tok.tpot_s <= tpot_dl)
-        sla_met = (res.status == 1) & ok_e2e & ok_ttft & ok_tpot
+        sla_met = completed & ok_e2e & ok_ttft & ok_tpot
     cols = {
         "policy": res.policy,
         "replication": replication,
@@ -151,8 +147,8 @@ def server_only_capacity(ld: LoadedScenario) -> float:
 
 
 def _engine(ld: LoadedScenario) -> type:
-    """The engine of the scenario's granularity."""
-    return TokenSimulation if ld.scenario.simulation.granularity == "token" else Simulation
+    """The engine of the scenario's granularity (`sim.engine.registry`)."""
+    return engine_for(ld.scenario.simulation.granularity)
 
 
 def _replication_arrivals(ld: LoadedScenario, rep: int, rate: float):
@@ -179,8 +175,7 @@ def _token_row(frame: pd.DataFrame, res: RunResult, warmup_s: float) -> dict:
     row = token_summary(frame, warmup_s, res.end_s, tok.gaps)
     window = res.end_s - warmup_s
     tokens = tok.server_tokens
-    done_by = lambda t: float(np.asarray(tokens.level)[np.asarray(tokens.t) <= t][-1])  # noqa: E731
-    served = done_by(res.end_s) - done_by(warmup_s)
+    served = tokens.at(res.end_s) - tokens.at(warmup_s)
     row["server_tokens_per_s"] = served / window if window > 0 else float("nan")
     row["batch_size_mean"] = tok.batch.mean(warmup_s, res.end_s)
     row["batch_size_max"] = tok.batch.max(warmup_s, res.end_s)

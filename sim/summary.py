@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sim.records import STATUS_COMPLETED, STATUS_REJECTED
+from sim.records import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED
 
 
 def summarize(
@@ -36,7 +36,7 @@ def summarize(
         "completed": len(done),
         "rejected": int((df["status"] == STATUS_REJECTED).sum()),
         "backlog_at_stop": int(backlog_at_stop),
-        "in_flight_at_end": int((frame["status"] == "in_flight").sum()),
+        "in_flight_at_end": int((frame["status"] == STATUS_IN_FLIGHT).sum()),
         "duration_s": window_s,
         "throughput_rps": len(done) / window_s if window_s > 0 else float("nan"),
         "server_utilization": server_utilization,

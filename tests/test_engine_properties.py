@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.config import LoadedScenario, validate
-from sim.records import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED
+from sim.records import STATUS_COMPLETED, STATUS_IN_FLIGHT, STATUS_REJECTED, RequestStatus
 from sim.runner import run_one, run_scenario, simulate
 
 POLICIES = ["dp", "greedy", "greedy_ratio", "best_cut", "server_only", "client_only"]
@@ -203,7 +203,7 @@ def test_server_busy_time_matches_its_integral(data, bandwidth_trace):
     for policy in sc.policies:
         res = run_one(ld, policy, 0)
         pool = res.server
-        done = res.status == 1
+        done = res.status == RequestStatus.COMPLETED
         tol = 1e-9 * max(1.0, pool.busy_time_total)
         recorded = float(res.server_busy_s[done].sum())
         # the time-weighted average over the whole run is the integral over its length
@@ -218,7 +218,7 @@ def test_server_busy_time_matches_its_integral(data, bandwidth_trace):
             assert pool.busy_integral >= pool.busy_time_total - tol
             assert recorded <= pool.busy_time_total + tol
         if all(c.task == "synthetic" for c in sc.workload.mix) and sc.server.max_queue:
-            assert max(pool.change_queue) <= sc.server.max_queue
+            assert max(pool.queue.level) <= sc.server.max_queue
 
 
 RECORD_ARRAYS = (
@@ -259,7 +259,8 @@ def test_logged_run_matches_the_fast_path_and_its_log_is_ordered(data, bandwidth
         assert ts == sorted(ts)
         assert events[0] == (fast.arrivals.time_s[i], "arrive")
         last = events[-1][1]
-        expected_last = {1: "done", 2: "reject"}.get(int(fast.status[i]))
+        final = {RequestStatus.COMPLETED: "done", RequestStatus.REJECTED: "reject"}
+        expected_last = final.get(RequestStatus(fast.status[i]))
         if expected_last:
             assert last == expected_last
         else:
@@ -424,9 +425,10 @@ def test_requests_beyond_max_queue_are_rejected_and_counted():
     res = run_one(ld, "server_only", 0, log)
     assert res.arrivals.time_s[-1] < res.arrivals.service_s[0]
     # job 0 holds the slot, jobs 1-3 fill the queue, the other six find it full
-    assert res.status.tolist() == [1, 1, 1, 1] + [2] * 6
+    done, lost = RequestStatus.COMPLETED, RequestStatus.REJECTED
+    assert res.status.tolist() == [done] * 4 + [lost] * 6
     assert [i for _, event, i in log if event == "reject"] == list(range(4, 10))
-    assert max(res.server.change_queue) == 3
+    assert max(res.server.queue.level) == 3
     row = simulate(ld).summary.iloc[0]
     assert (row["requests"], row["completed"], row["rejected"]) == (10, 4, 6)
 
@@ -438,7 +440,8 @@ def test_max_queue_counts_requests_arriving_at_the_same_instant(tmp_path):
     del raw["requests"]
     raw["workload"]["arrival"] = {"kind": "trace", "path": str(trace)}
     res = run_one(loaded(raw), "server_only", 0)
-    assert res.status.tolist() == [1, 1, 2, 2, 2]
+    done, lost = RequestStatus.COMPLETED, RequestStatus.REJECTED
+    assert res.status.tolist() == [done, done, lost, lost, lost]
 
 
 def test_short_drain_leaves_requests_in_flight_and_counts_them():
@@ -447,7 +450,7 @@ def test_short_drain_leaves_requests_in_flight_and_counts_them():
     ld = loaded(raw)
     res = run_one(ld, "server_only", 0)
     assert res.end_s == pytest.approx(res.stop_s + 0.5)
-    in_flight = int((res.status == 0).sum())
+    in_flight = int((res.status == RequestStatus.IN_FLIGHT).sum())
     assert in_flight > 0 and res.backlog_at_stop >= in_flight
     result = simulate(ld)
     row = result.summary.iloc[0]
@@ -463,7 +466,7 @@ def test_zero_drain_stops_at_the_last_arrival():
     raw["drain_s"] = 0.0
     res = run_one(loaded(raw), "server_only", 0)
     assert res.end_s == res.stop_s
-    assert (res.status == 0).sum() == res.backlog_at_stop
+    assert (res.status == RequestStatus.IN_FLIGHT).sum() == res.backlog_at_stop
 
 
 def test_rejections_are_not_counted_as_offload():

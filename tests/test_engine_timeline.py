@@ -24,6 +24,7 @@ from sim.config import LoadedScenario, validate
 from sim.engine.planner import PlannedRequest, ProblemBook, plan_segments
 from sim.engine.run import Simulation
 from sim.engine.workload import Streams, generate_arrivals, replication_seeds
+from sim.records import RequestStatus
 from sim.runner import run_one
 from sim.split import Link, Plan, SplitProblem, build_problem, evaluate, solve
 
@@ -134,7 +135,7 @@ def assert_same_timeline(log, expected) -> None:
 def run_logged(ld: LoadedScenario, policy: str):
     log: list = []
     res = run_one(ld, policy, 0, log)
-    assert (res.status == 1).all(), "every request completes"
+    assert (res.status == RequestStatus.COMPLETED).all(), "every request completes"
     return res, log
 
 
@@ -243,11 +244,12 @@ def one_request_latency(ld: LoadedScenario, planner=None) -> float:
     streams = Streams.spawn(replication_seeds(sc.seed, sc.replications)[0])
     arrivals = generate_arrivals(ld, streams)
     assert len(arrivals) == 1
-    sim = Simulation(ld, sc.policies[0], arrivals, streams.jitter_seed, ProblemBook(ld))
-    if planner is not None:
-        sim.planner = planner  # test seam: run a placement no policy would choose
+    # test seam: a stand-in planner runs a placement no policy would choose
+    sim = Simulation(
+        ld, sc.policies[0], arrivals, streams.jitter_seed, ProblemBook(ld), planner=planner
+    )
     res = sim.run()
-    assert res.status[0] == 1
+    assert res.status[0] == RequestStatus.COMPLETED
     return float(res.finish_s[0] - arrivals.time_s[0])
 
 

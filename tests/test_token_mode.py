@@ -8,6 +8,7 @@ import pytest
 
 from sim.config import load_scenario
 from sim.config.load import effective_dict
+from sim.records import RequestStatus
 from sim.runner import run_one, simulate
 
 BASE = {
@@ -85,7 +86,7 @@ def test_kv_memory_limit_respected(tmp_path, mode):
     kv = np.asarray(res.token.kv_bytes.level)
     assert kv.max() <= 0.2e9 * (1 + 1e-9)
     assert kv.max() > 0.1e9  # memory was the bottleneck
-    assert (res.status == 1).all()
+    assert (res.status == RequestStatus.COMPLETED).all()
     if mode == "preempt":
         assert res.token.preemptions > 0  # the limit forced preemptions (and recomputation)
 
@@ -214,7 +215,8 @@ def test_chunked_prefill_respects_the_budget_and_cuts_the_ttft_tail(tmp_path):
     prompts no longer wait for a batch with room for all of them (far lower TTFT tail)."""
     whole = _long_prompts(tmp_path, [])
     chunked = _long_prompts(tmp_path, ["simulation.chunked_prefill=true"])
-    assert (chunked.status == 1).all() and (whole.status == 1).all()
+    done = RequestStatus.COMPLETED
+    assert (chunked.status == done).all() and (whole.status == done).all()
     levels = np.asarray(chunked.token.server_tokens.level)
     assert np.diff(levels).max() <= 512 + 1e-9
     assert levels[-1] == np.asarray(whole.token.server_tokens.level)[-1]

@@ -15,7 +15,6 @@ exactly the request-granularity unit time (the same RequestWork coefficients).
 
 from __future__ import annotations
 
-from array import array
 from functools import cache
 
 import numpy as np
@@ -177,54 +176,3 @@ class BatchCost:
             used[:] = False
         self._touched.clear()
         return total
-
-
-class LevelSeries:
-    """A piecewise-constant level (batch size, KV bytes) with its change points."""
-
-    def __init__(self):
-        self.t = array("d", [0.0])
-        self.level = array("d", [0.0])
-
-    def set(self, now: float, value: float) -> None:
-        if self.t[-1] == now:
-            self.level[-1] = value
-        elif self.level[-1] != value:
-            self.t.append(now)
-            self.level.append(value)
-
-    def extend(self, times: np.ndarray, values: np.ndarray) -> None:
-        """`set` at each of the increasing `times` (all at or after the last change) in bulk."""
-        if not len(times):
-            return
-        if self.t[-1] == times[0]:
-            self.level[-1] = float(values[0])
-            times, values = times[1:], values[1:]
-        prev = np.concatenate(([self.level[-1]], values[:-1]))
-        keep = values != prev
-        self.t.frombytes(np.ascontiguousarray(times[keep], float).tobytes())
-        self.level.frombytes(np.ascontiguousarray(values[keep], float).tobytes())
-
-    def mean(self, start_s: float, end_s: float) -> float:
-        if end_s <= start_s:
-            return float("nan")
-        t, lv = np.asarray(self.t), np.asarray(self.level)
-        edges = np.clip(np.append(t, end_s), start_s, end_s)
-        return float(np.sum(lv * np.diff(edges)) / (end_s - start_s))
-
-    def max(self, start_s: float, end_s: float) -> float:
-        t, lv = np.asarray(self.t), np.asarray(self.level)
-        nxt = np.append(t[1:], np.inf)
-        on = (nxt > start_s) & (t <= end_s)
-        return float(lv[on].max()) if on.any() else float("nan")
-
-    def binned(self, end_s: float, bins: int) -> np.ndarray:
-        """Time-weighted mean level in each of `bins` equal bins over [0, end_s]."""
-        if end_s <= 0:
-            return np.zeros(0)
-        edges = np.linspace(0.0, end_s, bins + 1)
-        t, lv = np.asarray(self.t), np.asarray(self.level)
-        area = np.concatenate([[0.0], np.cumsum(lv * np.diff(np.append(t, end_s)))])
-        i = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(lv) - 1)
-        at_edges = area[i] + lv[i] * (edges - t[i])
-        return np.diff(at_edges) / np.diff(edges)

@@ -1,12 +1,12 @@
-"""The server's slots with time-weighted utilisation and queue length kept inside."""
+"""The server's slots (SimPy) and the live load estimates load-aware policies read."""
 
 from __future__ import annotations
 
 import math
-from array import array
 
-import numpy as np
 import simpy
+
+from sim.engine.levels import ServerLevels
 
 # Recent utilisation is averaged over this many mean hold times (exponential window): long
 # enough to smooth single segments, short enough to follow a load change within a second of
@@ -15,12 +15,12 @@ UTIL_WINDOW_HOLDS = 50
 
 
 class ServerPool:
-    """Server slots (a SimPy resource; a priority resource for EDF) that integrate busy
-    slots and queue length.
+    """Server slots (a SimPy resource; a priority resource for EDF) whose busy slots and
+    queue length are kept, time-weighted, in `levels` (a `ServerLevels`).
 
-    Integrals advance at every change, so utilisation and mean queue length are exact
-    time averages, not samples. Change points are kept (times and levels) for the time
-    series; they grow with the number of server segments, two entries each.
+    Levels change at every request, grant and release, so utilisation and mean queue
+    length are exact time averages, not samples. The pool also keeps the live state of
+    load-aware planning: the expected wait of a new segment and the recent utilisation.
     """
 
     def __init__(
@@ -30,7 +30,9 @@ class ServerPool:
         edf: bool,
         max_queue: int | None,
         hold_alpha: float = 0.1,
+        track_recent: bool = True,
     ):
+        """`track_recent`: keep `recent_utilization` (off when no policy reads it)."""
         self.env = env
         self.slots = slots
         self.edf = edf
@@ -40,53 +42,38 @@ class ServerPool:
         self.resource = (
             simpy.PriorityResource(env, capacity=slots) if edf else simpy.Resource(env, slots)
         )
-        self._last_t = 0.0
-        self._busy = 0
-        self._queue = 0
-        self.busy_integral = 0.0
-        self.queue_integral = 0.0
-        self.busy_time_total = 0.0  # sum of hold times, for the cross-check
-        self.change_t = array("d", [0.0])  # compact: 8 bytes per change point
-        self.change_busy = array("l", [0])
-        self.change_queue = array("l", [0])
+        self.levels = ServerLevels(slots)
+        self._levels_change = self.levels.change
         # live state for load-aware planning (no effect on the simulation itself)
         self.hold_alpha = hold_alpha
         self.hold_ewma_s: float | None = None  # EWMA of finished hold times, seeded by the first
         self._ends_sum = 0.0  # sum of the end times of the segments in service
         self._util_ewma = 0.0  # busy share, exponentially weighted over UTIL_WINDOW_HOLDS holds
-        self.track_recent = True  # keep `recent_utilization` (off when no policy reads it)
+        self._util_t = 0.0  # when `_util_ewma` was last advanced
+        self.track_recent = track_recent
 
     @property
     def queue_length(self) -> int:
-        return self._queue
+        return self.levels.queue_length
 
     @property
     def busy_slots(self) -> int:
-        return self._busy
+        return self.levels.busy_slots
 
     def full(self) -> bool:
         """True when `max_queue` requests already wait for a slot (a new one would be lost)."""
         return self.max_queue is not None and len(self.resource.queue) >= self.max_queue
 
     def _change(self, d_queue: int, d_busy: int) -> None:
-        """Advance the integrals to now, then change the levels and record the change point."""
+        """Advance the recent-utilisation EWMA to now, then change the levels."""
         now = self.env.now
-        dt = now - self._last_t
-        if dt:
-            self.busy_integral += self._busy * dt
-            self.queue_integral += self._queue * dt
-            self._last_t = now
-            if self.track_recent and self.hold_ewma_s is not None:
-                self._util_ewma = self._decayed(dt)
-        self._queue = queue = self._queue + d_queue
-        self._busy = busy = self._busy + d_busy
-        if self.change_t[-1] == now:
-            self.change_busy[-1] = busy
-            self.change_queue[-1] = queue
-        else:
-            self.change_t.append(now)
-            self.change_busy.append(busy)
-            self.change_queue.append(queue)
+        if self.track_recent:
+            dt = now - self._util_t
+            if dt:
+                self._util_t = now
+                if self.hold_ewma_s is not None:
+                    self._util_ewma = self._decayed(dt)
+        self._levels_change(now, d_queue, d_busy)
 
     def request(self, priority: float):
         """Ask for a slot; the caller yields the returned event, then calls `granted`."""
@@ -102,8 +89,8 @@ class ServerPool:
 
     def release(self, req, held_s: float) -> None:
         self._change(0, -1)
-        self.busy_time_total += held_s
-        self._ends_sum = self._ends_sum - self.env.now if self._busy else 0.0
+        self.levels.held(held_s)
+        self._ends_sum = self._ends_sum - self.env.now if self.levels.busy_slots else 0.0
         ewma = self.hold_ewma_s
         a = self.hold_alpha
         self.hold_ewma_s = held_s if ewma is None else a * held_s + (1 - a) * ewma
@@ -116,7 +103,7 @@ class ServerPool:
         slots + queue length x EWMA of recent hold times) / slots. Before the first hold has
         finished, the mean residual of the segments in service stands in for the EWMA.
         """
-        busy, queue = self._busy, self._queue
+        busy, queue = self.levels.busy_slots, self.levels.queue_length
         if busy < self.slots and queue == 0:
             return 0.0
         now = self.env.now
@@ -129,7 +116,7 @@ class ServerPool:
     def _decayed(self, dt: float) -> float:
         """The recent-utilisation EWMA advanced by `dt` seconds at the current busy level."""
         weight = math.exp(-dt / (UTIL_WINDOW_HOLDS * self.hold_ewma_s))
-        return self._util_ewma * weight + (self._busy / self.slots) * (1 - weight)
+        return self._util_ewma * weight + (self.levels.busy_slots / self.slots) * (1 - weight)
 
     def recent_utilization(self) -> float:
         """Share of slots busy, exponentially weighted over the last `UTIL_WINDOW_HOLDS`
@@ -137,41 +124,8 @@ class ServerPool:
         load-aware policies."""
         if self.hold_ewma_s is None:
             return 0.0
-        return self._decayed(self.env.now - self._last_t)
+        return self._decayed(self.env.now - self._util_t)
 
     def finish(self) -> None:
-        """Close the integrals at the current time."""
+        """Close the levels at the current time."""
         self._change(0, 0)
-
-    def utilization(self, start_s: float, end_s: float) -> float:
-        """Time-weighted share of slots busy over [start_s, end_s]."""
-        return self._mean(self.change_busy, start_s, end_s) / self.slots
-
-    def mean_queue(self, start_s: float, end_s: float) -> float:
-        return self._mean(self.change_queue, start_s, end_s)
-
-    def _mean(self, levels, start_s: float, end_s: float) -> float:
-        if end_s <= start_s:
-            return 0.0
-        t = np.asarray(self.change_t)
-        lv = np.asarray(levels, float)
-        edges = np.clip(np.append(t, end_s), start_s, end_s)
-        return float(np.sum(lv * np.diff(edges)) / (end_s - start_s))
-
-    def binned(self, end_s: float, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bin centres and time-weighted mean busy slots and queue length per bin."""
-        if end_s <= 0:
-            return np.zeros(0), np.zeros(0), np.zeros(0)
-        edges = np.linspace(0.0, end_s, bins + 1)
-        t = np.asarray(self.change_t)
-        width = np.diff(edges)
-
-        def bin_means(levels) -> np.ndarray:
-            lv = np.asarray(levels, float)
-            area = np.concatenate([[0.0], np.cumsum(lv * np.diff(np.append(t, end_s)))])
-            i = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(lv) - 1)
-            at_edges = area[i] + lv[i] * (edges - t[i])  # area under the step curve up to each edge
-            return np.diff(at_edges) / width
-
-        centres = (edges[:-1] + edges[1:]) / 2
-        return centres, bin_means(self.change_busy), bin_means(self.change_queue)

@@ -8,7 +8,10 @@ server units in the server's next iteration. Requests are plain state records
 computed as delays (the client device is FIFO by reservation), and their server visits go
 to the batching server (`sim.engine.token_server`), one SimPy process that runs
 iterations and holds the KV cache. This module is the engine around them: arrivals, plans
-turned into token programs, client legs and transfers, finishing, metrics.
+turned into token programs, client legs and transfers, finishing, metrics. It is the
+request engine's sibling (`sim.engine.run`), built from the same parts: the run's set-up
+(`sim.engine.setup`), the per-request recorder (`sim.engine.recorder`) and the server's
+time-weighted levels (`sim.engine.levels`).
 
 Plans made at arrival (a load-aware policy or a non-nominal `split.link_estimate`) see the
 link estimate (the `ewma` estimate learns each transfer's rate when the transfer is
@@ -22,17 +25,20 @@ the moment the request reaches the transfer, at the bandwidth in force then.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from sim.engine.batching import LevelSeries
+from sim.config import LoadedScenario
+from sim.engine.levels import LevelSeries, ServerLevels
 from sim.engine.network import DOWN, UP
-from sim.engine.planner import ProblemBook
-from sim.engine.resources import ServerPool
-from sim.engine.run import _AT_ARRIVAL, _DONE, _REJECTED, RunResult, Simulation
+from sim.engine.planner import Planner, ProblemBook
+from sim.engine.recorder import RequestRecorder, RunResult
+from sim.engine.setup import AT_ARRIVAL, RunSetup
 from sim.engine.token_program import SERVER_LEG, TokenProgram, TokenRequest, build_program
 from sim.engine.token_server import TokenServer
+from sim.engine.workload import Arrivals
 from sim.stats import linear_percentiles
 
 
@@ -55,20 +61,39 @@ class TokenStats:
     request_events: int
 
 
-class TokenSimulation(Simulation):
+class TokenSimulation:
     """One policy over one replication's arrivals at token granularity."""
 
-    def __init__(self, ld, policy, arrivals, jitter_seed, book, progress=None, log=None):
+    def __init__(
+        self,
+        ld: LoadedScenario,
+        policy: str,
+        arrivals: Arrivals,
+        jitter_seed: np.random.SeedSequence,
+        book: ProblemBook,
+        progress: Callable[[int], None] | None = None,
+        log: list | None = None,
+        planner: Planner | None = None,
+    ):
+        """`planner`: plans already built (benchmarks); by default the policy's planner
+        over `book`, each pass waiting for the next iteration and no load shed to clients
+        (one request's work barely moves the iteration time)."""
         if log is not None:
             raise ValueError("the event log is kept at request granularity only")
-        super().__init__(ld, policy, arrivals, jitter_seed, book, progress, None)
         sc = ld.scenario
-        self.planner.wait_per_pass = True  # each pass waits for the next iteration
-        self.planner.shed = False  # one request's work barely moves the iteration time
-        self.server = ServerPool(self.env, 1, False, sc.server.max_queue)
+        self.ld, self.policy, self.arr = ld, policy, arrivals
+        self.rec = RequestRecorder(len(arrivals))
+        if planner is None:
+            planner = Planner(book, policy, wait_per_pass=True, shed=False)
+        self.setup = RunSetup(ld, arrivals, jitter_seed, planner, self.rec, progress)
+        self.env = self.setup.env
+        self.server = ServerLevels(1)  # one iteration at a time: one busy slot
         self.token_server = TokenServer(
-            self.env, ld, self.book, self.server, self._after_server, self._reject
-        )
+            self.env, ld, planner.book, self.server, sc.server.max_queue,
+            self._after_server, self._reject,
+        )  # fmt: skip
+        self.links = self.setup.links
+        self._observe, self._link_alpha = self.setup.observe, self.setup.link_alpha
         self.request_events = 0  # client legs and transfers of all requests
         n = len(arrivals)
         self.ttft, self.tpot = np.full(n, np.nan), np.full(n, np.nan)
@@ -82,8 +107,17 @@ class TokenSimulation(Simulation):
     # --- set-up --------------------------------------------------------------------------
 
     @property
+    def planner(self) -> Planner:
+        return self.setup.planner
+
+    @property
     def book(self) -> ProblemBook:
-        return self.planner.book
+        return self.setup.planner.book
+
+    def prepare(self) -> None:
+        """Plan every request before the run (`RunSetup.index_plans`); token programs are
+        built from the plans when requests arrive."""
+        self.setup.index_plans(keep_keys=True)
 
     def _live_load(self) -> tuple[float, bool]:
         """(wait per pass through a server entry, busy): the recent iteration time while the
@@ -112,78 +146,64 @@ class TokenSimulation(Simulation):
     # --- run -----------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        self._prepare()
-        self._keys_all = list(
-            zip(
-                self.arr.klass.tolist(), self.arr.group.tolist(),
-                self.arr.prompt_tokens.tolist(), self.arr.output_tokens.tolist(), strict=True,
-            )
-        )  # fmt: skip
+        """Plan, admit every arrival, drain (unless an overload stop ended the arrivals);
+        requests whose last token would reach the client after the end stay in flight."""
+        setup, rec = self.setup, self.rec
+        self.prepare()
         self.env.process(self.token_server.run())
-        source = self.env.process(self._arrivals())
+        source = self.env.process(setup.arrival_process(self._admit))
         self.env.run(until=source)
-        self.stop_s = self.env.now
-        arrived = slice(self.arrived)  # all but those an overload stop kept out
-        self.backlog_at_stop = int(
-            np.sum(~(self.finish_s[arrived] <= self.stop_s) & (self.status[arrived] != _REJECTED))
-        )
-        if self.overloaded:  # overload stop: no drain
-            end_s = self.stop_s
+        stop_s = self.env.now
+        backlog_at_stop = rec.backlog(stop_s, setup.arrived)  # not those kept out
+        if setup.overloaded:  # overload stop: no drain
+            end_s = stop_s
             self.token_server.flush(end_s)
         else:
-            end_s = self._drain()
-        late = self.finish_s > end_s
-        self.status[late] = 0
-        self.finish_s[late] = np.nan
-        self.server.finish()
-        return self._cut(self._result(end_s))
+            end_s = self._drain(stop_s)
+        rec.unfinished_at(end_s)
+        self.server.finish(self.env.now)
+        ts = self.token_server
+        token = TokenStats(
+            self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,
+            ts.series_tokens, ts.series_batch, ts.series_kv, ts.kv_capacity,
+            ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events,
+        )  # fmt: skip
+        return rec.result(
+            setup.arrived, setup.overload_stop_s,
+            policy=self.policy, arrivals=self.arr, server=self.server, stop_s=stop_s,
+            end_s=float(end_s), backlog_at_stop=backlog_at_stop,
+            cached_plans=self.planner.cached_plans, events=next(self.env._eid), token=token,
+        )  # fmt: skip
 
-    def _drain(self) -> float:
+    def _drain(self, stop_s: float) -> float:
         """Run past the last arrival (to the end, or for `drain_s`); the run's end (s)."""
         drain_s = self.ld.scenario.drain_s
         if drain_s is None:
             self.env.run()
             return max(self.env.now, self._last_finish)
-        until = self.stop_s + drain_s
+        until = stop_s + drain_s
         if until > self.env.now:
             self.env.run(until=until)
         self.token_server.flush(until)
         return until
 
-    def _result(self, end_s: float) -> RunResult:
-        """The run's result, with its token statistics."""
-        events = next(self.env._eid)
-        res = RunResult(
-            self.policy, self.arr, self.status, self.finish_s, self.deadline_s,
-            self.planned, self.feasible, self.s_wait, self.s_busy, self.c_wait, self.c_busy,
-            self.xfer, self.work, self.only_work, self.units, self.switches, self.server,
-            self.stop_s, float(end_s), self.backlog_at_stop, self.planner.cached_plans,
-            events, self.energy,
-        )  # fmt: skip
-        ts = self.token_server
-        res.token = TokenStats(
-            self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,
-            ts.series_tokens, ts.series_batch, ts.series_kv, ts.kv_capacity,
-            ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events,
-        )  # fmt: skip
-        return res
-
     # --- requests ------------------------------------------------------------------------
 
     def _admit(self, i: int) -> None:
-        key = self._keys_all[i]
-        if self._plan_of[i] == _AT_ARRIVAL:
-            prog = self._token_program(key, self._planned_at_arrival(i))
+        setup = self.setup
+        key = setup.keys[i]
+        if setup.plan_of[i] == AT_ARRIVAL:
+            prog = self._token_program(key, setup.plan_at_arrival(i, self._live_load))
         else:
             prog = self._token_program(key)
-        r = TokenRequest(i, prog, self._client[i], self.links[self._group[i]], self.env.now)
+        r = TokenRequest(i, prog, setup.client[i], self.links[setup.group[i]], self.env.now)
         link = r.link
         if self._coalesce and prog.span_ok and link.fixed and not self._observe:
             r.span_ok = prog.step_out > 0  # as `_xfer` computes a token's way down:
             r.down_s = link.serialisation_s(DOWN, prog.step_out, 0.0) + link.delay_s(1.0)
         if self.token_server.edf:
-            r.priority = self.env.now + self._deadline[i]
-        self.in_flight += 1
+            r.priority = self.env.now + setup.deadline[i]
+        self.rec.admitted()
         t = self.env.now
         if prog.pass_legs and prog.pass_legs[0][0] == SERVER_LEG:  # the input goes up first
             t += self._xfer(r, UP, prog.pass_in[0], t)
@@ -200,7 +220,7 @@ class TokenSimulation(Simulation):
         if link.medium is not None:  # a shared medium: the earliest free gap from t on
             start = link.medium.reserve(direction, t, serial, self.env.now)
         if self._observe:  # learnt when the transfer is computed
-            link.observe(direction, nbytes, start - t + serial, self.link_alpha)
+            link.observe(direction, nbytes, start - t + serial, self._link_alpha)
         dt = start - t + serial + link.delay_s(1.0)
         r.xfer += dt
         r.nbytes += nbytes
@@ -284,12 +304,9 @@ class TokenSimulation(Simulation):
     def _finish(self, r: TokenRequest, t: float) -> None:
         """Request r's last token reached the client at t (s): record its metrics."""
         i = r.i
-        self.finish_s[i] = t
-        self.status[i] = _DONE
         self._last_finish = max(self._last_finish, t)
-        self.s_wait[i], self.s_busy[i], self.c_wait[i] = r.s_wait, r.s_busy, r.c_wait
-        self.c_busy[i], self.xfer[i] = r.c_busy, r.xfer
-        self.energy[i] = self._energy_j(self._group[i], r.c_busy, r.nbytes)
+        energy = self.setup.energy_j(self.setup.group[i], r.c_busy, r.nbytes)
+        self.rec.completed(i, t, r.s_wait, r.s_busy, r.c_wait, r.c_busy, r.xfer, energy)
         times = np.frombuffer(r.times, float)
         self.ttft[i] = times[0] - r.arrival
         if times.size > 1:
@@ -298,9 +315,7 @@ class TokenSimulation(Simulation):
             self.itl50[i], self.itl99[i] = linear_percentiles(gaps, (50, 99))
             self.itlmax[i] = gaps.max()
             self.gaps[i] = gaps
-        self.in_flight -= 1
 
     def _reject(self, r: TokenRequest) -> None:
         """The server lost request r (admission queue full, or KV larger than memory)."""
-        self.status[r.i] = _REJECTED
-        self.in_flight -= 1
+        self.rec.rejected(r.i)

@@ -29,9 +29,9 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
-from sim.engine.batching import BatchCost, LevelSeries, weight_read_bytes
+from sim.engine.batching import BatchCost, weight_read_bytes
+from sim.engine.levels import LevelSeries, ServerLevels
 from sim.engine.planner import ProblemBook
-from sim.engine.resources import ServerPool
 from sim.engine.token_program import TokenRequest
 from sim.errors import UserError
 
@@ -79,15 +79,19 @@ class TokenServer:
         env: simpy.Environment,
         ld: LoadedScenario,
         book: ProblemBook,
-        pool: ServerPool,
+        levels: ServerLevels,
+        max_queue: int | None,
         visit_ended: Callable[[TokenRequest, float], None],
         reject: Callable[[TokenRequest], None],
     ):
-        """`pool` keeps the monitored queue and busy levels; `visit_ended(r, t_s)` continues
-        a request past a server visit, `reject(r)` loses it (queue full, KV too large)."""
+        """`levels` keeps the monitored queue (requests waiting for admission) and busy
+        (an iteration running) levels; `max_queue` bounds the admission queue;
+        `visit_ended(r, t_s)` continues a request past a server visit, `reject(r)` loses it
+        (queue full, KV too large)."""
         sc = ld.scenario
         cfg = sc.simulation
-        self.env, self.ld, self.book, self.pool = env, ld, book, pool
+        self.env, self.ld, self.book, self.levels = env, ld, book, levels
+        self.max_queue = max_queue
         self._visit_ended, self._reject = visit_ended, reject
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
@@ -176,14 +180,14 @@ class TokenServer:
             if r.admitted:
                 self._ready.append(r)
             else:
-                limit = self.pool.max_queue
+                limit = self.max_queue
                 if limit is not None and len(self._waiting) >= limit:
                     self._reject(r)
                     continue
                 prio = r.priority if self.edf else 0.0
                 key = (-1.0 if r.recompute and not self.edf else prio, seq, r)
                 heapq.heappush(self._waiting, key)
-                self.pool._change(1, 0)
+                self.levels.change(self.env.now, 1, 0)
 
     def run(self):
         """The server's SimPy process: an iteration while a batch forms, else sleep until
@@ -231,7 +235,7 @@ class TokenServer:
         self._iteration_ewma_s = dur_s if not self.iterations else a * dur_s + (1 - a) * ewma
         self.iterations += 1
         self.series_batch.set(now, len(batch))
-        self.pool._change(0, 1)
+        self.levels.change(self.env.now, 0, 1)
 
     def _ewma_through(self, ewma: float, durations) -> float:
         """The iteration-time EWMA after iterations of `durations` began (as `_begin` folds)."""
@@ -242,9 +246,9 @@ class TokenServer:
 
     def _end_iteration(self, batch: list, dur_s: float, tokens: float) -> None:
         """Record the iteration's end and continue each of its requests."""
-        self.pool._change(0, -1)
-        self.pool.busy_time_total += dur_s
         now = self.env.now
+        self.levels.change(now, 0, -1)
+        self.levels.held(dur_s)
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
@@ -316,7 +320,7 @@ class TokenServer:
             need_kv = self._kv_need(r)
             if need_kv > self.kv_capacity:
                 heapq.heappop(waiting)
-                self.pool._change(-1, 0)
+                self.levels.change(self.env.now, -1, 0)
                 self._reject(r)
                 continue
             if self._kv_used + need_kv > self.kv_capacity:
@@ -325,7 +329,7 @@ class TokenServer:
             if tokens is None:
                 break
             heapq.heappop(waiting)
-            self.pool._change(-1, 0)
+            self.levels.change(self.env.now, -1, 0)
             budget -= tokens
             r.admitted = True
             self._admit_seq += 1
@@ -395,7 +399,7 @@ class TokenServer:
         self._seq += 1
         heapq.heappush(self._waiting, (-1.0 if not self.edf else victim.priority, self._seq,
                                        victim))  # fmt: skip
-        self.pool._change(1, 0)
+        self.levels.change(self.env.now, 1, 0)
 
     # --- decode spans ----------------------------------------------------------------------
 
@@ -495,7 +499,7 @@ class TokenServer:
         ends = t[1:k]
         b = len(batch)
         busy = float(np.sum(d[:n]))
-        self.pool.busy_time_total += busy
+        self.levels.held(busy)
         self.visits += b * n
         self.span_events += b * n
         self._seq += b * n
