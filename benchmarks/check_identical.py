@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,13 +68,17 @@ def cases() -> dict[str, tuple[str, list[str]]]:
 
 
 def record(dest: Path, only: list[str] | None = None) -> None:
-    """Run every case into `dest/<case>/` (the command line recorded is the same each time)."""
+    """Run every case into `dest/<case>/`. Scenarios are loaded by their path relative to
+    the repository, so the manifest is the same from any checkout (e.g. a git worktree of
+    the commit before a change), as is the command line recorded."""
+    dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)
     for name, (rel, overrides) in cases().items():
         if only and name not in only:
             continue
         command = ["splitsim", "run", rel, *(f"--set={o}" for o in overrides)]
-        ld = load_scenario(ROOT / rel, overrides)
+        ld = load_scenario(rel, overrides)
         run_scenario(ld, dest / name, command=command)
         print(f"recorded {name}", flush=True)
 
