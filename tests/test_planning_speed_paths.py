@@ -118,7 +118,7 @@ def test_fixed_placements_equal_their_evaluation(problem):
             assert np.array_equal(plan.on_client, on_client)
             assert (plan.latency, plan.server_work, plan.feasible) == (latency, work, True)
         else:  # the least-latency placement, judged the same way
-            assert plan.latency <= latency
+            assert plan.latency <= latency * (1 + 1e-12)  # the search sums in its own order
             assert (plan.latency, plan.server_work) == evaluate(problem, plan.on_client)
     assert searches("dp") and searches("dp_queue_aware")
 
