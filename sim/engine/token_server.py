@@ -5,7 +5,9 @@ until they are ready; each iteration takes every admitted request waiting for se
 work (decode steps and prefills up to the token budget; with `chunked_prefill` the decode
 steps first and prefills in chunks that fill the budget), admits waiting requests while
 seats, KV memory and the budget allow, and lasts the batch roofline of
-`sim.engine.batching`. Kept apart from the engine (`sim.engine.token`), which moves
+`sim.engine.batching` (priced in `sim.engine.iteration_cost`). Runs of decode-only
+iterations are advanced as one event (decode spans, `sim.engine.spans`) unless
+`simulation.coalesce` is false. Kept apart from the engine (`sim.engine.token`), which moves
 requests through their client legs and transfers: the two meet at `TokenServer.push`
 (a visit is ready) and the `visit_ended` callback (a visit is over).
 
@@ -30,27 +32,12 @@ import simpy
 
 from sim.config import LoadedScenario
 from sim.engine.batching import BatchCost, weight_read_bytes
+from sim.engine.iteration_cost import price, price_span
 from sim.engine.levels import LevelSeries, ServerLevels
 from sim.engine.planner import ProblemBook
+from sim.engine.spans import DecodeSpan, span_length
 from sim.engine.token_program import TokenRequest
 from sim.errors import UserError
-
-
-class DecodeSpan:
-    """A run of decode-only iterations of one batch, advanced as one SimPy wait.
-
-    `d` holds the iterations' durations (s), `t` their start times and, at `t[k]`, the end
-    of the last; `k` shrinks when a visit becomes ready inside the span; `done` is the
-    event the server waits on (succeeded with the `tag` of the current end);
-    `ewma0` is the iteration-time EWMA after the first iteration began."""
-
-    __slots__ = ("batch", "d", "t", "k", "ewma0", "done", "tag")
-
-    def __init__(self, batch: list, d: np.ndarray, t: np.ndarray, k: int, ewma0: float,
-                 done: simpy.Event):  # fmt: skip
-        self.batch, self.d, self.t, self.k, self.ewma0 = batch, d, t, k, ewma0
-        self.done = done
-        self.tag: object | None = None
 
 
 def kv_capacity_bytes(ld: LoadedScenario, book: ProblemBook) -> float:
@@ -224,7 +211,7 @@ class TokenServer:
 
     def _start_iteration(self, batch: list, now: float) -> tuple[float, float]:
         """Price the batch and record the iteration's start: (duration s, tokens)."""
-        dur, tokens = self._price(batch)
+        dur, tokens = price(batch, self.book)
         self._begin(batch, now, dur)
         return dur, tokens
 
@@ -404,42 +391,15 @@ class TokenServer:
     # --- decode spans ----------------------------------------------------------------------
 
     def _span_length(self, batch: list) -> int:
-        """How many iterations, from this one, the formed batch repeats unchanged but for
-        every context growing by a token: 1 unless it is all decode steps of requests whose
-        steps stay on the server (`span_ok`); then up to the first request's last step and,
-        with `preempt`, up to the iteration whose KV growth would preempt."""
-        k = 1 << 62
-        for r in batch:
-            if not r.span_ok or r.k == 0 or r.recompute:
-                return 1
-            k = min(k, r.prog.steps - r.k + 1)
-        if self.preempt and k > 1:
-            k = self._kv_span_limit(batch, k)
-        return k
-
-    def _kv_span_limit(self, batch: list, k: int) -> int:
-        """With `preempt`, the iterations that surely grow KV without preempting.
-
-        Stepping checks, at each iteration, the KV in use (a float sum, request by request)
-        plus the batch's growth against the capacity. The span stops while that check is
-        still clear by a margin far above the sums' rounding (1e-9 of the capacity), so the
-        iterations near the boundary are stepped and decided exactly as stepping decides.
-        """
-        total = 0.0
-        for r in batch:
-            total += r.grow
-        if total <= 0:
-            return k
-        margin = self.kv_capacity * (1 - 1e-9) - total - self._kv_used
-        clear = int(margin // total) if margin > 0 else -1  # later iterations surely clear
-        return max(1, min(k, clear + 1))
+        """Iterations the formed batch repeats as a decode span (1: step it)."""
+        return span_length(batch, self.preempt, self._kv_used, self.kv_capacity)
 
     def _run_span(self, batch: list, now: float, k: int):
         """Run `k` decode-only iterations of `batch` as one SimPy wait (a generator to
         `yield from`): their times in closed form, then every iteration but the last applied
         in bulk (`_apply_silent`) and the last ended as a stepped one would end. A visit
         that becomes ready meanwhile cuts the span at the first iteration it could join."""
-        d = self._price_span(batch, k)
+        d = price_span(batch, k, self.book)
         t = np.cumsum(np.concatenate(([now], d)))  # iteration starts (then the last end)
         heap = self._heap
         if heap:  # a visit already waiting for its ready time joins the iteration after it
@@ -524,82 +484,15 @@ class TokenServer:
     def _grow_kv_silently(self, batch: list, ends: np.ndarray) -> None:
         """KV growth of the span's silent iterations, summed request by request in
         `_grow_kv`'s order (the same floats as stepping), and its series points."""
-        kv = self._kv_used
-        grows = [r.grow for r in batch]
-        trajectory = np.empty(len(ends))
-        for j in range(len(ends)):
-            for g in grows:
-                kv += g
-            trajectory[j] = kv
-        self._kv_used = kv
+        n, b = len(ends), len(batch)
+        grows = np.array([r.grow for r in batch])
+        # np.cumsum adds one element at a time, left to right: the sums stepping makes
+        sums = np.cumsum(np.concatenate(([self._kv_used], np.tile(grows, n))))
+        trajectory = sums[b::b]
+        self._kv_used = float(trajectory[-1])
         for r in batch:
             held, g = r.kv, r.grow
             for _ in range(len(ends)):
                 held += g
             r.kv = held
         self.series_kv.extend(ends, trajectory)
-
-    def _price_span(self, batch: list, k: int) -> np.ndarray:
-        """Durations (s) of the span's k iterations (see `BatchCost.close_span`)."""
-        costs: dict[BatchCost, None] = {}
-        for r in batch:
-            cost, m = r.prog.model
-            costs[cost] = None
-            self._add_visit(r, cost, m)
-        total = None
-        for c in costs:
-            d = c.close_span(k)
-            total = d if total is None else total + d
-        return total
-
-    # --- pricing -------------------------------------------------------------------------
-
-    def _price(self, batch: list) -> tuple[float, float]:
-        """The iteration's duration (s) and the tokens it processes (first server legs)."""
-        costs: dict[BatchCost, None] = {}  # insertion-ordered: a deterministic float sum
-        tokens = 0.0
-        for r in batch:
-            cost, m = r.prog.model
-            costs[cost] = None
-            if r.recompute:
-                tokens += self._add_recompute(r, cost, m)
-            else:
-                tokens += self._add_visit(r, cost, m)
-        return sum(c.close() for c in costs), tokens
-
-    def _add_recompute(self, r: TokenRequest, cost: BatchCost, m: int) -> int:
-        """Add the pass recomputing r's KV over its context on every server unit; its tokens."""
-        prog = r.prog
-        work = self.book.work(prog.klass, prog.prompt + r.generated, prog.output)
-        own = np.maximum(work.pass_bytes - cost.weights[m], 0.0)
-        for a in prog.server_units:
-            cost.add_pass(m, a, a + 1, work.pass_flops, own)
-        return prog.prompt + r.generated
-
-    def _add_visit(self, r: TokenRequest, cost: BatchCost, m: int) -> int:
-        """Add r's current server leg (a prefill pass or chunk, or a decode step); the
-        tokens it counts (on the pass's or step's first server leg only)."""
-        prog = r.prog
-        legs = prog.pass_legs if r.k == 0 else prog.step_legs
-        _, a, e = legs[r.leg]
-        if r.k == 0:
-            if r.chunk == prog.prompt:
-                cost.add_pass(m, a, e, prog.pass_flops, prog.pass_own)
-            else:
-                cost.add_pass(m, a, e, *self._chunk_cost(r, cost.weights[m]))
-            return r.chunk if r.leg == prog.pass_first_server else 0
-        cost.add_step(prog.group, a, e, r.ctx)
-        return 1 if r.leg == prog.step_first_server else 0
-
-    def _chunk_cost(self, r: TokenRequest, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-unit FLOPs and own bytes of a prefill chunk: prompt tokens [done, done +
-        chunk) attending to everything before them. Cumulative pass costs differ by the
-        chunk's work; the chunk also reads the KV cache of the tokens already done."""
-        prog, done, end = r.prog, r.done, r.done + r.chunk
-        hi = self.book.work(prog.klass, end, prog.output)
-        if not done:
-            return hi.pass_flops, np.maximum(hi.pass_bytes - weights, 0.0)
-        lo = self.book.work(prog.klass, done, prog.output)
-        kv_read = hi.kv_bytes * done / (end + prog.output)
-        own = np.maximum(hi.pass_bytes - lo.pass_bytes, 0.0) + kv_read
-        return np.maximum(hi.pass_flops - lo.pass_flops, 0.0), own

@@ -1,0 +1,86 @@
+"""What one iteration of the batching server costs: its requests' work added to the
+batch-cost accumulators (`sim.engine.batching.BatchCost`) and priced by roofline.
+
+A prefill pass (or a chunk of one), a decode step, or the pass recomputing a preempted
+request's KV each add their per-unit FLOPs and own bytes; an iteration's time sums, over
+the accumulators (one per activation dtype), the roofline of every server unit used.
+A decode span (`price_span`) prices a run of decode-only iterations at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.engine.batching import BatchCost
+from sim.engine.planner import ProblemBook
+from sim.engine.token_program import TokenRequest
+
+
+def price_span(batch: list, k: int, book: ProblemBook) -> np.ndarray:
+    """Durations (s) of the span's k iterations (see `BatchCost.close_span`)."""
+    costs: dict[BatchCost, None] = {}
+    for r in batch:
+        cost, m = r.prog.model
+        costs[cost] = None
+        add_visit(r, cost, m, book)
+    total = None
+    for c in costs:
+        d = c.close_span(k)
+        total = d if total is None else total + d
+    return total
+
+
+def price(batch: list, book: ProblemBook) -> tuple[float, float]:
+    """The iteration's duration (s) and the tokens it processes (first server legs)."""
+    costs: dict[BatchCost, None] = {}  # insertion-ordered: a deterministic float sum
+    tokens = 0.0
+    for r in batch:
+        cost, m = r.prog.model
+        costs[cost] = None
+        if r.recompute:
+            tokens += add_recompute(r, cost, m, book)
+        else:
+            tokens += add_visit(r, cost, m, book)
+    return sum(c.close() for c in costs), tokens
+
+
+def add_recompute(r: TokenRequest, cost: BatchCost, m: int, book: ProblemBook) -> int:
+    """Add the pass recomputing r's KV over its context on every server unit; its tokens."""
+    prog = r.prog
+    work = book.work(prog.klass, prog.prompt + r.generated, prog.output)
+    own = np.maximum(work.pass_bytes - cost.weights[m], 0.0)
+    for a in prog.server_units:
+        cost.add_pass(m, a, a + 1, work.pass_flops, own)
+    return prog.prompt + r.generated
+
+
+def add_visit(r: TokenRequest, cost: BatchCost, m: int, book: ProblemBook) -> int:
+    """Add r's current server leg (a prefill pass or chunk, or a decode step); the
+    tokens it counts (on the pass's or step's first server leg only)."""
+    prog = r.prog
+    legs = prog.pass_legs if r.k == 0 else prog.step_legs
+    _, a, e = legs[r.leg]
+    if r.k == 0:
+        if r.chunk == prog.prompt:
+            cost.add_pass(m, a, e, prog.pass_flops, prog.pass_own)
+        else:
+            cost.add_pass(m, a, e, *chunk_cost(r, cost.weights[m], book))
+        return r.chunk if r.leg == prog.pass_first_server else 0
+    cost.add_step(prog.group, a, e, r.ctx)
+    return 1 if r.leg == prog.step_first_server else 0
+
+
+def chunk_cost(
+    r: TokenRequest, weights: np.ndarray, book: ProblemBook
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit FLOPs and own bytes of a prefill chunk: prompt tokens [done, done +
+    chunk) attending to everything before them. Cumulative pass costs differ by the
+    chunk's work; the chunk also reads the KV cache of the tokens already done."""
+    prog, done, end = r.prog, r.done, r.done + r.chunk
+    hi = book.work(prog.klass, end, prog.output)
+    if not done:
+        return hi.pass_flops, np.maximum(hi.pass_bytes - weights, 0.0)
+    lo = book.work(prog.klass, done, prog.output)
+    kv_read = hi.kv_bytes * done / (end + prog.output)
+    own = np.maximum(hi.pass_bytes - lo.pass_bytes, 0.0) + kv_read
+    return np.maximum(hi.pass_flops - lo.pass_flops, 0.0), own
