@@ -261,3 +261,12 @@ def test_span_prices_equal_stepped_prices_bit_for_bit(seed):
             ref.add_step(g_ref[g], a, e, ctx + j)
         stepped.append(ref.close())
     assert np.array_equal(span, np.array(stepped))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(values=st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=200))
+def test_numpy_sum_is_numpys_sum_bit_for_bit(values):
+    """The client's decode-leg time sums its units in plain floats, in numpy's order."""
+    from sim.engine.token_program import numpy_sum
+
+    assert numpy_sum(list(values)) == float(np.array(values).sum())

@@ -36,7 +36,13 @@ from sim.engine.network import DOWN, UP
 from sim.engine.planner import Planner, ProblemBook
 from sim.engine.recorder import RequestRecorder, RunResult
 from sim.engine.setup import AT_ARRIVAL, RunSetup
-from sim.engine.token_program import SERVER_LEG, TokenProgram, TokenRequest, build_program
+from sim.engine.token_program import (
+    SERVER_LEG,
+    TokenProgram,
+    TokenRequest,
+    build_program,
+    client_step_s,
+)
 from sim.engine.token_server import TokenServer
 from sim.engine.workload import Arrivals
 from sim.stats import linear_percentiles
@@ -265,9 +271,7 @@ class TokenSimulation:
         if r.k == 0:
             dur = r.prog.client_pass_s[r.leg]
         else:
-            x0, x1, y0, y1, ov = r.prog.client_step[r.leg]
-            c = r.ctx
-            dur = float(np.maximum(x0 + x1 * c, y0 + y1 * c).sum()) + ov
+            dur = client_step_s(r.prog.client_step[r.leg], r.ctx)
         t = start + dur
         r.c_busy += dur
         self._dev_free[r.client] = t

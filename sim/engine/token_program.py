@@ -103,10 +103,42 @@ def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype
     t_pass = np.maximum(work.pass_flops / f, work.pass_bytes / b) + ov * work.pass_runs
     p.client_pass_s = [float(t_pass[a:e].sum()) for _, a, e in p.pass_legs]
     p.client_step = [
-        (work.step_flops0[a:e] / f, work.step_flops1[a:e] / f, work.step_bytes0[a:e] / b,
-         work.step_bytes1[a:e] / b, ov * float(work.step_runs[a:e].sum()))
+        (list(zip((work.step_flops0[a:e] / f).tolist(), (work.step_flops1[a:e] / f).tolist(),
+                  (work.step_bytes0[a:e] / b).tolist(), (work.step_bytes1[a:e] / b).tolist(),
+                  strict=True)), ov * float(work.step_runs[a:e].sum()))
         for _, a, e in p.step_legs
     ]  # fmt: skip
+
+
+def client_step_s(leg: tuple[list, float], context: int) -> float:
+    """A client step leg's time (s) at `context` cached tokens: per unit the roofline
+    max(FLOP time, byte time), summed, plus the leg's overhead. Plain floats in numpy's
+    order (`numpy_sum`): a decode step is too small for numpy's per-call cost."""
+    coeffs, overhead_s = leg
+    times = [max(x0 + x1 * context, y0 + y1 * context) for x0, x1, y0, y1 in coeffs]
+    return numpy_sum(times) + overhead_s
+
+
+def numpy_sum(values: list[float]) -> float:
+    """`float(np.array(values).sum())` bit for bit: numpy's pairwise summation (eight
+    running sums for 8 to 128 values; a plain loop below 8; numpy itself beyond)."""
+    n = len(values)
+    if n < 8:
+        total = 0.0
+        for v in values:
+            total += v
+        return total
+    if n > 128:
+        return float(np.sum(values))
+    r = values[:8]
+    whole = n - n % 8
+    for i in range(8, whole, 8):
+        for j in range(8):
+            r[j] += values[i + j]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(whole, n):
+        total += values[i]
+    return total
 
 
 def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
