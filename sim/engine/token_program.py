@@ -106,7 +106,8 @@ def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype
         (list(zip((work.step_flops0[a:e] / f).tolist(), (work.step_flops1[a:e] / f).tolist(),
                   (work.step_bytes0[a:e] / b).tolist(), (work.step_bytes1[a:e] / b).tolist(),
                   strict=True)), ov * float(work.step_runs[a:e].sum()))
-        for _, a, e in p.step_legs
+        if side == CLIENT_LEG else None  # server legs are priced by the batch
+        for side, a, e in p.step_legs
     ]  # fmt: skip
 
 
