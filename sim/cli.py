@@ -110,6 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"splitsim: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: partial results were discarded on the way out
+        print("splitsim: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(
+            "splitsim: error: out of memory; make the run smaller (requests, duration_s, "
+            "replications) or stop overload early with simulation.max_in_flight",
+            file=sys.stderr,
+        )
+        return 1
     except Exception as err:  # a bug: one line and a saved traceback, unless debugging
         if os.environ.get("SPLITSIM_DEBUG") == "1":
             raise

@@ -526,3 +526,25 @@ def test_a_too_long_name_is_one_line_and_leaves_nothing(tmp_path, capsys, monkey
     assert main(["run", str(write_scenario(tmp_path)), "-o", str(long_out), "--quiet"]) == 2
     one_error_line(capsys, "file name too long")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "words"),
+    [(KeyboardInterrupt, 130, "interrupted"), (MemoryError, 1, "out of memory")],
+)
+def test_interrupt_and_memory_exhaustion_are_one_line(error, status, words, tmp_path,
+                                                      capsys, monkeypatch):  # fmt: skip
+    import sim.runner
+
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "r"
+
+    def stop(ld, progress=None, **_):
+        raise error()
+
+    monkeypatch.setattr(sim.runner, "simulate", stop)
+    assert main(["run", str(scenario), "-o", str(out), "--quiet"]) == status
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and words in err
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.")]
+    assert not leftovers  # no temporary folder left behind
