@@ -21,7 +21,9 @@ def summed_roofline_s(x0, x1, y0, y1, first: int, count: int) -> np.ndarray:
     arithmetic series. Vectorised over units.
     """
     x0, x1, y0, y1 = (np.asarray(v, float) for v in (x0, x1, y0, y1))
-    if count <= 0:
+    # `first` and `count` may be columns, one row per request size (`sim.costs.batched`,
+    # which passes positive counts only)
+    if not isinstance(count, np.ndarray) and count <= 0:
         return np.zeros(np.broadcast(x0, x1, y0, y1).shape)
     last = first + count - 1
 

@@ -104,9 +104,16 @@ class RequestWork:
         return self.pass_flops + self.step_totals()[0]
 
 
+def _idle(p: Pass) -> bool:
+    """Whether a pass leaves its stack idle. A pass whose fields are arrays (one entry per
+    request size, `sim.costs.batched`) runs its stack for every size: the batch builds
+    array passes only for stacks that run."""
+    return not isinstance(p.tokens, np.ndarray) and p.tokens <= 0
+
+
 def _unit_cost(model: ModelSpec, unit: Unit, p: Pass) -> tuple[float, float]:
-    """FLOPs and bytes of one unit in one pass."""
-    if p.tokens <= 0:
+    """FLOPs and bytes of one unit in one pass (fields may be arrays: `sim.costs.batched`)."""
+    if _idle(p):
         return 0.0, 0.0
     h, wb, ab = model.hidden_size, model.weight_bytes, model.act_bytes
     n = p.tokens
@@ -223,7 +230,7 @@ def _boundary_bytes(
 
 def _entry_bytes(model: ModelSpec, unit: Unit, p: Pass, memory: float) -> float:
     """Bytes entering `unit` in a pass: its input (token ids, pixels or hidden states)."""
-    if p.tokens <= 0:
+    if _idle(p):
         return 0.0
     # Only decoder blocks cross-attend: the memory need not reach the head.
     mem = memory if unit.stack == "dec" and unit.kind != "head" else 0.0

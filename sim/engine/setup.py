@@ -17,6 +17,7 @@ import simpy
 
 from sim.config import LoadedScenario
 from sim.engine.network import DOWN, UP, LinkModel, Medium
+from sim.engine.plan_batch import prefetch
 from sim.engine.planner import PlannedRequest, Planner
 from sim.engine.recorder import RequestRecorder
 from sim.engine.workload import Arrivals
@@ -116,6 +117,8 @@ class RunSetup:
         )  # fmt: skip
         if keep_keys or self.dynamic:  # a list of n tuples: kept only when asked for
             keys = self.keys = list(keys)
+        if isinstance(self.planner, Planner):  # all distinct sizes' problems at once
+            prefetch(self.planner, self._distinct_keys())
         plan_of = [0] * len(arr)
         for i, key in enumerate(keys):
             p = index.get(key)
@@ -139,6 +142,15 @@ class RunSetup:
         self._record_synthetic(pid)
         self.deadline = self.rec.deadline_s.tolist()
         return plans
+
+    def _distinct_keys(self) -> list[tuple]:
+        """The distinct (class, group, prompt, output) of the arrivals."""
+        arr = self.arr
+        if len(arr) == 0:
+            return []
+        cols = (arr.klass, arr.group, arr.prompt_tokens, arr.output_tokens)
+        rows = np.unique(np.stack([np.asarray(c, np.int64) for c in cols], axis=1), axis=0)
+        return [tuple(r) for r in rows.tolist()]
 
     def _record_static(self, pid: np.ndarray, plans: list[PlannedRequest]) -> None:
         """Plan columns of the requests with a static plan."""

@@ -1,0 +1,247 @@
+"""Placement problems of many request sizes built at once, one (class, group) at a time.
+
+A run plans every distinct (class, group, prompt, output) before it starts
+(`RunSetup.index_plans`); one at a time, each size costs its request work, its unit times
+on both devices, its problem and its token-SLA phases. `prefetch` builds them for all
+sizes of a (class, group) together from `sim.costs.batched`'s rows (the same formulas,
+element by element, so every array equals the one-at-a-time path's), checks in one go
+what `SplitProblem` would validate, and stores each size's work, unit times, problem and
+phases in the `ProblemBook` without validating them again. Fixed placements are then
+planned as a batch too (`sim.engine.plan_fixed`). A size the batch cannot take (a device
+with a cost table, a relative SLA whose server-only plan falls back, a problem that would
+fail validation) is left to the one-at-a-time path, which stays the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.costs.batched import (
+    WorkBatch,
+    loop_times_many,
+    resident_many,
+    total_flops_many,
+    transfer_times_many,
+    unit_times_many,
+    work_batch,
+)
+from sim.engine.planner import Planner, ProblemBook, RequestProblem
+from sim.split import Link, SplitProblem
+from sim.split.phased import Phases
+
+
+@dataclass
+class Arrays:
+    """The arrays of K problems of one (class, group): rows as `build_problem`'s."""
+
+    work: WorkBatch
+    server_t: np.ndarray
+    client_t: np.ndarray
+    server_work: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+    allowed: np.ndarray
+    loop_up: np.ndarray
+    loop_down: np.ndarray
+
+    def valid(self) -> np.ndarray:
+        """Rows `SplitProblem` would accept: finite non-negative arrays, loop within down."""
+        ok = self.loop_down <= self.down[:, -1] + 1e-12
+        for a in (self.server_t, self.client_t, self.server_work, self.up, self.down):
+            ok &= (a.min(axis=1) >= 0) & (a.max(axis=1) < np.inf)
+        return ok
+
+    def problem(self, i: int, deadline: float) -> SplitProblem:
+        return fast_problem(
+            client_time=self.client_t[i], server_time=self.server_t[i],
+            server_work=self.server_work[i], uplink_time=self.up[i], downlink_time=self.down[i],
+            deadline=deadline, client_allowed=self.allowed[i], loop_start=self.work.loop_start,
+            loop_uplink_time=float(self.loop_up[i]), loop_downlink_time=float(self.loop_down[i]),
+        )  # fmt: skip
+
+
+def fast_problem(**fields) -> SplitProblem:
+    """A `SplitProblem` from arrays already checked as its constructor would (no copies)."""
+    sp = object.__new__(SplitProblem)
+    fields.setdefault("server_entry_time", 0.0)
+    for name, value in fields.items():
+        object.__setattr__(sp, name, value)
+    return sp
+
+
+def build_arrays(book: ProblemBook, klass: int, group: int, prompts, outputs, link: Link):
+    """The problem arrays of every size, or None when the batch cannot take the group."""
+    ld, sc = book.ld, book.ld.scenario
+    cls, grp = sc.workload.mix[klass], sc.clients[group]
+    client, server = ld.client_devices[group], ld.server_device
+    if client.cost_table is not None or server.cost_table is not None:
+        return None
+    model = ld.models[cls.model]
+    try:
+        w = work_batch(model, cls.task, prompts, outputs, book.split.granularity)
+        allowed = resident_many(w, grp.resident, client)
+    except ValueError:
+        return None  # the one-at-a-time path raises it where the run asks
+    server_t = unit_times_many(w, server, model.activation_dtype)
+    client_t = unit_times_many(w, client, model.activation_dtype)
+    objective = book.split.objective
+    server_work = server_t if objective == "server_time" else total_flops_many(w)
+    return Arrays(
+        w, server_t, client_t, server_work,
+        transfer_times_many(w, link.uplink_mbps, link.rtt_ms),
+        transfer_times_many(w, link.downlink_mbps, link.rtt_ms), allowed,
+        loop_times_many(w, link.uplink_mbps, link.rtt_ms),
+        loop_times_many(w, link.downlink_mbps, link.rtt_ms),
+    )  # fmt: skip
+
+
+def server_only_latency(a: Arrays) -> np.ndarray:
+    """(K,) latency of the all-server placement, as `evaluate` computes it: the units'
+    sum, the entry at boundary 0 and the exit at L (each link term has one non-zero
+    product, so its dot product is that term), the loop's refund (0 without a loop)."""
+    latency = a.server_t.sum(axis=1) + (a.up[:, 0] + a.down[:, -1])
+    return latency - a.loop_down
+
+
+@dataclass
+class Batch:
+    """The problems of K sizes of one (class, group) and their phases, ready to store."""
+
+    klass: int
+    group: int
+    prompts: list
+    outputs: list
+    whole: Arrays
+    deadline_s: np.ndarray  # (K,) the SLA (s)
+    plan_deadline: np.ndarray  # (K,) the deadline planned for (less the slack)
+    ok: np.ndarray  # (K,) rows the batch built
+    prefill: Arrays | None = None  # rows per size (prompt, 1 output token)
+    phased: np.ndarray | None = None  # (K,) rows with TTFT/TPOT phases
+    step: dict | None = None  # step problem arrays
+    limits: tuple = ()  # (ttft, tpot, e2e) s after the slack, 0 = none
+
+
+def build_batch(book: ProblemBook, klass: int, group: int, sizes: list[tuple[int, int]]):
+    """Every size's problem and phases of a (class, group), or None (one at a time then)."""
+    sc = book.ld.scenario
+    cls, cfg = sc.workload.mix[klass], sc.clients[group].link
+    link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+    prompts = np.array([s[0] for s in sizes], np.int64)
+    outputs = np.array([s[1] for s in sizes], np.int64)
+    whole = build_arrays(book, klass, group, prompts, outputs, link)
+    if whole is None:
+        return None
+    ok = whole.valid()
+    if cls.deadline_s is not None:
+        deadline = np.full(len(sizes), float(cls.deadline_s))
+    elif cls.deadline_factor is None:
+        ttft, tpot = cls.ttft_deadline_s or 0.0, cls.tpot_deadline_s or 0.0
+        deadline = ttft + tpot * np.maximum(outputs - 1, 0)
+    else:  # relative SLA: the server-only plan must fit the provisional deadline 1.0
+        latency = server_only_latency(whole)
+        ok &= latency <= 1.0 * (1 + 1e-12)
+        deadline = cls.deadline_factor * latency
+    keep = 1 - book.split.slack_fraction
+    plan_deadline = deadline * keep
+    ok &= plan_deadline > 0
+    batch = Batch(klass, group, prompts.tolist(), outputs.tolist(), whole, deadline,
+                  plan_deadline, ok)  # fmt: skip
+    if (cls.ttft_deadline_s or cls.tpot_deadline_s) and (whole.work.steps > 0).any():
+        _add_phases(book, batch, link, keep)
+    return batch
+
+
+_TIMES = ("client_t", "server_t", "up", "down", "loop_up", "loop_down")
+
+
+def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
+    """The prefill problems (one output token) and mean decode step problems, as
+    `split_phases` builds them from the whole and the prefill problem."""
+    cls = book.ld.scenario.workload.mix[b.klass]
+    w = b.whole
+    pre = build_arrays(book, b.klass, b.group, np.array(b.prompts), np.ones(len(b.prompts)), link)
+    if pre is None:
+        b.ok[:] = False
+        return
+    b.prefill = pre
+    b.phased = w.work.steps > 0
+    b.ok &= ~b.phased | pre.valid()
+    k = np.maximum(w.work.steps, 1).astype(float)
+    col = k[:, None]
+    step = {}
+    for name in _TIMES:
+        x, y = getattr(w, name), getattr(pre, name)
+        step[name] = np.maximum((x - y) / (col if x.ndim == 2 else k), 0.0)
+    step["server_work"] = np.maximum((w.server_work - pre.server_work) / col, 0.0)
+    b.ok &= ~b.phased | (step["loop_down"] <= step["down"][:, -1] + 1e-12)
+    b.step = step
+    b.limits = tuple(
+        (x or 0) * keep for x in (cls.ttft_deadline_s, cls.tpot_deadline_s, cls.deadline_s)
+    )
+
+
+def store(book: ProblemBook, b: Batch) -> list[tuple]:
+    """Put every built size's work, unit times, problem and phases in the book; the keys
+    stored (sizes already there, or not built, are left alone)."""
+    client, server = book.ld.client_devices[b.group], book.ld.server_device
+    cfg = book.ld.scenario.clients[b.group].link
+    link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+    w = b.whole
+    stored = []
+    deadlines, plan_deadlines = b.deadline_s.tolist(), b.plan_deadline.tolist()
+    inf = float("inf")
+    for i in np.flatnonzero(b.ok).tolist():
+        p, o = b.prompts[i], b.outputs[i]
+        key = (b.klass, b.group, p, o)
+        if key in book._problems:
+            continue
+        work = book._work.setdefault((b.klass, p, o), w.work.row(i))
+        book._times.setdefault((b.klass, p, o, id(server)), w.server_t[i])
+        book._times.setdefault((b.klass, p, o, id(client)), w.client_t[i])
+        problem = w.problem(i, plan_deadlines[i])
+        phases = None
+        if b.phased is not None and b.phased[i]:
+            phases = _phases(book, b, i, link, problem, work.steps, inf)
+        book._problems[key] = RequestProblem(problem, work, deadlines[i], phases)
+        stored.append(key)
+    return stored
+
+
+def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int, inf) -> Phases:
+    """Size i's phases: its prompt's prefill problem (shared, as the book's) and its step."""
+    pre_key = (b.klass, b.group, b.prompts[i], link)
+    prefill = book._prefill.get(pre_key)
+    if prefill is None:
+        prefill = book._prefill[pre_key] = b.prefill.problem(i, 1.0)  # type: ignore[union-attr]
+    s = b.step
+    step = fast_problem(
+        client_time=s["client_t"][i], server_time=s["server_t"][i],
+        server_work=s["server_work"][i], uplink_time=s["up"][i], downlink_time=s["down"][i],
+        deadline=np.inf, client_allowed=whole.client_allowed, loop_start=whole.loop_start,
+        loop_uplink_time=s["loop_up"][i], loop_downlink_time=s["loop_down"][i],
+    )  # type: ignore[index]  # fmt: skip
+    ttft, tpot, e2e = b.limits
+    return Phases(prefill.with_deadline(np.inf), step, steps, ttft or inf, tpot or inf, e2e or inf)
+
+
+def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
+    """Build the problems of every distinct key at once per (class, group), and the plans
+    of a fixed placement (`sim.engine.plan_fixed`); the rest is planned one at a time."""
+    from sim.engine.plan_fixed import plan_fixed
+
+    book = planner.book
+    mix = book.ld.scenario.workload.mix
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for k in keys:
+        if mix[k[0]].task != "synthetic" and tuple(k) not in book._problems:
+            groups.setdefault((k[0], k[1]), []).append((k[2], k[3]))
+    for (klass, group), sizes in groups.items():
+        batch = build_batch(book, klass, group, sizes)
+        if batch is None:
+            continue
+        store(book, batch)
+        if not planner.dynamic:
+            plan_fixed(planner, batch)
