@@ -5,9 +5,9 @@ A run plans every distinct (class, group, prompt, output) before it starts
 on both devices, its problem and its token-SLA phases. `prefetch` builds them for all
 sizes of a (class, group) together from `sim.costs.batched`'s rows (the same formulas,
 element by element, so every array equals the one-at-a-time path's), checks in one go
-what `SplitProblem` would validate, and stores each size's work, unit times, problem and
-phases in the `ProblemBook` without validating them again. Fixed placements are then
-planned as a batch too (`sim.engine.plan_fixed`). A size the batch cannot take (a device
+what `SplitProblem` would validate, and registers each size's work, problem and phases
+in the `ProblemBook`, made from the rows (without validating again) when first asked for.
+Fixed placements are planned as a batch too (`sim.engine.plan_fixed`). A size the batch cannot take (a device
 with a cost table, a relative SLA whose server-only plan falls back, a problem that would
 fail validation) is left to the one-at-a-time path, which stays the reference.
 """
@@ -183,34 +183,43 @@ def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
     )
 
 
-def store(book: ProblemBook, b: Batch) -> list[tuple]:
-    """Put every built size's work, unit times, problem and phases in the book; the keys
-    stored (sizes already there, or not built, are left alone)."""
-    client, server = book.ld.client_devices[b.group], book.ld.server_device
-    cfg = book.ld.scenario.clients[b.group].link
-    link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
-    w = b.whole
-    stored = []
-    deadlines, plan_deadlines = b.deadline_s.tolist(), b.plan_deadline.tolist()
-    inf = float("inf")
+def register(book: ProblemBook, b: Batch) -> None:
+    """Register every built size in the book: its work and problem (with phases) are made
+    from the batch's rows when first asked for (`ProblemBook.get`, `.work`), so sizes
+    planned by the batch alone (`sim.engine.plan_fixed`) never build objects."""
+    maker = _Maker(book, b)
     for i in np.flatnonzero(b.ok).tolist():
         p, o = b.prompts[i], b.outputs[i]
         key = (b.klass, b.group, p, o)
-        if key in book._problems:
-            continue
-        work = book._work.setdefault((b.klass, p, o), w.work.row(i))
-        book._times.setdefault((b.klass, p, o, id(server)), w.server_t[i])
-        book._times.setdefault((b.klass, p, o, id(client)), w.client_t[i])
-        problem = w.problem(i, plan_deadlines[i])
+        if key not in book._problems:
+            book.pending.setdefault(key, (maker.problem, i))
+        if (b.klass, p, o) not in book._work:
+            book.pending_work.setdefault((b.klass, p, o), (maker.work, i))
+
+
+class _Maker:
+    """Makes one size's `RequestWork` and `RequestProblem` from a batch's rows."""
+
+    def __init__(self, book: ProblemBook, b: Batch):
+        self.book, self.b = book, b
+        cfg = book.ld.scenario.clients[b.group].link
+        self.link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+
+    def work(self, i: int):
+        return self.b.whole.work.row(i)
+
+    def problem(self, i: int) -> RequestProblem:
+        """Size i's problem with its deadline (and phases), sharing the book's work."""
+        b, book = self.b, self.book
+        work = book.work(b.klass, b.prompts[i], b.outputs[i])
+        problem = b.whole.problem(i, float(b.plan_deadline[i]))
         phases = None
         if b.phased is not None and b.phased[i]:
-            phases = _phases(book, b, i, link, problem, work.steps, inf)
-        book._problems[key] = RequestProblem(problem, work, deadlines[i], phases)
-        stored.append(key)
-    return stored
+            phases = _phases(book, b, i, self.link, problem, work.steps)
+        return RequestProblem(problem, work, float(b.deadline_s[i]), phases)
 
 
-def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int, inf) -> Phases:
+def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int) -> Phases:
     """Size i's phases: its prompt's prefill problem (shared, as the book's) and its step."""
     pre_key = (b.klass, b.group, b.prompts[i], link)
     prefill = book._prefill.get(pre_key)
@@ -224,6 +233,7 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int,
         loop_uplink_time=s["loop_up"][i], loop_downlink_time=s["loop_down"][i],
     )  # type: ignore[index]  # fmt: skip
     ttft, tpot, e2e = b.limits
+    inf = float("inf")
     return Phases(prefill.with_deadline(np.inf), step, steps, ttft or inf, tpot or inf, e2e or inf)
 
 
@@ -236,12 +246,13 @@ def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
     mix = book.ld.scenario.workload.mix
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for k in keys:
-        if mix[k[0]].task != "synthetic" and tuple(k) not in book._problems:
+        known = tuple(k) in book._problems or tuple(k) in book.pending
+        if mix[k[0]].task != "synthetic" and not known:
             groups.setdefault((k[0], k[1]), []).append((k[2], k[3]))
     for (klass, group), sizes in groups.items():
         batch = build_batch(book, klass, group, sizes)
         if batch is None:
             continue
-        store(book, batch)
+        register(book, batch)
         if not planner.dynamic:
             plan_fixed(planner, batch)

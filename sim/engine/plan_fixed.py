@@ -43,22 +43,21 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
         rows &= feasible
     ok = _judged(b, latency, feasible)
     server_only_work = w.server_work.sum(axis=1).tolist()
-    segments = _server_segments(b)
     ones = np.ones((1, w.server_t.shape[1]))
     on_client = np.zeros(w.server_t.shape[1], bool)
     on_client.setflags(write=False)
     lat, okl, dl = latency.tolist(), ok.tolist(), b.deadline_s.tolist()
+    segments, has_server, nbytes = _server_segments(b)
     for i in np.flatnonzero(rows).tolist():
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
         if key in planner._plans:
             continue
         work = float((ones @ w.server_work[i])[0])
         plan = Plan(on_client, lat[i], work, okl[i], planner.policy, {})
-        segs = segments[i]
         planner._plans[key] = PlannedRequest(
-            plan=plan, segments=segs, deadline_s=dl[i], server_only_work=server_only_work[i],
-            has_server=any(s[0] == SERVER for s in segs),
-            transfer_bytes=float(sum(s[2] for s in segs if s[0] == XFER)),
+            plan=plan, segments=segments[i], deadline_s=dl[i],
+            server_only_work=server_only_work[i], has_server=has_server[i],
+            transfer_bytes=nbytes[i],
         )  # fmt: skip
 
 
@@ -75,9 +74,11 @@ def _judged(b: Batch, latency: np.ndarray, feasible: np.ndarray) -> np.ndarray:
     return np.where(b.phased, met & (latency <= e2e_s * _PHASE_FITS), feasible)
 
 
-def _server_segments(b: Batch) -> list[tuple]:
-    """Each size's all-server segments as `plan_segments` builds them: up at boundary 0,
-    the server's units summed in order, down at L (less the tokens that loop there)."""
+def _server_segments(b: Batch) -> tuple[list, list, list]:
+    """Each size's all-server segments as `plan_segments` builds them (up at boundary 0,
+    the server's units summed in order, down at L less the tokens that loop there), whether
+    a server segment is left (one of no time is dropped) and the bytes moved (the two
+    transfers' sum, as `_planned` adds them from 0)."""
     w = b.whole.work
     steps = w.steps
     n0 = w.act_pass[:, 0] + steps * w.act_step[:, 0]
@@ -93,4 +94,4 @@ def _server_segments(b: Batch) -> list[tuple]:
                                cl.tolist(), strict=True):  # fmt: skip
         segs = [(XFER, UP, a, ca), (SERVER, t), (XFER, DOWN, z, cz)]
         out.append(tuple(s for s in segs if not (s[0] != XFER and s[1] == 0.0)))
-    return out
+    return out, (total != 0.0).tolist(), (0 + n0 + nl).tolist()

@@ -15,6 +15,10 @@ chosen: fixed policies (`server_only`, `client_only`) evaluate their placement o
 a problem with no unit allowed on the client (`resident: none`) takes its one placement
 without the DP or the token-SLA bisection. Every shortcut gives the general path's plan
 exactly (tests/test_planning_speed_paths.py).
+
+Before a run the distinct sizes are built as a batch (`sim.engine.plan_batch`): their
+problems are registered in `ProblemBook.pending` and made into objects when first asked
+for; fixed placements are planned there without objects (`sim.engine.plan_fixed`).
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ class ProblemBook:
         self._linked: dict[tuple, RequestProblem] = {}
         self._times: dict[tuple, np.ndarray] = {}  # (class, prompt, output, device id) -> s
         self._prefill: dict[tuple, SplitProblem] = {}  # (class, group, prompt, link) -> problem
+        # built by a batch (`sim.engine.plan_batch`), made into objects when first asked:
+        # key -> (maker, row)
+        self.pending: dict[tuple, tuple] = {}
+        self.pending_work: dict[tuple, tuple] = {}
 
     def unit_times_s(self, klass: int, prompt: int, output: int, device: DeviceSpec) -> np.ndarray:
         """Seconds of each unit of a request size on a device, cached: the server's times
@@ -157,9 +165,13 @@ class ProblemBook:
         key = (klass, prompt, output)
         w = self._work.get(key)
         if w is None:
-            cls = self.ld.scenario.workload.mix[klass]
-            model = self.ld.models[cls.model]
-            w = request_work(model, cls.task, prompt, output, self.split.granularity)
+            batched = self.pending_work.pop(key, None)
+            if batched is not None:
+                w = batched[0](batched[1])
+            else:
+                cls = self.ld.scenario.workload.mix[klass]
+                model = self.ld.models[cls.model]
+                w = request_work(model, cls.task, prompt, output, self.split.granularity)
             self._work[key] = w
         return w
 
@@ -167,7 +179,11 @@ class ProblemBook:
         key = (klass, group, prompt, output)
         found = self._problems.get(key)
         if found is None:
-            found = self._build(klass, group, prompt, output)
+            batched = self.pending.pop(key, None)
+            if batched is not None:
+                found = batched[0](batched[1])
+            else:
+                found = self._build(klass, group, prompt, output)
             self._problems[key] = found
         return found
 
