@@ -240,7 +240,6 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int)
 def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
     """Build the problems of every distinct key at once per (class, group), and the plans
     of a fixed placement (`sim.engine.plan_fixed`); the rest is planned one at a time."""
-    from sim.engine.plan_dp import plan_dp
     from sim.engine.plan_fixed import plan_fixed
 
     book = planner.book
@@ -257,4 +256,3 @@ def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
         register(book, batch)
         if not planner.dynamic:
             plan_fixed(planner, batch)
-            plan_dp(planner, batch)
