@@ -148,9 +148,13 @@ class RunSetup:
         arr = self.arr
         if len(arr) == 0:
             return []
-        cols = (arr.klass, arr.group, arr.prompt_tokens, arr.output_tokens)
-        rows = np.unique(np.stack([np.asarray(c, np.int64) for c in cols], axis=1), axis=0)
-        return [tuple(r) for r in rows.tolist()]
+        cols = [np.asarray(c, np.int64) for c in (arr.klass, arr.group, arr.prompt_tokens,
+                                                   arr.output_tokens)]  # fmt: skip
+        order = np.lexsort(cols[::-1])  # by class, then group, prompt, output (as np.unique)
+        rows = np.stack([c[order] for c in cols], axis=1)
+        new = np.ones(len(rows), bool)
+        new[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+        return [tuple(r) for r in rows[new].tolist()]
 
     def _record_static(self, pid: np.ndarray, plans: list[PlannedRequest]) -> None:
         """Plan columns of the requests with a static plan."""
