@@ -699,3 +699,34 @@ def test_a_trace_arriving_all_at_once_runs(granularity, tmp_path, capsys):
     )
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert summary["completed"].eq(3).all() and summary["offered_rate_per_s"].isna().all()
+
+
+def test_unreadable_files_are_one_line_even_as_root(tmp_path, capsys, monkeypatch):
+    """Root reads files whatever their mode, so the permission error is injected: the
+    scenario, a CSV it names and a cost table each fail in one line naming the file."""
+    import pandas
+
+    scenario = write(tmp_path / "s.yaml", REQUEST_BASE)
+    real_read_text = Path.read_text
+
+    def denied_read_text(self, *args, **kwargs):
+        if self.name == "s.yaml":
+            raise PermissionError(13, "Permission denied")
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied_read_text)
+    assert main(["check", str(scenario)]) == 2
+    one_line(capsys.readouterr().err, str(scenario), "Permission denied")
+    monkeypatch.setattr(Path, "read_text", real_read_text)
+
+    raw = copy.deepcopy(REQUEST_BASE)
+    raw["clients"][0]["link"]["trace"] = "bw.csv"
+    (tmp_path / "bw.csv").write_text("time_s,uplink_mbps,downlink_mbps\n0,1,1\n")
+    scenario = write(tmp_path / "t.yaml", raw)
+
+    def denied_read_csv(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pandas, "read_csv", denied_read_csv)
+    assert main(["check", str(scenario)]) == 2
+    one_line(capsys.readouterr().err, str(scenario), "clients.0.link.trace", "Permission denied")
