@@ -96,7 +96,7 @@ class TokenSimulation:
         self.server = ServerLevels(1)  # one iteration at a time: one busy slot
         self.token_server = TokenServer(
             self.env, ld, planner.book, self.server, sc.server.max_queue,
-            self._after_server, self._reject,
+            self._after_server, self._reject, self._step_on_server,
         )  # fmt: skip
         self.links = self.setup.links
         self._observe, self._link_alpha = self.setup.observe, self.setup.link_alpha
@@ -279,9 +279,6 @@ class TokenSimulation:
 
     def _after_server(self, r: TokenRequest, now: float) -> None:
         """Request r left its server leg at `now`: send the result down, continue its path."""
-        if r.span_ok and 0 < r.k < r.prog.steps:  # `_advance`'s path for it, shortened
-            self._next_server_step(r, now)
-            return
         r.leg += 1
         prog = r.prog
         legs = prog.pass_legs if r.k == 0 else prog.step_legs
@@ -291,19 +288,21 @@ class TokenSimulation:
             t += self._xfer(r, DOWN, nb, t)
         self._advance(r, t)
 
-    def _next_server_step(self, r: TokenRequest, now: float) -> None:
-        """A decode step of a request whose steps stay on the server (`span_ok`) ended at
-        `now`: its token goes down the fixed link (`down_s`, as `_xfer` computes it) and the
-        next step is ready on the server at once. `TokenServer._apply_silent` does the same
-        for many iterations in bulk."""
+    def _step_on_server(self, r: TokenRequest, now: float) -> None:
+        """A decode step of a request whose steps stay on the server (`span_ok`, not its
+        last) ended at `now`: its token goes down the fixed link (`down_s`, as `_xfer`
+        computes it) and the next step is due on the server at once (the server keeps it:
+        `TokenServer._end_iteration`). What `_after_server` and `_advance` do for it, without
+        their walk over legs; `TokenServer._apply_silent` does the same in bulk."""
         self.request_events += 1
         r.xfer += r.down_s
-        r.nbytes += r.prog.step_out
-        r.token(now + r.down_s)
+        prog = r.prog
+        r.nbytes += prog.step_out
+        r.times.append(now + r.down_s)  # `r.token`, inline: this runs once per token
+        r.generated += 1
         r.k += 1
         r.leg = 0
-        r.ctx = r.prog.ctx_first + r.k - 1
-        self.token_server.push(now, r)
+        r.ctx = prog.ctx_first + r.k - 1
 
     def _finish(self, r: TokenRequest, t: float) -> None:
         """Request r's last token reached the client at t (s): record its metrics."""

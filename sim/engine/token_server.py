@@ -70,16 +70,20 @@ class TokenServer:
         max_queue: int | None,
         visit_ended: Callable[[TokenRequest, float], None],
         reject: Callable[[TokenRequest], None],
+        step_on_server: Callable[[TokenRequest, float], None],
     ):
         """`levels` keeps the monitored queue (requests waiting for admission) and busy
         (an iteration running) levels; `max_queue` bounds the admission queue;
         `visit_ended(r, t_s)` continues a request past a server visit, `reject(r)` loses it
-        (queue full, KV too large)."""
+        (queue full, KV too large), `step_on_server(r, t_s)` advances a `span_ok` request
+        past a decode step whose successor is due on the server at once."""
         sc = ld.scenario
         cfg = sc.simulation
         self.env, self.ld, self.book, self.levels = env, ld, book, levels
         self.max_queue = max_queue
         self._visit_ended, self._reject = visit_ended, reject
+        self._step_on_server = step_on_server
+        self._carry: list = []  # (seq, request): decode steps due at the last iteration's end
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
         self.max_batch = cfg.max_batch_requests
@@ -160,21 +164,38 @@ class TokenServer:
 
     def _pull(self, now: float) -> None:
         """Visits ready by `now`: admitted requests to the ready queue, the others to the
-        admission queue (or rejected when it is full)."""
+        admission queue (or rejected when it is full). Decode steps kept from the iteration
+        that just ended (`_carry`, due now) join in the order a heap of (time, sequence)
+        would have given them."""
         heap = self._heap
+        carry = self._carry
+        if carry:
+            self._carry = []
+            ready, i = self._ready, 0
+            while heap and heap[0][0] <= now:
+                while i < len(carry) and (now, carry[i][0]) < heap[0][:2]:
+                    ready.append(carry[i][1])
+                    i += 1
+                self._pull_one(now)
+            ready.extend(r for _, r in carry[i:])
+            return
         while heap and heap[0][0] <= now:
-            _, seq, r = heapq.heappop(heap)
-            if r.admitted:
-                self._ready.append(r)
-            else:
-                limit = self.max_queue
-                if limit is not None and len(self._waiting) >= limit:
-                    self._reject(r)
-                    continue
-                prio = r.priority if self.edf else 0.0
-                key = (-1.0 if r.recompute and not self.edf else prio, seq, r)
-                heapq.heappush(self._waiting, key)
-                self.levels.change(self.env.now, 1, 0)
+            self._pull_one(now)
+
+    def _pull_one(self, now: float) -> None:
+        """The heap's first visit (ready by `now`): to the ready or the admission queue."""
+        _, seq, r = heapq.heappop(self._heap)
+        if r.admitted:
+            self._ready.append(r)
+            return
+        limit = self.max_queue
+        if limit is not None and len(self._waiting) >= limit:
+            self._reject(r)
+            return
+        prio = r.priority if self.edf else 0.0
+        key = (-1.0 if r.recompute and not self.edf else prio, seq, r)
+        heapq.heappush(self._waiting, key)
+        self.levels.change(now, 1, 0)
 
     def run(self):
         """The server's SimPy process: an iteration while a batch forms, else sleep until
@@ -239,9 +260,16 @@ class TokenServer:
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
+        carry, step = self._carry, self._step_on_server
         for r in batch:
             r.s_busy += dur_s
-            self._visit_done(r, now)
+            if r.span_ok and 0 < r.k < r.prog.steps and not r.recompute:
+                step(r, now)  # its next step is due now: kept here, not in the heap
+                r.t_ready = now
+                self._seq += 1
+                carry.append((self._seq, r))
+            else:
+                self._visit_done(r, now)
         self.series_kv.set(now, self._kv_used)
 
     def _visit_done(self, r: TokenRequest, now: float) -> None:
@@ -290,6 +318,14 @@ class TokenServer:
         if self.chunked:  # decode steps first, prefills fill what is left (vLLM's order)
             order.sort(key=lambda q: q.k == 0 or q.recompute)
         for r in order:
+            if r.k and not r.recompute:  # a decode step: one token (`_take`'s answer)
+                if budget < 1 and batch:
+                    ready.append(r)
+                    continue
+                r.chunk = 1
+                budget -= 1
+                batch.append(r)
+                continue
             take = self._take(r, budget, batch)
             if take is None:
                 ready.append(r)
