@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fsnap import snapshot
 
 from sim.cli import main
 
@@ -437,14 +438,6 @@ def write_case(case: Case, where: Path) -> Path:
     elif isinstance(content, str):
         path.write_text(content)
     return path
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file and folder under `root`, with file contents (folders map to None)."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def assert_one_error_line(err: str, scenario: Path, expect: list[str]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fsnap import snapshot
 
 from sim.atomic import atomic_write_text, owner_tag, stale_owner, temp_prefix
 from sim.cli import main
@@ -49,14 +50,6 @@ SCENARIO: dict = {
 
 
 # --- helpers
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every file and folder under `root` (hidden ones too), with file contents."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def write_scenario(where: Path, **changes) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from fsnap import snapshot
 from pydantic import BaseModel
 
 from sim.catalog.specs import DeviceSpec, ModelSpec
@@ -318,13 +319,6 @@ def edge_cases() -> list:
 
 
 # ---- the contract ------------------------------------------------------------------------
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    return {
-        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-        for p in sorted(root.rglob("*"))
-    }
 
 
 def one_line(err: str, *fragments: str) -> str:
