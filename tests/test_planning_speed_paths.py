@@ -32,7 +32,7 @@ from sim.split.dp import (
     _dp_sweeps,
     _fastest_search,
     _grid,
-    _search,
+    exact_search,
     grid_steps,
     solve_dp,
 )
@@ -73,9 +73,7 @@ def _same(a, b) -> None:
 
 def _general_dp(problem: SplitProblem, name: str = "dp"):
     """`solve_dp` without its one-placement shortcut."""
-    step = max(problem.deadline / DEFAULT_STEPS, problem.deadline / 100_000)
-    horizon = int(grid_steps(problem.deadline, step, up=False))
-    return _search(problem, _grid(problem, step), horizon, step, name)
+    return exact_search(problem, name)
 
 
 @settings(max_examples=300, deadline=None)

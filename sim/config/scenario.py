@@ -188,7 +188,9 @@ class WorkloadConfig(Section):
 
 class SplitConfig(Section):
     time_step_s: lim.TIME_STEP_S.optional = Field(
-        None, description="DP grid; default deadline/2000 (at most 100,000 steps per deadline)"
+        None,
+        description="grid of the dp_grid policy (the paper's discretised DP); default "
+        "deadline/2000, at most 100,000 steps per deadline; dp is exact and has no grid",
     )
     objective: Literal["server_time", "server_flops"] = "server_time"
     granularity: Literal["block", "sublayer"] = "block"

@@ -37,6 +37,7 @@ from sim.split.phased import (
     DEADLINE_POLICIES,
     Phases,
     judge,
+    solve_dp_phased,
     solve_phased,
     split_phases,
     with_waits,
@@ -363,6 +364,8 @@ class Planner:
             on_client = np.zeros(whole.n_units, bool)
             on_client.setflags(write=False)
             return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
+        if self.policy == "dp" or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
+            return solve_dp_phased(whole, phases, self.policy)  # exact: no mixes searched
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731
         return solve_phased(whole, phases, run)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.split import exact, labels
 from sim.split.problem import Plan, SplitProblem, make_plan
+
+_NO_FIT = "no placement fits the deadline"
 
 DEFAULT_STEPS = 2000
 # The grid never has more steps than this per deadline: a finer `time_step` is coarsened to
@@ -172,7 +175,36 @@ def _grid(problem: SplitProblem, step: float) -> dict:
 
 
 def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = "dp") -> Plan:
-    """Least server work within the deadline, on a latency grid of `time_step` seconds."""
+    """Least server work within the deadline, exactly (`sim.split.labels`); ties: the least
+    latency. `time_step` is accepted for the callers of the grid DP and not used."""
+    if not np.isfinite(problem.deadline):
+        raise ValueError("dp needs a finite deadline")
+    if not problem.client_allowed.any():
+        on_server = np.zeros(problem.n_units, bool)
+        plan = make_plan(problem, on_server, name)
+        if plan.feasible:
+            return plan
+        return make_plan(problem, on_server, name, fallback=True, reason=_NO_FIT)
+    return exact_search(problem, name)
+
+
+def exact_search(problem: SplitProblem, name: str = "dp") -> Plan:
+    """`solve_dp`'s search proper (no shortcut): the labels' least-work placement that
+    `make_plan` confirms within the deadline, else the least-latency fallback."""
+    found = exact.search(
+        labels.criteria_of([problem], [problem.deadline], problem.server_work),
+        lambda oc: make_plan(problem, oc, name).feasible,
+    )
+    if found is None:
+        return fastest_plan(problem, name, reason=_NO_FIT)
+    return make_plan(problem, found, name)
+
+
+def solve_dp_grid(
+    problem: SplitProblem, time_step: float | None = None, name: str = "dp_grid"
+) -> Plan:
+    """The SplitLLM paper's DP: least server work within the deadline on a latency grid of
+    `time_step` seconds (default deadline / 2000), every time rounded up to the grid."""
     if not np.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
     step = max(time_step or problem.deadline / DEFAULT_STEPS, problem.deadline / MAX_STEPS)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sim.split import exact, labels
 from sim.split.dp import fastest_plan
 from sim.split.problem import Plan, SplitProblem, evaluate
 
@@ -34,7 +35,9 @@ _FITS = 1 + 1e-9  # relative slack for float error when comparing with a limit
 _BISECTIONS = 8
 
 # Policies whose placement depends on the deadline; the others are only re-judged.
-DEADLINE_POLICIES = frozenset({"dp", "dp_queue_aware", "greedy", "greedy_ratio", "best_cut"})
+DEADLINE_POLICIES = frozenset(
+    {"dp", "dp_grid", "dp_queue_aware", "greedy", "greedy_ratio", "best_cut"}
+)
 
 
 @dataclass(frozen=True)
@@ -168,3 +171,31 @@ def solve_phased(
         if all(meets(phases, fast.on_client)):
             best = replace(fast, notes={})
     return judge(whole, phases, best if best is not None else plan)
+
+
+def solve_dp_phased(whole: SplitProblem, phases: Phases, policy: str = "dp") -> Plan:
+    """`dp` under token SLAs, exactly: the least server work (of `whole`) meeting the TTFT,
+    the TPOT and any end-to-end limit, one latency criterion per finite limit in the
+    exact DP (`sim.split.labels`), no mixes searched. When nothing meets them all, the
+    start mix's least-latency placement, judged (`feasible=False`), as `solve_phased`."""
+    problems, limits = [], []
+    for problem, limit in ((phases.prefill, phases.ttft_s), (phases.step, phases.tpot_s),
+                           (whole, phases.e2e_s)):  # fmt: skip
+        if np.isfinite(limit):
+            problems.append(problem)
+            limits.append(limit)
+    if not problems:  # no limit at all: every placement meets them
+        problems, limits = [phases.prefill], [np.inf]
+    judged: list[Plan] = []
+
+    def accept(on_client: np.ndarray) -> bool:
+        on_client.setflags(write=False)
+        judged.append(judge(whole, phases, Plan(on_client, 0.0, 0.0, False, policy)))
+        return judged[-1].feasible
+
+    crit = labels.criteria_of(problems, limits, whole.server_work)
+    if exact.search(crit, accept) is not None:
+        return judged[-1]
+    problem, wait = mixed(phases, _start_theta(phases))
+    fast = fastest_plan(replace(problem, server_entry_time=wait), policy)
+    return judge(whole, phases, fast)

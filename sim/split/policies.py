@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from sim.split.dp import fastest_plan, solve_dp
+from sim.split.dp import fastest_plan, solve_dp, solve_dp_grid
 from sim.split.problem import Plan, SplitProblem, evaluate_many, make_plan
 from sim.split.registry import Registry
 
@@ -42,8 +42,15 @@ LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware"})
 
 @POLICIES.register("dp")
 def dp(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
-    """The SplitLLM dynamic program: least server work within the deadline."""
+    """The SplitLLM dynamic program, exact: least server work within the deadline."""
     return solve_dp(problem, time_step)
+
+
+@POLICIES.register("dp_grid")
+def dp_grid(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
+    """The paper's discretised DP: least server work with every time rounded up to a grid
+    (`split.time_step_s`, default deadline/2000); can need more work than `dp`."""
+    return solve_dp_grid(problem, time_step)
 
 
 @POLICIES.register("dp_queue_aware")

@@ -1,0 +1,33 @@
+"""The exact DP's entry point: enumerate the structures when they are few, else labels.
+
+Both find the least-work placement meeting every limit over the same candidates (the
+minimal-switch patterns of each run of identical units, `sim.split.labels`); enumeration
+(`sim.split.structural`) is faster for real models (a few runs), the label front for
+chains of many different units. `accept(on_client)` is the caller's exact check of a
+candidate (float noise can put the DP's best a hair over a limit): the next best is tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sim.split import labels, structural
+from sim.split.labels import Criteria
+
+_TRIES = 16  # best candidates checked exactly (float noise only ever needs 2)
+
+
+def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | None:
+    """The least-work placement meeting every limit that `accept` confirms, or None."""
+    spans = labels.runs_of(c)
+    allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
+    if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
+        return labels.search(c, accept, spans)
+    st = structural.structures(tuple(spans), allowed, c.loop_start, c.has_loop)
+    order = structural.ranked(structural.BatchCriteria.of(c), st)[:_TRIES]
+    for on_client in structural.placements(st, order, c.work.shape[0]):
+        if accept(on_client):
+            return on_client
+    return None

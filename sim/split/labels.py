@@ -1,0 +1,273 @@
+"""The exact DP: non-dominated (latencies, server work) labels over runs of identical units.
+
+`dp`'s search. Units are walked in order; at each location (client or server) after a unit
+it keeps every partial placement that no other beats on every latency criterion *and* on
+server work (a Pareto front of labels). A placement that meets the limits with the least
+work extends a label of that front, so the front's best feasible end is the optimum, with
+no grid: times are summed in floating point, never rounded.
+
+Criteria: one latency for a request (K = 1), or the prefill, the mean decode step and the
+whole request for token SLAs (TTFT, TPOT, end-to-end: K = 2 or 3), each with its limit.
+A generation loop makes the end depend on where the loop's start unit ran (a refund or an
+extra crossing, see `problem.py`): labels carry that location as a tag from the loop start
+on, and only labels of the same tag are compared.
+
+Speed: transformer layers are identical units. A run of k identical units with identical
+boundaries between them is crossed in one step: given where the run is entered and left and
+how many of its units run on the client (j), the fewest switches inside the run are never
+worse (a switch adds link time and no work, and only the count of client units matters when
+units are equal), so the run has about 4k placements to try instead of 2^k, and a 32-layer
+model is three runs. Units that differ are runs of one.
+
+Tolerance: labels whose latencies differ only by float noise (relative 1e-12) count as
+equal, so the front does not fill with copies of one placement summed in another order;
+candidates are pruned at their limit with a relative slack of 1e-9, and the caller checks
+the chosen placement exactly (`make_plan`), taking the next best when float noise put the
+DP's best a hair over its limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+CLIENT, SERVER = 0, 1
+_TOL = 1e-12  # relative: latencies this close are one (float noise of the summation order)
+_SLACK = 1e-9  # relative: candidates within it of a limit are kept for the exact check
+_TRIES = 16  # best ends checked exactly before giving up (float noise only ever needs 2)
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """K latency criteria over one chain of L units, with limits and the server work.
+
+    Per criterion: unit times on the client (`cc`) and the server (`cs`), (K, L); the cost
+    of a switch onto the server (`up`, uplink plus expected wait) and back (`dn`) at each
+    boundary, (K, L + 1); the loop's extra crossing and refund, (K,); the limit (K,).
+    """
+
+    cc: np.ndarray
+    cs: np.ndarray
+    up: np.ndarray
+    dn: np.ndarray
+    loop_up: np.ndarray
+    loop_down: np.ndarray
+    limit: np.ndarray
+    work: np.ndarray  # (L,) server work per unit
+    allowed: np.ndarray  # (L,) bool: the unit may run on the client
+    loop_start: int
+    has_loop: bool
+
+
+def criteria_of(problems: list, limits: list[float], work: np.ndarray) -> Criteria:
+    """`Criteria` from split problems over the same units (one per latency criterion)."""
+    n = problems[0].n_units
+
+    def rows(name: str, width: int) -> np.ndarray:
+        return np.vstack([np.broadcast_to(getattr(p, name), (width,)) for p in problems])
+
+    return Criteria(
+        cc=rows("client_time", n), cs=rows("server_time", n), up=rows("entry_times", n + 1),
+        dn=rows("downlink_time", n + 1),
+        loop_up=np.array([p.loop_uplink_time for p in problems], float),
+        loop_down=np.array([p.loop_downlink_time for p in problems], float),
+        limit=np.asarray(limits, float), work=np.asarray(work, float),
+        allowed=problems[0].client_allowed, loop_start=problems[0].loop_start,
+        has_loop=any(p.has_loop for p in problems),
+    )  # fmt: skip
+
+
+def runs_of(c: Criteria) -> list[tuple[int, int]]:
+    """Maximal runs [s, e) of identical units whose inner boundaries are identical too;
+    the loop's start unit is a run of its own (its location sets the tag)."""
+    n = c.work.shape[0]
+    unit = np.vstack([c.cc, c.cs, c.work[None, :], c.allowed[None, :]])
+    same_unit = (unit[:, 1:] == unit[:, :-1]).all(axis=0).tolist()
+    bound = np.vstack([c.up[:, :n], c.dn[:, :n]])
+    same_bound = (bound[:, 1:] == bound[:, :-1]).all(axis=0).tolist()
+    out, s = [], 0
+    for u in range(1, n):
+        joins = same_unit[u - 1] and c.loop_start not in (u, u - 1)
+        if not (joins and (u - 1 == s or same_bound[u - 1])):
+            out.append((s, u))
+            s = u
+    out.append((s, n))
+    return out
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The placements of a run of k identical units worth trying: for each, its first and
+    last location, client units j, switches inside the run (up, down), and the placement."""
+
+    first: np.ndarray
+    last: np.ndarray
+    j: np.ndarray
+    n_up: np.ndarray
+    n_down: np.ndarray
+    on_client: np.ndarray  # (P, k) bool
+
+
+@lru_cache(maxsize=256)
+def patterns(k: int, allowed: bool) -> Patterns:
+    """Per (first, last, j) the placement with the fewest switches inside the run: one
+    block, two blocks (one switch), or client-server-client / server-client-server."""
+    rows: list[tuple[int, int, int, int, int, list[bool]]] = [(SERVER, SERVER, 0, 0, 0, [False] * k)]
+    if allowed:
+        rows.append((CLIENT, CLIENT, k, 0, 0, [True] * k))
+        for j in range(1, k):
+            rows.append((CLIENT, SERVER, j, 1, 0, [True] * j + [False] * (k - j)))
+            rows.append((SERVER, CLIENT, j, 0, 1, [False] * (k - j) + [True] * j))
+            if j >= 2:  # client j-1, server k-j, client 1
+                rows.append((CLIENT, CLIENT, j, 1, 1, [True] * (j - 1) + [False] * (k - j) + [True]))
+            if j <= k - 2:  # server 1, client j, server k-j-1
+                rows.append((SERVER, SERVER, j, 1, 1, [False] + [True] * j + [False] * (k - j - 1)))
+    cols = list(zip(*rows, strict=True))
+    first, last, j, n_up, n_down = (np.array(x, np.int64) for x in cols[:5])
+    on_client = np.array(cols[5], bool).reshape(len(rows), k)
+    for a in (first, last, j, n_up, n_down, on_client):
+        a.setflags(write=False)
+    return Patterns(first, last, j, n_up, n_down, on_client)
+
+
+@dataclass
+class Front:
+    """Labels at one location: latencies (n, K), work (n,), tag (n,), and where each came
+    from (location and index in the previous run's front, pattern of this run)."""
+
+    t: np.ndarray
+    w: np.ndarray
+    tag: np.ndarray
+    parent_loc: np.ndarray
+    parent: np.ndarray
+    pattern: np.ndarray
+
+
+def _empty(k: int) -> Front:
+    z = np.zeros(0, np.int64)
+    return Front(np.zeros((0, k)), np.zeros(0), z, z, z, z)
+
+
+def _run_costs(c: Criteria, s: int, e: int, pat: Patterns) -> tuple[np.ndarray, np.ndarray]:
+    """Latency (P, K) and work (P,) of each pattern of run [s, e), switches inside it
+    included, the switch into it not."""
+    k = e - s
+    j = pat.j[:, None].astype(float)
+    t = j * c.cc[:, s] + (k - j) * c.cs[:, s]
+    if k > 1:  # the inner boundaries are equal: boundary s + 1 stands for them
+        t = t + pat.n_up[:, None] * c.up[:, s + 1] + pat.n_down[:, None] * c.dn[:, s + 1]
+    return t, (k - pat.j) * c.work[s]
+
+
+def _step(c: Criteria, fronts: list[Front], s: int, e: int, bound: np.ndarray) -> list[Front]:
+    """Cross run [s, e) from both locations' fronts; the new front at each location."""
+    pat = patterns(e - s, bool(c.allowed[s]))
+    run_t, run_w = _run_costs(c, s, e, pat)
+    parts = []
+    for loc, f in enumerate(fronts):
+        n = f.w.shape[0]
+        if n == 0:
+            continue
+        switch = pat.first != loc
+        if loc == CLIENT:
+            hop = np.where(switch[:, None], c.up[:, s], 0.0)
+        else:
+            hop = np.where(switch[:, None], c.dn[:, s], 0.0)
+        t = (f.t[:, None, :] + (run_t + hop)[None, :, :]).reshape(-1, run_t.shape[1])
+        w = (f.w[:, None] + run_w[None, :]).reshape(-1)
+        P = run_w.shape[0]
+        idx = np.repeat(np.arange(n), P)
+        pid = np.tile(np.arange(P), n)
+        if c.has_loop and s == c.loop_start:
+            tag = (pat.first[pid] == SERVER).astype(np.int64)
+        else:
+            tag = f.tag[idx]
+        parts.append((t, w, tag, np.full(idx.shape, loc), idx, pid))
+    if not parts:  # nothing met the limits so far
+        return [_empty(c.limit.shape[0]), _empty(c.limit.shape[0])]
+    t, w, tag, ploc, idx, pid = (np.concatenate(x) for x in zip(*parts, strict=True))
+    last = pat.last[pid]
+    ok = (t <= bound[tag]).all(axis=1)
+    out = []
+    for loc in (CLIENT, SERVER):
+        sel = np.flatnonzero(ok & (last == loc))
+        keep = sel[_pareto(t[sel], w[sel], tag[sel])]
+        out.append(Front(t[keep], w[keep], tag[keep], ploc[keep], idx[keep], pid[keep]))
+    return out
+
+
+def _pareto(t: np.ndarray, w: np.ndarray, tag: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated labels (least work first): a label goes when one of the
+    same tag with no more work has every latency no more than its own (within noise)."""
+    n = w.shape[0]
+    if n <= 1:
+        return np.arange(n)
+    order = np.lexsort((*t.T[::-1], w, tag))
+    ts, tg = t[order], tag[order]
+    if t.shape[1] == 1:  # one latency: sorted by work, keep strictly faster labels
+        x = ts[:, 0] * (1 + _TOL)
+        keep = np.empty(n, bool)
+        start = 0
+        for stop in (*np.flatnonzero(tg[1:] != tg[:-1]) + 1, n):
+            seg = x[start:stop]
+            prev = np.minimum.accumulate(ts[start:stop, 0])
+            keep[start] = True
+            keep[start + 1 : stop] = seg[1:] < prev[:-1]
+            start = stop
+        return order[keep]
+    le = (ts[None, :, :] <= ts[:, None, :] * (1 + _TOL)).all(axis=2)  # le[i, j]: j <= i
+    le &= tg[None, :] == tg[:, None]
+    dominated = np.tril(le, -1).any(axis=1)
+    return order[~dominated]
+
+
+def _ends(c: Criteria, fronts: list[Front]) -> list[tuple[float, tuple, int, int]]:
+    """Every label that meets the limits at the end, as (work, latencies, location, index),
+    best first: the way back to the client (and the loop's refund or crossing) added."""
+    L = c.work.shape[0]
+    found = []
+    for loc, f in enumerate(fronts):
+        if f.w.shape[0] == 0:
+            continue
+        tag = f.tag[:, None].astype(float)
+        if loc == CLIENT:
+            end = f.t + tag * c.loop_up
+        else:
+            end = f.t + c.dn[:, L] - tag * c.loop_down
+        ok = (end <= c.limit * (1 + _SLACK)).all(axis=1)
+        for i in np.flatnonzero(ok).tolist():
+            found.append((float(f.w[i]), tuple(end[i].tolist()), loc, i))
+    found.sort()
+    return found
+
+
+def _trace(c: Criteria, spans: list[tuple[int, int]], history: list, loc: int, i: int):
+    """The placement of the label at (location, index) of the last run's front."""
+    on_client = np.zeros(c.work.shape[0], bool)
+    for (s, e), fronts in zip(reversed(spans), reversed(history), strict=True):
+        f = fronts[loc]
+        p = int(f.pattern[i])
+        on_client[s:e] = patterns(e - s, bool(c.allowed[s])).on_client[p]
+        loc, i = int(f.parent_loc[i]), int(f.parent[i])
+    return on_client
+
+
+def search(c: Criteria, accept, spans: list[tuple[int, int]] | None = None) -> np.ndarray | None:
+    """The least-work placement meeting every limit that `accept(on_client)` confirms
+    (the exact check), or None when no label meets the limits; `spans` are `runs_of(c)`."""
+    K = c.limit.shape[0]
+    bound = (c.limit + np.vstack([np.zeros(K), c.loop_down])) * (1 + _SLACK)
+    start = Front(np.zeros((1, K)), np.zeros(1), np.zeros(1, np.int64), *([np.zeros(1, np.int64)] * 3))
+    fronts = [start, _empty(K)]
+    spans = runs_of(c) if spans is None else spans
+    history = []
+    for s, e in spans:
+        fronts = _step(c, fronts, s, e, bound)
+        history.append(fronts)
+    for _, _, loc, i in _ends(c, fronts)[:_TRIES]:
+        on_client = _trace(c, spans, history, loc, i)
+        if accept(on_client):
+            return on_client
+    return None

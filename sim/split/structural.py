@@ -1,0 +1,160 @@
+"""The exact DP's answer by enumeration, for many request sizes at once.
+
+A transformer is a few runs of identical units (embedding, N layers, head: see
+`sim.split.labels`). Every placement worth trying is then one of the runs' patterns per
+run: a few hundred "structures" (about 4N x 4 for a 32-layer model), the same for every
+size of a request class. Evaluating them all for every size is a handful of numpy
+operations over (sizes, structures, criteria), so the exact plans of thousands of sizes
+cost about as much as a few one-at-a-time searches. Latencies are summed run by run in the
+order the labels sum them, so a structure's latency is the label's bit for bit; the least
+work among the structures that meet every limit (then the least latency, criterion by
+criterion) is the labels' optimum. Used when the structures are few (`MAX_STRUCTURES`);
+the labels search otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from sim.split.labels import CLIENT, SERVER, Criteria, patterns
+
+MAX_STRUCTURES = 4096  # above it the label search is cheaper
+_SLACK = 1e-9  # as the labels': candidates within it of a limit go to the exact check
+_CHUNK = 256  # sizes per block: (sizes, structures, criteria) floats stay a few MB
+
+
+@dataclass(frozen=True)
+class BatchCriteria:
+    """`Criteria` of S sizes sharing units, spans and allowed units: a leading size axis
+    on every array (cc, cs (S, K, L); up, dn (S, K, L + 1); loop terms and limits (S, K);
+    work (S, L))."""
+
+    cc: np.ndarray
+    cs: np.ndarray
+    up: np.ndarray
+    dn: np.ndarray
+    loop_up: np.ndarray
+    loop_down: np.ndarray
+    limit: np.ndarray
+    work: np.ndarray
+    allowed: np.ndarray
+    loop_start: int
+    has_loop: bool
+
+    @classmethod
+    def of(cls, c: Criteria) -> BatchCriteria:
+        """One size's criteria as a batch of one."""
+        return cls(
+            c.cc[None], c.cs[None], c.up[None], c.dn[None], c.loop_up[None],
+            c.loop_down[None], c.limit[None], c.work[None], c.allowed, c.loop_start,
+            c.has_loop,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Structures:
+    """Every structure of a chain of runs: the pattern of each run (Q, R), whether each
+    run is entered by a switch up or down (Q, R), where the chain ends, and the tag (the
+    loop start on the server)."""
+
+    spans: tuple[tuple[int, int], ...]
+    allowed: tuple[bool, ...]
+    pattern: np.ndarray
+    hop_up: np.ndarray
+    hop_down: np.ndarray
+    ends_server: np.ndarray
+    tag: np.ndarray
+
+
+def count(spans, allowed_of_run) -> int:
+    """How many structures a chain of runs has."""
+    total = 1
+    for (s, e), allowed in zip(spans, allowed_of_run, strict=True):
+        total *= patterns(e - s, allowed).j.shape[0]
+        if total > MAX_STRUCTURES:
+            break
+    return total
+
+
+@lru_cache(maxsize=64)
+def structures(spans: tuple, allowed: tuple, loop_start: int, has_loop: bool) -> Structures:
+    """All structures of the runs (at most `MAX_STRUCTURES`), in a fixed order."""
+    pats = [patterns(e - s, a) for (s, e), a in zip(spans, allowed, strict=True)]
+    pattern = np.array(list(itertools.product(*(range(p.j.shape[0]) for p in pats))), np.int64)
+    pattern = pattern.reshape(-1, len(pats))
+    first = np.stack([p.first[pattern[:, r]] for r, p in enumerate(pats)], axis=1)
+    last = np.stack([p.last[pattern[:, r]] for r, p in enumerate(pats)], axis=1)
+    before = np.concatenate([np.full((pattern.shape[0], 1), CLIENT), last[:, :-1]], axis=1)
+    tag = np.zeros(pattern.shape[0], bool)
+    if has_loop:
+        r0 = next(r for r, (s, _) in enumerate(spans) if s == loop_start)
+        tag = first[:, r0] == SERVER
+    return Structures(
+        spans, allowed, pattern, (before == CLIENT) & (first == SERVER),
+        (before == SERVER) & (first == CLIENT), last[:, -1] == SERVER, tag,
+    )  # fmt: skip
+
+
+def _latency(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    """End latencies (S, Q, K) and work (S, Q) of every structure for the sizes `rows`,
+    summed run by run as the labels sum them."""
+    t = w = 0.0
+    for r, (s, e) in enumerate(st.spans):
+        pat = patterns(e - s, st.allowed[r])
+        k = e - s
+        j = pat.j[:, None].astype(float)
+        cc, cs = b.cc[rows, None, :, s], b.cs[rows, None, :, s]  # (S, 1, K)
+        run_t = j * cc + (k - j) * cs  # (S, P, K)
+        if k > 1:
+            run_t = (run_t + pat.n_up[:, None] * b.up[rows, None, :, s + 1]
+                     + pat.n_down[:, None] * b.dn[rows, None, :, s + 1])  # fmt: skip
+        idx = st.pattern[:, r]
+        hop = (np.where(st.hop_up[:, r, None], b.up[rows, None, :, s], 0.0)
+               + np.where(st.hop_down[:, r, None], b.dn[rows, None, :, s], 0.0))  # fmt: skip
+        t = t + (run_t[:, idx, :] + hop)
+        w = w + ((k - pat.j) * b.work[rows, None, s])[:, idx]
+    tag = st.tag[None, :, None].astype(float)
+    L = b.work.shape[1]
+    on_client_end = t + tag * b.loop_up[rows, None, :]
+    on_server_end = t + b.dn[rows, None, :, L] - tag * b.loop_down[rows, None, :]
+    return np.where(st.ends_server[None, :, None], on_server_end, on_client_end), w
+
+
+def ranked(b: BatchCriteria, st: Structures) -> np.ndarray:
+    """One size's structures that meet every limit, best first: least work, then least
+    latency criterion by criterion, then structure order (as `best` picks)."""
+    t, w = _latency(b, st, slice(0, 1))
+    t, w = t[0], w[0]
+    ok = np.flatnonzero((t <= b.limit[0] * (1 + _SLACK)).all(axis=1))
+    keys = [t[ok, c] for c in range(t.shape[1] - 1, -1, -1)]
+    return ok[np.lexsort((ok, *keys, w[ok]))]
+
+
+def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray]:
+    """Per size the best feasible structure's placement (S, L) and whether one exists (S,)."""
+    S, L = b.work.shape
+    chosen = np.zeros(S, np.int64)
+    found = np.zeros(S, bool)
+    for a in range(0, S, _CHUNK):
+        rows = slice(a, min(a + _CHUNK, S))
+        t, w = _latency(b, st, rows)
+        ok = (t <= b.limit[rows, None, :] * (1 + _SLACK)).all(axis=2)
+        cand = ok & (np.where(ok, w, np.inf) == np.where(ok, w, np.inf).min(axis=1)[:, None])
+        for c in range(t.shape[2]):
+            tc = np.where(cand, t[:, :, c], np.inf)
+            cand &= tc == tc.min(axis=1)[:, None]
+        chosen[rows] = cand.argmax(axis=1)
+        found[rows] = ok.any(axis=1)
+    return placements(st, chosen, L), found
+
+
+def placements(st: Structures, chosen: np.ndarray, n_units: int) -> np.ndarray:
+    """The placements (len(chosen), L) of the given structures."""
+    out = np.zeros((chosen.shape[0], n_units), bool)
+    for r, (s, e) in enumerate(st.spans):
+        out[:, s:e] = patterns(e - s, st.allowed[r]).on_client[st.pattern[chosen, r]]
+    return out
