@@ -7,7 +7,8 @@ sizes of a (class, group) together from `sim.costs.batched`'s rows (the same for
 element by element, so every array equals the one-at-a-time path's), checks in one go
 what `SplitProblem` would validate, and registers each size's work, problem and phases
 in the `ProblemBook`, made from the rows (without validating again) when first asked for.
-Fixed placements are planned as a batch too (`sim.engine.plan_fixed`). A size the batch cannot take (a device
+Fixed placements are planned as a batch too (`sim.engine.plan_fixed`), and so are `dp`'s
+plans under token SLAs (`sim.engine.plan_dp`). A size the batch cannot take (a device
 with a cost table, a relative SLA whose server-only plan falls back, a problem that would
 fail validation) is left to the one-at-a-time path, which stays the reference.
 """
@@ -240,6 +241,7 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int)
 def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
     """Build the problems of every distinct key at once per (class, group), and the plans
     of a fixed placement (`sim.engine.plan_fixed`); the rest is planned one at a time."""
+    from sim.engine.plan_dp import plan_dp
     from sim.engine.plan_fixed import plan_fixed
 
     book = planner.book
@@ -256,3 +258,4 @@ def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
         register(book, batch)
         if not planner.dynamic:
             plan_fixed(planner, batch)
+            plan_dp(planner, batch)

@@ -355,7 +355,7 @@ class Planner:
         whole, phases = rp.problem, rp.phases
         if wait:
             phases = with_waits(phases, wait, np.where(after_loop(rp.work), wait, 0.0))
-            whole = replace(whole, server_entry_time=pass_waits(rp.work, wait))
+            whole = whole.with_entry(pass_waits(rp.work, wait))
         if self.policy not in DEADLINE_POLICIES:  # a plan made on `whole`: evaluated there
             plan = solve(whole, self.policy)
             return judge(whole, phases, plan, (plan.latency, plan.server_work))

@@ -66,7 +66,10 @@ def criteria_of(problems: list, limits: list[float], work: np.ndarray) -> Criter
     n = problems[0].n_units
 
     def rows(name: str, width: int) -> np.ndarray:
-        return np.vstack([np.broadcast_to(getattr(p, name), (width,)) for p in problems])
+        out = np.empty((len(problems), width))
+        for k, p in enumerate(problems):
+            out[k] = getattr(p, name)  # broadcast: a scalar wait fills its row
+        return out
 
     return Criteria(
         cc=rows("client_time", n), cs=rows("server_time", n), up=rows("entry_times", n + 1),
@@ -84,12 +87,18 @@ def runs_of(c: Criteria) -> list[tuple[int, int]]:
     the loop's start unit is a run of its own (its location sets the tag)."""
     n = c.work.shape[0]
     unit = np.vstack([c.cc, c.cs, c.work[None, :], c.allowed[None, :]])
+    return runs_from(unit, np.vstack([c.up[:, :n], c.dn[:, :n]]), c.loop_start)
+
+
+def runs_from(unit: np.ndarray, bound: np.ndarray, loop_start: int) -> list[tuple[int, int]]:
+    """`runs_of` from the units' parameters (rows, L) and the boundaries' (rows, L): a
+    unit joins its predecessor's run when every row is equal at both."""
+    n = unit.shape[1]
     same_unit = (unit[:, 1:] == unit[:, :-1]).all(axis=0).tolist()
-    bound = np.vstack([c.up[:, :n], c.dn[:, :n]])
     same_bound = (bound[:, 1:] == bound[:, :-1]).all(axis=0).tolist()
     out, s = [], 0
     for u in range(1, n):
-        joins = same_unit[u - 1] and c.loop_start not in (u, u - 1)
+        joins = same_unit[u - 1] and loop_start not in (u, u - 1)
         if not (joins and (u - 1 == s or same_bound[u - 1])):
             out.append((s, u))
             s = u

@@ -85,8 +85,8 @@ def with_waits(phases: Phases, prefill_wait, step_wait) -> Phases:
     """The phases with an expected server wait per entry (scalar or per boundary)."""
     return replace(
         phases,
-        prefill=replace(phases.prefill, server_entry_time=prefill_wait),
-        step=replace(phases.step, server_entry_time=step_wait),
+        prefill=phases.prefill.with_entry(prefill_wait),
+        step=phases.step.with_entry(step_wait),
     )
 
 

@@ -93,6 +93,19 @@ class SplitProblem:
         object.__setattr__(out, "deadline", deadline)
         return out
 
+    def with_entry(self, server_entry_time: float | np.ndarray) -> SplitProblem:
+        """This problem with another expected wait per server entry (s; one number or one
+        per boundary), validated as the constructor does, the other arrays not again
+        (load-aware planning re-targets one problem per arrival)."""
+        out = copy.copy(self)
+        entry = server_entry_time
+        if np.ndim(entry):
+            entry = _vec(entry, self.n_units + 1, "server_entry_time")
+        elif not (np.isfinite(entry) and entry >= 0):
+            raise ValueError("server_entry_time must be finite and >= 0")
+        object.__setattr__(out, "server_entry_time", entry)
+        return out
+
     @property
     def n_units(self) -> int:
         return self.client_time.shape[0]

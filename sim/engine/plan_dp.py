@@ -1,0 +1,86 @@
+"""`dp`'s static plans under token SLAs for many request sizes at once.
+
+The exact DP enumerates the structures of a model's runs of identical units
+(`sim.split.structural`); they are the same for every size of a (class, group), so the
+plans of all sizes are one numpy evaluation over (sizes, structures, criteria) instead of
+one search each. Each size's chosen placement is then judged on its own problem exactly as
+`solve_dp_phased` judges it (`judge`), and stored; a size whose structures are too many,
+that no structure fits, or whose judged plan misses a limit (float noise at the edge) is
+left to the one-at-a-time path, which stays the reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.engine.plan_batch import Batch
+from sim.engine.planner import Planner, _planned
+from sim.split import Plan
+from sim.split.labels import runs_from
+from sim.split.phased import judge
+from sim.split.structural import MAX_STRUCTURES, BatchCriteria, best, count, structures
+
+
+def plan_dp(planner: Planner, b: Batch) -> None:
+    """Store the static `dp` plan of every size of the batch with token SLAs and units the
+    client may hold, sizes grouped by the units they allow."""
+    if planner.policy != "dp" or b.phased is None or b.prefill is None:
+        return
+    rows = b.ok & b.phased & b.whole.allowed.any(axis=1)
+    if not rows.any():
+        return
+    allowed = b.whole.allowed
+    _, group_of = np.unique(allowed[rows], axis=0, return_inverse=True)
+    index = np.flatnonzero(rows)
+    for g in range(int(group_of.max()) + 1):
+        _plan_group(planner, b, index[group_of.reshape(-1) == g])
+
+
+def _criteria(b: Batch, rows: np.ndarray) -> BatchCriteria:
+    """The sizes' criteria as `solve_dp_phased` builds them: prefill (TTFT), mean decode
+    step (TPOT) and the whole request (end to end), one per finite limit."""
+    pre, step, whole = b.prefill, b.step, b.whole
+    assert pre is not None and step is not None
+    sources = (
+        (pre.client_t, pre.server_t, pre.up, pre.down, pre.loop_up, pre.loop_down),
+        (step["client_t"], step["server_t"], step["up"], step["down"], step["loop_up"],
+         step["loop_down"]),
+        (whole.client_t, whole.server_t, whole.up, whole.down, whole.loop_up, whole.loop_down),
+    )  # fmt: skip
+    limits = [x if x else np.inf for x in b.limits]
+    chosen = [c for c, lim in enumerate(limits) if np.isfinite(lim)] or [0]
+    parts = [tuple(a[rows] for a in sources[c]) for c in chosen]
+    cc, cs, up, dn, loop_up, loop_down = (np.stack(x, axis=1) for x in zip(*parts, strict=True))
+    limit = np.broadcast_to(np.array([limits[c] for c in chosen], float), loop_up.shape)
+    ls = whole.work.loop_start
+    return BatchCriteria(
+        cc, cs, up, dn, loop_up, loop_down, limit, whole.server_work[rows],
+        whole.allowed[rows[0]], ls, bool((loop_up > 0).any() or (loop_down > 0).any()),
+    )  # fmt: skip
+
+
+def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
+    """Plan the sizes `rows` (all allowing the same units) together."""
+    c = _criteria(b, rows)
+    S, K, L = c.cc.shape
+    unit = np.concatenate(
+        [c.cc.reshape(S * K, L), c.cs.reshape(S * K, L), c.work, c.allowed[None, :]]
+    )
+    bound = np.concatenate([c.up[:, :, :L].reshape(S * K, L), c.dn[:, :, :L].reshape(S * K, L)])
+    spans = runs_from(unit, bound, c.loop_start)
+    allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
+    if count(spans, allowed) > MAX_STRUCTURES:
+        return
+    st = structures(tuple(spans), allowed, c.loop_start, c.has_loop)
+    on_client, found = best(c, st)
+    book = planner.book
+    for n, i in enumerate(rows.tolist()):
+        key = (b.klass, b.group, b.prompts[i], b.outputs[i])
+        if not found[n] or key in planner._plans:
+            continue
+        rp = book.get(*key)
+        oc = on_client[n]
+        oc.setflags(write=False)
+        plan = judge(rp.problem, rp.phases, Plan(oc, 0.0, 0.0, False, planner.policy))
+        if plan.feasible:
+            planner._plans[key] = _planned(rp, plan)
