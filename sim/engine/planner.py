@@ -23,7 +23,7 @@ for; fixed placements are planned there without objects (`sim.engine.plan_fixed`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 

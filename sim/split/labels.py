@@ -123,14 +123,18 @@ class Patterns:
 def patterns(k: int, allowed: bool) -> Patterns:
     """Per (first, last, j) the placement with the fewest switches inside the run: one
     block, two blocks (one switch), or client-server-client / server-client-server."""
-    rows: list[tuple[int, int, int, int, int, list[bool]]] = [(SERVER, SERVER, 0, 0, 0, [False] * k)]
+    rows: list[tuple[int, int, int, int, int, list[bool]]] = [
+        (SERVER, SERVER, 0, 0, 0, [False] * k)
+    ]
     if allowed:
         rows.append((CLIENT, CLIENT, k, 0, 0, [True] * k))
         for j in range(1, k):
             rows.append((CLIENT, SERVER, j, 1, 0, [True] * j + [False] * (k - j)))
             rows.append((SERVER, CLIENT, j, 0, 1, [False] * (k - j) + [True] * j))
             if j >= 2:  # client j-1, server k-j, client 1
-                rows.append((CLIENT, CLIENT, j, 1, 1, [True] * (j - 1) + [False] * (k - j) + [True]))
+                rows.append(
+                    (CLIENT, CLIENT, j, 1, 1, [True] * (j - 1) + [False] * (k - j) + [True])
+                )
             if j <= k - 2:  # server 1, client j, server k-j-1
                 rows.append((SERVER, SERVER, j, 1, 1, [False] + [True] * j + [False] * (k - j - 1)))
     cols = list(zip(*rows, strict=True))
@@ -241,10 +245,7 @@ def _ends(c: Criteria, fronts: list[Front]) -> list[tuple[float, tuple, int, int
         if f.w.shape[0] == 0:
             continue
         tag = f.tag[:, None].astype(float)
-        if loc == CLIENT:
-            end = f.t + tag * c.loop_up
-        else:
-            end = f.t + c.dn[:, L] - tag * c.loop_down
+        end = f.t + tag * c.loop_up if loc == CLIENT else f.t + c.dn[:, L] - tag * c.loop_down
         ok = (end <= c.limit * (1 + _SLACK)).all(axis=1)
         for i in np.flatnonzero(ok).tolist():
             found.append((float(f.w[i]), tuple(end[i].tolist()), loc, i))
@@ -268,7 +269,9 @@ def search(c: Criteria, accept, spans: list[tuple[int, int]] | None = None) -> n
     (the exact check), or None when no label meets the limits; `spans` are `runs_of(c)`."""
     K = c.limit.shape[0]
     bound = (c.limit + np.vstack([np.zeros(K), c.loop_down])) * (1 + _SLACK)
-    start = Front(np.zeros((1, K)), np.zeros(1), np.zeros(1, np.int64), *([np.zeros(1, np.int64)] * 3))
+    start = Front(
+        np.zeros((1, K)), np.zeros(1), np.zeros(1, np.int64), *([np.zeros(1, np.int64)] * 3)
+    )
     fronts = [start, _empty(K)]
     spans = runs_of(c) if spans is None else spans
     history = []
