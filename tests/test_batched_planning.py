@@ -112,7 +112,7 @@ def _same(a, b) -> None:
     )  # fmt: skip
 
 
-POLICIES = ["server_only", "client_only", "greedy", "best_cut", "dp", "dp_queue_aware"]
+POLICIES = ["server_only", "client_only", "greedy", "best_cut", "dp", "dp_grid", "dp_queue_aware"]
 SLAS = {
     "e2e": {"deadline_s": 3.0},
     "relative": {"deadline_factor": 2.0},
@@ -154,3 +154,19 @@ def test_prefetch_plans_fixed_placements_without_solving(tmp_path):
     keys = [(0, g, p, 50) for g in range(4) for p in (10, 200, 900)]
     prefetch(planner, keys)
     assert set(keys) <= set(planner._plans)
+
+
+def test_prefetch_plans_dp_under_token_slas_as_a_batch(tmp_path):
+    """dp's plans under TTFT/TPOT come from the batch (`plan_dp`) for groups whose client
+    holds units too, and equal the one-at-a-time search's."""
+    book = _scenario(tmp_path, "llama-2-7b", "generate", SLAS["token"], True)
+    planner = Planner(book, "dp", wait_per_pass=True, shed=False)
+    keys = [(0, g, p, o) for g in range(4) for p in (10, 200, 900, 2500) for o in (2, 40, 300)]
+    prefetch(planner, keys)
+    assert set(keys) <= set(planner._plans)
+    ref = Planner(ProblemBook(book.ld), "dp", wait_per_pass=True, shed=False)
+    split = 0
+    for key in keys:
+        _same(ref.get(*key), planner.get(*key))
+        split += planner.get(*key).plan.client_units > 0
+    assert split >= 6
