@@ -174,8 +174,35 @@ def _run_costs(c: Criteria, s: int, e: int, pat: Patterns) -> tuple[np.ndarray, 
     return t, (k - pat.j) * c.work[s]
 
 
-def _step(c: Criteria, fronts: list[Front], s: int, e: int, bound: np.ndarray) -> list[Front]:
-    """Cross run [s, e) from both locations' fronts; the new front at each location."""
+def remaining(c: Criteria) -> np.ndarray:
+    """(L + 1, 2, K): per boundary b and location of unit b - 1, the least latency of each
+    criterion from there to the end (units b.., the way back to the client; the loop's
+    refund is in the limits' bound), a lower bound that prunes labels which cannot fit."""
+    L, K = c.work.shape[0], c.limit.shape[0]
+    out = np.zeros((L + 1, 2, K))
+    allowed = c.allowed.tolist()
+    for k in range(K):
+        cc, cs = c.cc[k].tolist(), c.cs[k].tolist()
+        up, dn = c.up[k].tolist(), c.dn[k].tolist()
+        r_c, r_s = 0.0, dn[L]
+        col = [(r_c, r_s)]
+        for u in range(L - 1, -1, -1):
+            on_s = cs[u] + r_s
+            if allowed[u]:
+                on_c = cc[u] + r_c
+                r_c, r_s = min(on_c, up[u] + on_s), min(dn[u] + on_c, on_s)
+            else:
+                r_c, r_s = up[u] + on_s, on_s
+            col.append((r_c, r_s))
+        out[:, :, k] = col[::-1]
+    return out
+
+
+def _step(
+    c: Criteria, fronts: list[Front], s: int, e: int, bound: np.ndarray, rest: np.ndarray
+) -> list[Front]:
+    """Cross run [s, e) from both locations' fronts; the new front at each location, less
+    the labels that cannot fit even with the least latency `rest` (K,) after it."""
     pat = patterns(e - s, bool(c.allowed[s]))
     run_t, run_w = _run_costs(c, s, e, pat)
     parts = []
@@ -202,7 +229,9 @@ def _step(c: Criteria, fronts: list[Front], s: int, e: int, bound: np.ndarray) -
         return [_empty(c.limit.shape[0]), _empty(c.limit.shape[0])]
     t, w, tag, ploc, idx, pid = (np.concatenate(x) for x in zip(*parts, strict=True))
     last = pat.last[pid]
-    ok = (t <= bound[tag]).all(axis=1)
+    # before the loop's start the tag is not known yet: the looser bound (with the refund)
+    limit = bound[tag] if e > c.loop_start else bound[1]
+    ok = (t + rest[last] <= limit).all(axis=1)
     out = []
     for loc in (CLIENT, SERVER):
         sel = np.flatnonzero(ok & (last == loc))
@@ -275,8 +304,9 @@ def search(c: Criteria, accept, spans: list[tuple[int, int]] | None = None) -> n
     fronts = [start, _empty(K)]
     spans = runs_of(c) if spans is None else spans
     history = []
+    rest = remaining(c)
     for s, e in spans:
-        fronts = _step(c, fronts, s, e, bound)
+        fronts = _step(c, fronts, s, e, bound, rest[e])
         history.append(fronts)
     for _, _, loc, i in _ends(c, fronts)[:_TRIES]:
         on_client = _trace(c, spans, history, loc, i)
