@@ -170,3 +170,29 @@ def test_prefetch_plans_dp_under_token_slas_as_a_batch(tmp_path):
         _same(ref.get(*key), planner.get(*key))
         split += planner.get(*key).plan.client_units > 0
     assert split >= 6
+
+
+@pytest.mark.parametrize("sla", ["token", "ttft_e2e"])
+def test_queue_aware_staircase_equals_the_search(tmp_path, sla):
+    """dp_queue_aware's plans at arrival read off the prepared staircase of waits are the
+    exact search's on the waited problems (the same least work, feasibility and latency;
+    of two placements that tie exactly either may be taken), for waits from none fitting
+    to all."""
+    book = _scenario(tmp_path, "llama-2-7b", "generate", SLAS[sla], True)
+    planner = Planner(book, "dp_queue_aware", wait_per_pass=True, shed=False)
+    keys = [(0, g, p, o) for g in (0, 2, 3) for p in (10, 300, 2500) for o in (2, 60, 400)]
+    prefetch(planner, keys)
+    assert set(keys) <= set(planner.stairs)
+    ref = Planner(ProblemBook(book.ld), "dp_queue_aware", wait_per_pass=True, shed=False)
+    changed = 0
+    for key in keys:
+        plans = []
+        for wait in (1e-4, 3e-3, 0.01, 0.03, 0.1, 1.0):
+            got = planner._solve(planner.book.get(*key), wait, False, key)
+            want = ref._solve(ref.book.get(*key), wait, False)
+            assert got.feasible == want.feasible, (key, wait)
+            assert got.server_work == pytest.approx(want.server_work, rel=1e-12, abs=0)
+            assert got.latency == pytest.approx(want.latency, rel=1e-12, abs=0)
+            plans.append(got.client_units)
+        changed += len(set(plans)) > 1
+    assert changed >= 3  # the waits move placements

@@ -243,6 +243,7 @@ def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
     of a fixed placement (`sim.engine.plan_fixed`); the rest is planned one at a time."""
     from sim.engine.plan_dp import plan_dp
     from sim.engine.plan_fixed import plan_fixed
+    from sim.engine.plan_wait import prepare_waits
 
     book = planner.book
     mix = book.ld.scenario.workload.mix
@@ -259,3 +260,5 @@ def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:
         if not planner.dynamic:
             plan_fixed(planner, batch)
             plan_dp(planner, batch)
+        else:
+            prepare_waits(planner, batch)

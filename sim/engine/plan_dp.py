@@ -18,7 +18,14 @@ from sim.engine.planner import Planner, _planned
 from sim.split import Plan
 from sim.split.labels import runs_from
 from sim.split.phased import judge
-from sim.split.structural import MAX_STRUCTURES, BatchCriteria, best, count, structures
+from sim.split.structural import (
+    MAX_STRUCTURES,
+    BatchCriteria,
+    Structures,
+    best,
+    count,
+    structures,
+)
 
 
 def plan_dp(planner: Planner, b: Batch) -> None:
@@ -56,12 +63,12 @@ def _criteria(b: Batch, rows: np.ndarray) -> BatchCriteria:
     return BatchCriteria(
         cc, cs, up, dn, loop_up, loop_down, limit, whole.server_work[rows],
         whole.allowed[rows[0]], ls, bool((loop_up > 0).any() or (loop_down > 0).any()),
+        tuple(chosen),
     )  # fmt: skip
 
 
-def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
-    """Plan the sizes `rows` (all allowing the same units) together."""
-    c = _criteria(b, rows)
+def _structures_of(c: BatchCriteria) -> Structures | None:
+    """The structures of the sizes' common runs, or None when they are too many."""
     S, K, L = c.cc.shape
     unit = np.concatenate(
         [c.cc.reshape(S * K, L), c.cs.reshape(S * K, L), c.work, c.allowed[None, :]]
@@ -70,8 +77,16 @@ def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
     spans = runs_from(unit, bound, c.loop_start)
     allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
     if count(spans, allowed) > MAX_STRUCTURES:
+        return None
+    return structures(tuple(spans), allowed, c.loop_start, c.has_loop)
+
+
+def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
+    """Plan the sizes `rows` (all allowing the same units) together."""
+    c = _criteria(b, rows)
+    st = _structures_of(c)
+    if st is None:
         return
-    st = structures(tuple(spans), allowed, c.loop_start, c.has_loop)
     on_client, found = best(c, st)
     book = planner.book
     for n, i in enumerate(rows.tolist()):

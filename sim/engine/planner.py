@@ -294,6 +294,9 @@ class Planner:
         self.bucket = book.split.plan_bucket_fraction
         self._plans: dict[tuple, PlannedRequest] = {}
         self._dynamic: dict[tuple, PlannedRequest] = {}
+        # per size: dp_queue_aware's plans by wait, prepared before the run
+        # (`sim.engine.plan_wait`); key -> Stairs
+        self.stairs: dict[tuple, object] = {}
         # token granularity: the server's wait recurs on every pass through an entry, and
         # a load-aware policy does not shed load to the client (see dp_queue_aware)
         self.wait_per_pass = wait_per_pass
@@ -341,13 +344,17 @@ class Planner:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 rp = self.book.get_link(klass, group, key[2], key[3], up, down)
-                planned = _planned(rp, self._solve(rp, wait, busy))
+                nominal = up == cfg.uplink_mbps and down == cfg.downlink_mbps
+                planned = _planned(rp, self._solve(rp, wait, busy, key if nominal else None))
             self._dynamic[full] = planned
         return planned
 
-    def _solve(self, rp: RequestProblem, wait: float = 0.0, busy: bool = False) -> Plan:
+    def _solve(
+        self, rp: RequestProblem, wait: float = 0.0, busy: bool = False, key: tuple | None = None
+    ) -> Plan:
         """The policy's plan for a request problem with an expected server wait per entry
-        (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`."""
+        (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`, or
+        the exact DP, or the size's staircase of waits (`key`'s, on the nominal link)."""
         per_pass = self.wait_per_pass and wait
         if rp.phases is None:
             waits = pass_waits(rp.work, wait) if per_pass else wait
@@ -365,6 +372,13 @@ class Planner:
             on_client.setflags(write=False)
             return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
         if self.policy == "dp" or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
+            stairs = self.stairs.get(key) if wait and key is not None else None
+            if stairs is not None:
+                on_client = stairs.placement(wait)  # type: ignore[attr-defined]
+                if on_client is not None:
+                    plan = judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
+                    if plan.feasible:
+                        return plan
             return solve_dp_phased(whole, phases, self.policy)  # exact: no mixes searched
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731

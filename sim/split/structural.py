@@ -44,6 +44,7 @@ class BatchCriteria:
     allowed: np.ndarray
     loop_start: int
     has_loop: bool
+    kinds: tuple[int, ...] = ()  # which latency each criterion is, when the caller says
 
     @classmethod
     def of(cls, c: Criteria) -> BatchCriteria:
@@ -99,7 +100,7 @@ def structures(spans: tuple, allowed: tuple, loop_start: int, has_loop: bool) ->
     )  # fmt: skip
 
 
-def _latency(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+def latencies(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray, np.ndarray]:
     """End latencies (S, Q, K) and work (S, Q) of every structure for the sizes `rows`,
     summed run by run as the labels sum them."""
     t = w = 0.0
@@ -127,7 +128,7 @@ def _latency(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray,
 def ranked(b: BatchCriteria, st: Structures) -> np.ndarray:
     """One size's structures that meet every limit, best first: least work, then least
     latency criterion by criterion, then structure order (as `best` picks)."""
-    t, w = _latency(b, st, slice(0, 1))
+    t, w = latencies(b, st, slice(0, 1))
     t, w = t[0], w[0]
     ok = np.flatnonzero((t <= b.limit[0] * (1 + _SLACK)).all(axis=1))
     keys = [t[ok, c] for c in range(t.shape[1] - 1, -1, -1)]
@@ -141,7 +142,7 @@ def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray]:
     found = np.zeros(S, bool)
     for a in range(0, S, _CHUNK):
         rows = slice(a, min(a + _CHUNK, S))
-        t, w = _latency(b, st, rows)
+        t, w = latencies(b, st, rows)
         ok = (t <= b.limit[rows, None, :] * (1 + _SLACK)).all(axis=2)
         cand = ok & (np.where(ok, w, np.inf) == np.where(ok, w, np.inf).min(axis=1)[:, None])
         for c in range(t.shape[2]):
