@@ -47,7 +47,7 @@ def _add_solve(sub) -> None:
     p.add_argument("--granularity", default="block", choices=["block", "sublayer"])
     p.add_argument("--objective", default="server_time", choices=["server_time", "server_flops"])
     p.add_argument("--time-step-s", type=lim.TIME_STEP_S.arg("--time-step-s"), default=None,
-                   help="DP grid (default deadline/2000; at most 100,000 steps)")  # fmt: skip
+                   help="dp_grid's grid (default deadline/2000; at most 100,000 steps); dp is exact")  # fmt: skip
     p.add_argument("--client-cost-table", default=None, metavar="CSV",
                    help="time the client's units from this measured cost table (splitsim profile)")  # fmt: skip
     p.add_argument("--server-cost-table", default=None, metavar="CSV",
