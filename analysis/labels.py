@@ -20,6 +20,7 @@ KNOWN_LABELS: dict[str, str] = {
     "load": "Offered load (× server-only capacity)",
     "rate_per_s": "Arrival rate (requests/s)",
     "offered_rate_per_s": "Offered arrival rate (requests/s)",
+    "offered_utilization": "Offered utilisation (server-only)",
     "count": "Clients (count)",
     "slots": "Server slots (count)",
     "max_batch_requests": "Batch limit (requests)",

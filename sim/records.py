@@ -97,6 +97,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "overload_stop_s",  # when simulation.max_in_flight stopped the run (NaN: it did not)
     "duration_s",
     "offered_rate_per_s",
+    "offered_utilization",  # offered rate x mean server-only time / slots
     "throughput_rps",
     "server_utilization",
     "queue_length_mean",

@@ -16,6 +16,7 @@ import pandas as pd
 
 import sim
 from sim.config import LoadedScenario, effective_dict
+from sim.engine.load import exact_mean_server_only_s
 from sim.engine.planner import ProblemBook
 from sim.engine.recorder import RunResult
 from sim.engine.registry import engine_for
@@ -204,6 +205,23 @@ def _offered(rate_per_s: float, arrivals: int, stop_s: float) -> float:
     return arrivals / stop_s if stop_s > 0 else float("nan")
 
 
+def _offered_utilization(
+    ld: LoadedScenario, book: ProblemBook, rate_per_s: float, mean_s: float | None, arrivals
+) -> float:
+    """The offered rate times the mean server-only time, per server slot: the expected
+    mean (`sim.engine.load`) where it can be computed, else the replication's requests'."""
+    if mean_s is None:
+        if len(arrivals) == 0:
+            return float("nan")
+        time_of = _server_only_time(ld, book)
+        mean_s = float(np.mean([
+            time_of(int(k), int(g), int(p), int(o), float(s))
+            for k, g, p, o, s in zip(arrivals.klass, arrivals.group, arrivals.prompt_tokens,
+                                     arrivals.output_tokens, arrivals.service_s, strict=True)
+        ]))  # fmt: skip
+    return rate_per_s * mean_s / ld.scenario.server.slots
+
+
 def simulate(
     ld: LoadedScenario,
     progress: Callable[[int], None] | None = None,
@@ -215,6 +233,7 @@ def simulate(
     frames, summaries, series = [], [], []
     book, rate = prepared if prepared is not None else prepare(ld)
     engine = _engine(ld)
+    mean_s = exact_mean_server_only_s(ld) if np.isfinite(rate) else None
     for rep in replications if replications is not None else range(sc.replications):
         arrivals, jitter_seed = _replication_arrivals(ld, rep, rate)
         for policy in sc.policies:
@@ -224,6 +243,9 @@ def simulate(
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
             row["offered_rate_per_s"] = _offered(rate, len(arrivals), res.stop_s)
+            row["offered_utilization"] = _offered_utilization(
+                ld, book, row["offered_rate_per_s"], mean_s, arrivals
+            )
             row["overload_stop_s"] = res.overload_stop_s  # NaN unless max_in_flight stopped it
             row.update(_token_row(frame, res, sc.warmup_s))
             summaries.append({"policy": policy, "replication": rep, **row})

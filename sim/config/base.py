@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -105,7 +106,23 @@ class LogNormal(Section):
 
     @property
     def expected(self) -> float:
-        return float(np.clip(self.median * np.exp(self.sigma**2 / 2), self.min, self.max))
+        """The mean of the clipped distribution: the clipped tails' masses at min and max
+        and the partial expectation between them (not the clip of the unclipped mean)."""
+        lo, hi, m, s = self.min, self.max, self.median, self.sigma
+        if s == 0:
+            return float(np.clip(m, lo, hi))
+
+        def phi(x: float) -> float:  # the standard normal CDF at log-space point x
+            return 0.5 * (1.0 + math.erf((math.log(x / m) / s) / math.sqrt(2.0)))
+
+        def phi_shift(x: float) -> float:  # the same, shifted by sigma (partial mean)
+            return 0.5 * (1.0 + math.erf((math.log(x / m) / s - s) / math.sqrt(2.0)))
+
+        below = phi(lo) if lo > 0 else 0.0
+        above = 1.0 - phi(hi) if np.isfinite(hi) else 0.0
+        inner = (phi_shift(hi) if np.isfinite(hi) else 1.0) - (phi_shift(lo) if lo > 0 else 0.0)
+        tails = lo * below + (hi * above if above else 0.0)
+        return tails + m * math.exp(s * s / 2) * inner
 
 
 class Exponential(Section):
@@ -143,6 +160,12 @@ class Empirical(Section):
     def bind(self, values: np.ndarray) -> None:
         """Attach the column's values (loaded by the scenario loader)."""
         self._values = values
+
+    @property
+    def values(self) -> np.ndarray:
+        """The column's values (each drawn with equal probability)."""
+        assert self._values is not None, "empirical values not loaded"
+        return np.asarray(self._values, float)
 
     @property
     def upper(self) -> float:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.config import LoadedScenario
+from sim.engine.load import SAMPLE, exact_mean_server_only_s
 from sim.errors import UserError
 
 # Poisson arrivals are drawn in blocks; a block is this many gaps.
 _BLOCK = 4096
-# Requests sampled to estimate the server-only capacity for `load`, and their stream's key.
-_LOAD_SAMPLE = 1000
+# The stream's key of the requests sampled where the server-only capacity for `load`
+# cannot be computed (`sim.engine.load.SAMPLE` of them).
 _LOAD_SAMPLE_KEY = 0x10AD
 # At most this many Poisson arrivals per replication (the expected count, rate x duration).
 MAX_ARRIVALS = 10_000_000
@@ -174,11 +175,11 @@ def offered_rate(
     """Total Poisson arrival rate of the scenario (NaN for trace replay).
 
     With `load`, the rate is that fraction of the server-only capacity: slots divided by
-    the mean server-only service time, estimated on a fixed sample of requests drawn from
-    their own stream, so it is the same for every policy and replication.
-    `server_only_s(klass, group, prompt, output, service)` is a request's server-only time.
-    With `check`, a rate bringing more than MAX_ARRIVALS per replication is refused
-    (`check_arrivals`); without, it is only computed (e.g. as a capacity estimate).
+    the mean server-only service time (`mean_server_only_s`), the same for every policy
+    and replication. `server_only_s(klass, group, prompt, output, service)` is a
+    request's server-only time. With `check`, a rate bringing more than MAX_ARRIVALS per
+    replication is refused (`check_arrivals`); without, it is only computed (e.g. as a
+    capacity estimate).
     """
     sc = ld.scenario
     arrival = sc.workload.arrival
@@ -188,16 +189,33 @@ def offered_rate(
         return _checked(ld, arrival.rate_per_s, check)
     if arrival.per_client_rate_per_s is not None:
         return _checked(ld, arrival.per_client_rate_per_s * sc.total_clients, check)
-    rng_seq = np.random.SeedSequence([sc.seed, _LOAD_SAMPLE_KEY])
-    sample = generate_arrivals(ld, Streams.spawn(rng_seq), rate_per_s=1.0, count=_LOAD_SAMPLE)
+    mean_s = mean_server_only_s(ld, server_only_s)
+    return _checked(ld, float(arrival.load * sc.server.slots / mean_s), check)
+
+
+def mean_server_only_s(
+    ld: LoadedScenario,
+    server_only_s: Callable[[int, int, int, int, float], float],
+    sample: bool = True,
+) -> float:
+    """The workload's mean server-only time (s): computed from the size distributions
+    (`sim.engine.load`), else (with `sample`) the mean over `SAMPLE` requests drawn from a
+    stream of their own; NaN when neither."""
+    exact = exact_mean_server_only_s(ld)
+    if exact is not None:
+        return exact
+    if not sample:
+        return float("nan")
+    rng_seq = np.random.SeedSequence([ld.scenario.seed, _LOAD_SAMPLE_KEY])
+    drawn = generate_arrivals(ld, Streams.spawn(rng_seq), rate_per_s=1.0, count=SAMPLE)
     times = [
         server_only_s(int(k), int(g), int(p), int(o), float(s))
         for k, g, p, o, s in zip(
-            sample.klass, sample.group, sample.prompt_tokens, sample.output_tokens,
-            sample.service_s, strict=True,
+            drawn.klass, drawn.group, drawn.prompt_tokens, drawn.output_tokens,
+            drawn.service_s, strict=True,
         )
     ]  # fmt: skip
-    return _checked(ld, float(arrival.load * sc.server.slots / np.mean(times)), check)
+    return float(np.mean(times))
 
 
 def _checked(ld: LoadedScenario, rate_per_s: float, check: bool) -> float:
