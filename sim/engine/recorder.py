@@ -141,9 +141,23 @@ class RequestRecorder:
         self.client_energy_j[i] = client_energy_j
         self.in_flight -= 1
 
-    def rejected(self, i: int) -> None:
-        """The server lost request i."""
+    def rejected(
+        self,
+        i: int,
+        server_wait_s: float = 0.0,
+        server_busy_s: float = 0.0,
+        client_wait_s: float = 0.0,
+        client_busy_s: float = 0.0,
+        transfer_s: float = 0.0,
+        client_energy_j: float = 0.0,
+    ) -> None:
+        """The server lost request i: recorded with what it used until then (a split
+        request rejected at a later server segment held the server for its earlier ones)."""
         self.status[i] = _REJECTED
+        self.server_wait_s[i], self.server_busy_s[i] = server_wait_s, server_busy_s
+        self.client_wait_s[i], self.client_busy_s[i] = client_wait_s, client_busy_s
+        self.transfer_s[i] = transfer_s
+        self.client_energy_j[i] = client_energy_j
         self.in_flight -= 1
 
     def unfinished_at(self, end_s: float) -> None:

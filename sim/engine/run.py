@@ -119,7 +119,7 @@ class Simulation:
                 ops.append(seg)
             elif link.fixed:
                 nbytes += seg[2]
-                ops.append((_FIXED, link.fixed_s(seg[1], seg[2], seg[3])))
+                ops.append((_FIXED, link.fixed_s(seg[1], seg[2], seg[3]), seg[2]))
             else:
                 nbytes += seg[2]
                 ops.append(seg)
@@ -173,15 +173,18 @@ class Simulation:
         priority = env.now + self._deadline[i] if server.edf else 0.0
         device = self.devices[self._client[i]]
         s_wait = c_wait = xfer = 0.0
+        s_used = c_used = sent = 0.0  # so far: what a request rejected midway had used
         for op in ops:
             kind = op[0]
             t0 = env.now
             if kind == _FIXED:
                 yield timeout(op[1])
                 xfer += env.now - t0
+                sent += op[2]
             elif kind == SERVER:
                 if server.full():
-                    self._reject(i)
+                    used = self._energy_j(self._group[i], c_used, sent)
+                    self._reject(i, s_wait, s_used, c_wait, c_used, xfer, used)
                     return
                 req = server.request(priority)
                 yield req
@@ -189,15 +192,18 @@ class Simulation:
                 s_wait += env.now - t0
                 yield timeout(op[1])
                 server.release(req, op[1])
+                s_used += op[1]
             elif kind == CLIENT:
                 req = device.request()
                 yield req
                 c_wait += env.now - t0
                 yield timeout(op[1])
                 device.release(req)
+                c_used += op[1]
             else:
                 yield from self._transfer(self._links[self._group[i]], op[1], op[2], op[3])
                 xfer += env.now - t0
+                sent += op[2]
         self.rec.completed(i, env.now, s_wait, s_busy, c_wait, c_busy, xfer, energy)
 
     def _request(self, i: int, segments: tuple, deadline_s: float):
@@ -214,7 +220,8 @@ class Simulation:
             t0 = env.now
             if kind == SERVER:
                 if server.full():
-                    self._reject(i)
+                    energy = self._energy_j(self._group[i], c_busy, nbytes)
+                    self._reject(i, s_wait, s_busy, c_wait, c_busy, xfer, energy)
                     return
                 req = server.request(priority)
                 yield req
@@ -248,9 +255,10 @@ class Simulation:
         energy = self._energy_j(self._group[i], c_busy, nbytes)
         self.rec.completed(i, env.now, s_wait, s_busy, c_wait, c_busy, xfer, energy)
 
-    def _reject(self, i: int) -> None:
-        """The server queue is full when the request reaches it: the request is lost."""
-        self.rec.rejected(i)
+    def _reject(self, i: int, *used: float) -> None:
+        """The server queue is full when the request reaches it: the request is lost, with
+        what it used until then (`RequestRecorder.rejected`'s fields)."""
+        self.rec.rejected(i, *used)
         if self.log is not None:
             self.log.append((self.env.now, "reject", i))
 
