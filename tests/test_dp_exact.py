@@ -290,3 +290,22 @@ def test_dp_against_a_milp_on_20_to_60_units():
         close += plan.server_work <= best * 1.001
     assert compared >= 450
     assert close >= 0.99 * compared
+
+
+@settings(max_examples=150, deadline=None)
+@given(p=problems(max_units=12, repeat=True), phases=phased())
+def test_label_steps_in_plain_floats_equal_numpy(p, phases):
+    """The label search's step in plain floats (few candidates) and in numpy give the
+    same plans, for one latency and for token SLAs (two or three)."""
+    import sim.split.labels as labels
+
+    whole, ph = phases
+    plans = []
+    for small in (0, 10**9):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(structural, "MAX_STRUCTURES", 0)
+            mp.setattr(labels, "SMALL", small)
+            plans.append((solve_dp(p), solve_dp_phased(whole, ph)))
+    for a, b in zip(*plans, strict=True):
+        assert np.array_equal(a.on_client, b.on_client)
+        assert (a.latency, a.server_work, a.feasible) == (b.latency, b.server_work, b.feasible)

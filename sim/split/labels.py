@@ -37,6 +37,7 @@ CLIENT, SERVER = 0, 1
 _TOL = 1e-12  # relative: latencies this close are one (float noise of the summation order)
 _SLACK = 1e-9  # relative: candidates within it of a limit are kept for the exact check
 _TRIES = 16  # best ends checked exactly before giving up (float noise only ever needs 2)
+SMALL = 48  # candidates of a step up to which it runs in plain floats
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ def _step(
     the labels that cannot fit even with the least latency `rest` (K,) after it."""
     pat = patterns(e - s, bool(c.allowed[s]))
     run_t, run_w = _run_costs(c, s, e, pat)
+    if sum(f.w.shape[0] for f in fronts) * run_w.shape[0] <= SMALL:
+        return _step_small(c, fronts, s, e, bound, rest, pat, run_t, run_w)
     parts = []
     for loc, f in enumerate(fronts):
         n = f.w.shape[0]
@@ -238,6 +241,71 @@ def _step(
         keep = sel[_pareto(t[sel], w[sel], tag[sel])]
         out.append(Front(t[keep], w[keep], tag[keep], ploc[keep], idx[keep], pid[keep]))
     return out
+
+
+def _step_small(c, fronts, s, e, bound, rest, pat, run_t, run_w) -> list[Front]:
+    """`_step` in plain floats for a few candidates (numpy's per-call cost dominates
+    there): the same operations on each element, the same order, the same front."""
+    K = c.limit.shape[0]
+    rt, rw = run_t.tolist(), run_w.tolist()
+    first, last = pat.first.tolist(), pat.last.tolist()
+    hops = (c.up[:, s].tolist(), c.dn[:, s].tolist())  # entering from the client / server
+    at_loop = c.has_loop and s == c.loop_start
+    limits = bound.tolist()
+    tagless = not e > c.loop_start  # before the loop's start: the looser bound
+    rest_l = rest.tolist()
+    cands: tuple[list, list] = ([], [])
+    for loc, f in enumerate(fronts):
+        hop = hops[loc]
+        steps = [
+            rt[p] if first[p] == loc else [rt[p][k] + hop[k] for k in range(K)]
+            for p in range(len(rw))
+        ]
+        for i, (ft, fw, ftag) in enumerate(zip(f.t.tolist(), f.w.tolist(), f.tag.tolist(),
+                                               strict=True)):  # fmt: skip
+            for p, add in enumerate(steps):
+                t = [ft[k] + add[k] for k in range(K)]
+                tag = int(first[p] == SERVER) if at_loop else ftag
+                lim, after = limits[1 if tagless else tag], rest_l[last[p]]
+                if all(t[k] + after[k] <= lim[k] for k in range(K)):
+                    cands[last[p]].append((tag, fw + rw[p], *t, loc, i, p))
+    out = []
+    for found in cands:
+        found.sort(key=lambda x: x[: 2 + K])  # stable: as the lexsort of `_pareto`
+        kept = _pareto_small(found, K)
+        if not kept:
+            out.append(_empty(K))
+            continue
+        cols = list(zip(*kept, strict=True))
+        out.append(Front(
+            np.array(cols[2 : 2 + K], float).T.reshape(-1, K), np.array(cols[1], float),
+            np.array(cols[0], np.int64), np.array(cols[2 + K], np.int64),
+            np.array(cols[3 + K], np.int64), np.array(cols[4 + K], np.int64),
+        ))  # fmt: skip
+    return out
+
+
+def _pareto_small(found: list, K: int) -> list:
+    """`_pareto` on candidates already sorted (tag, work, latencies), in plain floats."""
+    kept = []
+    scale = 1 + _TOL
+    if K == 1:
+        best, tag_of = 0.0, None
+        for x in found:
+            if x[0] != tag_of:
+                tag_of, best = x[0], x[2]
+                kept.append(x)
+                continue
+            if x[2] * scale < best:
+                kept.append(x)
+            best = min(best, x[2])
+        return kept
+    for i, x in enumerate(found):
+        lim = [v * scale for v in x[2 : 2 + K]]
+        if not any(y[0] == x[0] and all(y[2 + k] <= lim[k] for k in range(K))
+                   for y in found[:i]):  # fmt: skip
+            kept.append(x)
+    return kept
 
 
 def _pareto(t: np.ndarray, w: np.ndarray, tag: np.ndarray) -> np.ndarray:
