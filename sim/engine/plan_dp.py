@@ -17,7 +17,8 @@ from sim.engine.plan_batch import Batch
 from sim.engine.planner import Planner, _planned
 from sim.split import Plan
 from sim.split.labels import runs_from
-from sim.split.phased import judge
+from sim.split.phased import _FITS, judge
+from sim.split.problem import evaluate
 from sim.split.structural import (
     MAX_STRUCTURES,
     BatchCriteria,
@@ -87,8 +88,9 @@ def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
     st = _structures_of(c)
     if st is None:
         return
-    on_client, found = best(c, st)
+    on_client, found, clear = best(c, st)
     book = planner.book
+    e2e = b.limits[2] or np.inf
     for n, i in enumerate(rows.tolist()):
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
         if not found[n] or key in planner._plans:
@@ -96,6 +98,11 @@ def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
         rp = book.get(*key)
         oc = on_client[n]
         oc.setflags(write=False)
-        plan = judge(rp.problem, rp.phases, Plan(oc, 0.0, 0.0, False, planner.policy))
+        if clear[n]:  # inside the TTFT and TPOT limits for sure: `judge` without `meets`
+            latency, work = evaluate(rp.problem, oc)
+            ok = latency <= e2e * _FITS
+            plan = Plan(oc, latency, work, bool(ok), planner.policy)
+        else:
+            plan = judge(rp.problem, rp.phases, Plan(oc, 0.0, 0.0, False, planner.policy))
         if plan.feasible:
             planner._plans[key] = _planned(rp, plan)

@@ -24,6 +24,7 @@ from sim.split.labels import CLIENT, SERVER, Criteria, patterns
 
 MAX_STRUCTURES = 4096  # above it the label search is cheaper
 _SLACK = 1e-9  # as the labels': candidates within it of a limit go to the exact check
+_CLEAR = 1e-12  # latencies this far inside a limit meet it however they are summed
 _CHUNK = 256  # sizes per block: (sizes, structures, criteria) floats stay a few MB
 
 
@@ -135,11 +136,14 @@ def ranked(b: BatchCriteria, st: Structures) -> np.ndarray:
     return ok[np.lexsort((ok, *keys, w[ok]))]
 
 
-def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray]:
-    """Per size the best feasible structure's placement (S, L) and whether one exists (S,)."""
+def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per size the best feasible structure's placement (S, L), whether one exists (S,)
+    and whether its latencies are inside every limit by more than float noise (S,): then
+    the exact check cannot disagree."""
     S, L = b.work.shape
     chosen = np.zeros(S, np.int64)
     found = np.zeros(S, bool)
+    clear = np.zeros(S, bool)
     for a in range(0, S, _CHUNK):
         rows = slice(a, min(a + _CHUNK, S))
         t, w = latencies(b, st, rows)
@@ -148,9 +152,12 @@ def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray]:
         for c in range(t.shape[2]):
             tc = np.where(cand, t[:, :, c], np.inf)
             cand &= tc == tc.min(axis=1)[:, None]
-        chosen[rows] = cand.argmax(axis=1)
+        pick = cand.argmax(axis=1)
+        chosen[rows] = pick
         found[rows] = ok.any(axis=1)
-    return placements(st, chosen, L), found
+        t_pick = t[np.arange(pick.shape[0]), pick]  # (rows, K)
+        clear[rows] = (t_pick <= b.limit[rows] * (1 - _CLEAR)).all(axis=1)
+    return placements(st, chosen, L), found, clear
 
 
 def placements(st: Structures, chosen: np.ndarray, n_units: int) -> np.ndarray:
