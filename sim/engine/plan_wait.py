@@ -21,7 +21,14 @@ from sim.engine.plan_batch import Batch
 from sim.engine.plan_dp import _criteria, _structures_of
 from sim.engine.planner import Planner
 from sim.split.labels import patterns
-from sim.split.structural import _SLACK, BatchCriteria, Structures, latencies, placements
+from sim.split.structural import (
+    _CLEAR,
+    _SLACK,
+    BatchCriteria,
+    Structures,
+    latencies,
+    placements,
+)
 
 _CHUNK = 256
 
@@ -36,18 +43,21 @@ class Stairs:
     t0: np.ndarray
     entries: np.ndarray
     on_client: np.ndarray
+    limit: np.ndarray  # (K,) the criteria's limits
 
-    def placement(self, wait_s: float) -> np.ndarray | None:
+    def placement(self, wait_s: float) -> tuple[np.ndarray, bool] | None:
         """The least-work placement that fits at `wait_s` (ties: the least latency at that
-        wait, criterion by criterion), or None when none does."""
+        wait, criterion by criterion) and whether its latencies are inside every limit by
+        more than float noise (then the exact check cannot disagree), or None."""
         for i, w in enumerate(self.work):
             if self.wmax[i] < wait_s:
                 continue
             tied = [k for k in range(i, len(self.work)) if self.work[k] == w and
                     self.wmax[k] >= wait_s]  # fmt: skip
             t = self.t0[tied] + wait_s * self.entries[tied]
-            best = tied[int(np.lexsort(t.T[::-1])[0])]
-            return self.on_client[best]
+            pick = int(np.lexsort(t.T[::-1])[0])
+            clear = bool((t[pick] <= self.limit * (1 - _CLEAR)).all())
+            return self.on_client[tied[pick]], clear
         return None
 
 
@@ -121,5 +131,5 @@ def _store(planner: Planner, b: Batch, sizes, c: BatchCriteria, st: Structures, 
         on_client.setflags(write=False)
         planner.stairs[key] = Stairs(
             work[n, chosen].tolist(), wmax[n, chosen].tolist(), t0[n, chosen], a[n, chosen],
-            on_client,
+            on_client, c.limit[rows][n],
         )  # fmt: skip

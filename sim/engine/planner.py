@@ -34,6 +34,7 @@ from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
 from sim.split.build import device_unit_times_s
 from sim.split.phased import (
+    _FITS,
     DEADLINE_POLICIES,
     Phases,
     judge,
@@ -43,6 +44,7 @@ from sim.split.phased import (
     with_waits,
 )
 from sim.split.policies import LOAD_AWARE
+from sim.split.problem import evaluate
 
 CLIENT, SERVER, XFER = 0, 1, 2
 
@@ -360,6 +362,11 @@ class Planner:
             waits = pass_waits(rp.work, wait) if per_pass else wait
             return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
         whole, phases = rp.problem, rp.phases
+        stairs = self.stairs.get(key) if wait and key is not None else None
+        if stairs is not None and not self.shed:  # dp_queue_aware's prepared staircase
+            plan = self._from_stairs(stairs, rp, wait)
+            if plan is not None:
+                return plan
         if wait:
             phases = with_waits(phases, wait, np.where(after_loop(rp.work), wait, 0.0))
             whole = whole.with_entry(pass_waits(rp.work, wait))
@@ -372,17 +379,28 @@ class Planner:
             on_client.setflags(write=False)
             return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
         if self.policy == "dp" or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
-            stairs = self.stairs.get(key) if wait and key is not None else None
-            if stairs is not None:
-                on_client = stairs.placement(wait)  # type: ignore[attr-defined]
-                if on_client is not None:
-                    plan = judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
-                    if plan.feasible:
-                        return plan
             return solve_dp_phased(whole, phases, self.policy)  # exact: no mixes searched
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731
         return solve_phased(whole, phases, run)
+
+    def _from_stairs(self, stairs, rp: RequestProblem, wait: float) -> Plan | None:
+        """The plan read off a size's staircase at `wait` (s per pass), judged exactly on
+        the waited problems (by its whole latency alone when its TTFT and TPOT are inside
+        their limits for sure), or None when the search must decide."""
+        found = stairs.placement(wait)
+        if found is None:
+            return None
+        on_client, clear = found
+        whole = rp.problem.with_entry(pass_waits(rp.work, wait))
+        phases = rp.phases
+        assert phases is not None
+        if clear:
+            latency, work = evaluate(whole, on_client)
+            return Plan(on_client, latency, work, latency <= phases.e2e_s * _FITS, self.policy)
+        phases = with_waits(phases, wait, np.where(after_loop(rp.work), wait, 0.0))
+        plan = judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
+        return plan if plan.feasible else None
 
     @property
     def cached_plans(self) -> int:
