@@ -155,7 +155,7 @@ def test_queue_aware_plans_with_the_iteration_time_per_pass(tmp_path):
     seen_wait = (qa["planned_latency_s"] - dp["planned_latency_s"]).abs() > 1e-6
     assert seen_wait.mean() > 0.3
     both = qa["plan_feasible"] & dp["plan_feasible"]
-    assert both.mean() > 0.9
+    assert both.sum() >= 40
     assert (qa["server_work"][both] >= dp["server_work"][both] * (1 - 1e-9)).all()
     assert qa["server_work"][both].mean() > dp["server_work"][both].mean()
 

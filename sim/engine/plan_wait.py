@@ -62,13 +62,14 @@ class Stairs:
 
 
 def prepare_waits(planner: Planner, b: Batch) -> None:
-    """Build the staircase of every size of the batch with token SLAs and client units
-    (dp_queue_aware planning per pass on a batching server, which never sheds load)."""
+    """Build the staircase of every size of the batch with token SLAs (dp_queue_aware
+    planning per pass on a batching server, which never sheds load); a client holding no
+    unit has one structure, all on the server, and its staircase is when it fits."""
     if planner.policy != "dp_queue_aware" or planner.shed or not planner.wait_per_pass:
         return
     if b.phased is None or b.prefill is None:
         return
-    rows = b.ok & b.phased & b.whole.allowed.any(axis=1)
+    rows = b.ok & b.phased  # clients holding no unit too: their one placement's waits
     if not rows.any():
         return
     _, group_of = np.unique(b.whole.allowed[rows], axis=0, return_inverse=True)
