@@ -129,6 +129,11 @@ class DeviceSpec(_Strict):
     compute_efficiency: lim.EFFICIENCY.type = Field(0.6, description="achievable share of peak")
     bandwidth_efficiency: lim.EFFICIENCY.type = Field(0.8, description="achievable share of peak")
     overhead_us: lim.OVERHEAD_US.type = Field(10.0, description="fixed time per unit per pass")
+    non_overlap: lim.NON_OVERLAP.type = Field(
+        0.0,
+        description="share of the shorter of compute and memory time not hidden behind the "
+        "longer (0: the plain roofline max; fitted to GPU kernels by splitsim calibrate)",
+    )
     power_w: lim.POWER_W.optional = None
     radio_nj_per_bit: lim.RADIO_NJ_PER_BIT.type = Field(
         100.0,

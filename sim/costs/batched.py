@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.catalog.specs import DeviceSpec, ModelSpec
-from sim.costs.roofline import crossing_s, roofline_s, summed_roofline_s
+from sim.costs.roofline import crossing_s, overlap_lines, roofline_s, summed_roofline_s
 from sim.costs.units import Granularity, Unit
 from sim.costs.work import (
     TOKEN_ID_BYTES,
@@ -194,15 +194,17 @@ def unit_times_many(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.
     """(K, L) seconds of each unit on `device`, as `sim.costs.roofline.unit_times_s` row by
     row (sizes without decode steps skip the step terms, as there)."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
+    g = device.non_overlap
     overhead_s = device.overhead_us * 1e-6
-    t = roofline_s(w.pass_flops, w.pass_bytes, f, b) + overhead_s * w.pass_runs
+    t = roofline_s(w.pass_flops, w.pass_bytes, f, b, g) + overhead_s * w.pass_runs
     rows = np.flatnonzero(w.steps > 0)
     if rows.size:
         count = w.steps[rows, None]
-        steps_s = summed_roofline_s(
+        lines = overlap_lines(
             w.step_flops0[rows] / f, w.step_flops1[rows] / f, w.step_bytes0[rows] / b,
-            w.step_bytes1[rows] / b, w.ctx_first[rows, None], count,
+            w.step_bytes1[rows] / b, g,
         )  # fmt: skip
+        steps_s = summed_roofline_s(*lines, w.ctx_first[rows, None], count)
         t[rows] = (t[rows] + steps_s) + overhead_s * count * w.step_runs[rows]
     return t
 

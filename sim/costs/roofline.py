@@ -8,9 +8,35 @@ from sim.catalog.specs import DeviceSpec
 from sim.costs.work import RequestWork
 
 
-def roofline_s(flops, bytes_, flops_per_s: float, bytes_per_s: float):
-    """Seconds for work that is either compute- or memory-bound, whichever is slower."""
-    return np.maximum(np.asarray(flops) / flops_per_s, np.asarray(bytes_) / bytes_per_s)
+def bound_s(compute_s, memory_s, non_overlap: float = 0.0):
+    """Seconds of work whose compute takes `compute_s` and memory traffic `memory_s`.
+
+    The roofline: the slower of the two. With `non_overlap` g > 0 (a device's
+    `non_overlap`, fitted to measured GPU kernels), a share g of the faster one is not
+    hidden behind the slower: max(x, y) + g * min(x, y) = max(x + g*y, y + g*x). That is
+    the small-batch regime of real GEMMs near the ridge point, where neither bound holds.
+    Both lines stay affine, so sums over decode steps keep their closed form
+    (`summed_roofline_s`). With g = 0 the result is the plain maximum, bit for bit.
+    """
+    x, y = np.asarray(compute_s), np.asarray(memory_s)
+    if not non_overlap:
+        return np.maximum(x, y)
+    return np.maximum(x + non_overlap * y, y + non_overlap * x)
+
+
+def roofline_s(flops, bytes_, flops_per_s: float, bytes_per_s: float, non_overlap: float = 0.0):
+    """Seconds for work that is either compute- or memory-bound, whichever is slower
+    (plus the unhidden share `non_overlap` of the other: `bound_s`)."""
+    return bound_s(np.asarray(flops) / flops_per_s, np.asarray(bytes_) / bytes_per_s, non_overlap)
+
+
+def overlap_lines(x0, x1, y0, y1, non_overlap: float = 0.0):
+    """The two affine lines of `bound_s` for per-step coefficients (x0 + x1*c, y0 + y1*c):
+    the lines themselves when `non_overlap` is 0 (same objects), else x + g*y and y + g*x."""
+    if not non_overlap:
+        return x0, x1, y0, y1
+    g = non_overlap
+    return x0 + g * y0, x1 + g * y1, y0 + g * x0, y1 + g * x1
 
 
 def summed_roofline_s(x0, x1, y0, y1, first: int, count: int) -> np.ndarray:
@@ -51,17 +77,15 @@ def summed_roofline_s(x0, x1, y0, y1, first: int, count: int) -> np.ndarray:
 def unit_times_s(work: RequestWork, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
     """Seconds each unit takes on `device` with nothing else running (prefill plus decode)."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
+    g = device.non_overlap
     overhead_s = device.overhead_us * 1e-6
-    t = roofline_s(work.pass_flops, work.pass_bytes, f, b) + overhead_s * work.pass_runs
+    t = roofline_s(work.pass_flops, work.pass_bytes, f, b, g) + overhead_s * work.pass_runs
     if work.steps > 0:
-        t = t + summed_roofline_s(
-            work.step_flops0 / f,
-            work.step_flops1 / f,
-            work.step_bytes0 / b,
-            work.step_bytes1 / b,
-            work.ctx_first,
-            work.steps,
-        )
+        lines = overlap_lines(
+            work.step_flops0 / f, work.step_flops1 / f, work.step_bytes0 / b,
+            work.step_bytes1 / b, g,
+        )  # fmt: skip
+        t = t + summed_roofline_s(*lines, work.ctx_first, work.steps)
         t = t + overhead_s * work.steps * work.step_runs
     return t
 

@@ -20,6 +20,7 @@ from functools import cache
 import numpy as np
 
 from sim.catalog.specs import ModelSpec
+from sim.costs.roofline import bound_s
 from sim.costs.units import Unit
 from sim.costs.work import Pass, _unit_cost
 
@@ -56,8 +57,11 @@ class DecodeGroup:
 class BatchCost:
     """Accumulates one iteration's work per server unit and prices it by roofline."""
 
-    def __init__(self, flops_per_s: float, bytes_per_s: float, overhead_s: float):
+    def __init__(
+        self, flops_per_s: float, bytes_per_s: float, overhead_s: float, non_overlap: float = 0.0
+    ):
         self.flops_per_s, self.bytes_per_s, self.overhead_s = flops_per_s, bytes_per_s, overhead_s
+        self.non_overlap = non_overlap  # the device's (sim.costs.roofline.bound_s)
         self.weights: list[np.ndarray] = []  # per model: shared weight bytes per unit
         self.groups: list[DecodeGroup] = []
         self._group_of: dict[tuple, int] = {}
@@ -120,7 +124,8 @@ class BatchCost:
         for m in self._touched:
             used = self._used[m]
             f, b = self._flops[m][used], self._bytes[m][used] + self.weights[m][used]
-            t = np.maximum(f / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
+            t = bound_s(f / self.flops_per_s, b / self.bytes_per_s, self.non_overlap)
+            t = t + self.overhead_s
             total += float(t.sum())
             self._flops[m][:] = 0.0
             self._bytes[m][:] = 0.0
@@ -171,7 +176,8 @@ class BatchCost:
             used = self._used[m]
             flops, nbytes = per_model[m]
             b = nbytes + self.weights[m][used]
-            t = np.maximum(flops / self.flops_per_s, b / self.bytes_per_s) + self.overhead_s
+            t = bound_s(flops / self.flops_per_s, b / self.bytes_per_s, self.non_overlap)
+            t = t + self.overhead_s
             total += t.sum(axis=1)
             used[:] = False
         self._touched.clear()

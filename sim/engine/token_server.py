@@ -124,7 +124,8 @@ class TokenServer:
         cost = self._cost_by_dtype.get(dtype)
         if cost is None:
             dev = self._dev
-            cost = BatchCost(dev.flops_per_s(dtype), dev.bytes_per_s, dev.overhead_us * 1e-6)
+            cost = BatchCost(dev.flops_per_s(dtype), dev.bytes_per_s, dev.overhead_us * 1e-6,
+                             dev.non_overlap)  # fmt: skip
             self._cost_by_dtype[dtype] = cost
         key = (dtype, name)
         found = self._model_index.get(key)
