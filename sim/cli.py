@@ -67,6 +67,7 @@ def _add_run(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sim.commands.calibrate import add_calibrate_parser
     from sim.commands.paper import add_paper_parser
     from sim.commands.plot import add_plot_parser
     from sim.commands.profile import add_profile_parser
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(sub)
     add_paper_parser(sub)
     add_profile_parser(sub)
+    add_calibrate_parser(sub)
     cat = sub.add_parser("catalog", help="list built-in models, devices or policies")
     cat.add_argument("what", choices=["models", "devices", "policies"])
     cat.add_argument("--scenario", default=None,
@@ -98,6 +100,7 @@ _COMMANDS = {
     "paper": ("sim.commands.paper", "run_paper"),
     "catalog": ("sim.commands.catalog", "run_catalog_args"),
     "profile": ("sim.commands.profile", "run_profile"),
+    "calibrate": ("sim.commands.calibrate", "run_calibrate"),
 }
 
 

@@ -461,6 +461,8 @@ def _flag_commands(tmp: Path) -> dict[str, list[str]]:
         "sweep": ["sweep", scenario, "-o", str(tmp / "sw")],
         "paper": ["paper", "-o", str(tmp / "paper")],
         "profile": ["profile", "--model", "gpt2", "--tokens", "8", "-o", str(tmp / "p.csv")],
+        "calibrate": ["calibrate", str(tmp / "gpu"), "--device", "a100-80gb", "-o",
+                      str(tmp / "cal")],
         "run": ["run", scenario, "-o", str(tmp / "run")],
     }  # fmt: skip
 
