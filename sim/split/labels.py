@@ -205,9 +205,18 @@ def _step(
     """Cross run [s, e) from both locations' fronts; the new front at each location, less
     the labels that cannot fit even with the least latency `rest` (K,) after it."""
     pat = patterns(e - s, bool(c.allowed[s]))
+    n_in = sum(f.w.shape[0] for f in fronts)
+    if e - s == 1 and n_in * pat.j.shape[0] <= SMALL:  # one unit: its times as they are
+        cc, cs = c.cc[:, s].tolist(), c.cs[:, s].tolist()
+        run = (
+            ([cs, cc], [float(c.work[s]), 0.0])
+            if pat.j.shape[0] == 2
+            else ([cs], [float(c.work[s])])
+        )
+        return _step_small(c, fronts, s, e, bound, rest, pat, *run)
     run_t, run_w = _run_costs(c, s, e, pat)
-    if sum(f.w.shape[0] for f in fronts) * run_w.shape[0] <= SMALL:
-        return _step_small(c, fronts, s, e, bound, rest, pat, run_t, run_w)
+    if n_in * run_w.shape[0] <= SMALL:
+        return _step_small(c, fronts, s, e, bound, rest, pat, run_t.tolist(), run_w.tolist())
     parts = []
     for loc, f in enumerate(fronts):
         n = f.w.shape[0]
@@ -243,11 +252,12 @@ def _step(
     return out
 
 
-def _step_small(c, fronts, s, e, bound, rest, pat, run_t, run_w) -> list[Front]:
+def _step_small(c, fronts, s, e, bound, rest, pat, rt: list, rw: list) -> list[Front]:
     """`_step` in plain floats for a few candidates (numpy's per-call cost dominates
-    there): the same operations on each element, the same order, the same front."""
+    there): the same operations on each element, the same order, the same front. `rt`,
+    `rw`: the patterns' latencies and work (for one unit, its times: j x cc + (1 - j) x
+    cs is exactly cs or cc)."""
     K = c.limit.shape[0]
-    rt, rw = run_t.tolist(), run_w.tolist()
     first, last = pat.first.tolist(), pat.last.tolist()
     hops = (c.up[:, s].tolist(), c.dn[:, s].tolist())  # entering from the client / server
     at_loop = c.has_loop and s == c.loop_start
