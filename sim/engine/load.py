@@ -28,6 +28,7 @@ import numpy as np
 from sim.config import LoadedScenario
 from sim.config.base import Empirical, Exponential, Fixed, LogNormal, Uniform
 from sim.costs.batched import unit_times_many, work_batch
+from sim.costs.roofline import overlap_lines
 
 MAX_SUPPORT = 200_000  # token counts of one size distribution computed exactly
 SAMPLE = 20_000  # requests drawn where the mean cannot be computed
@@ -165,10 +166,11 @@ def _generate_mean(ld: LoadedScenario, klass: int, granularity: str, prompts, ou
     one = work_batch(model, "generate", p[:1], np.array([2]), granularity)
     f, b = server.flops_per_s(dtype), server.bytes_per_s
     overhead = server.overhead_us * 1e-6 * one.step_runs[0]
+    x0, x1, y0, y1 = overlap_lines(one.step_flops0[0] / f, one.step_flops1[0] / f,
+                                   one.step_bytes0[0] / b, one.step_bytes1[0] / b,
+                                   server.non_overlap)  # fmt: skip
     c = np.arange(int(p.min()) + 1, int(p.max()) + steps_max + 1, dtype=float)[:, None]
-    step = (np.maximum(one.step_flops0[0] / f + c * (one.step_flops1[0] / f),
-                       one.step_bytes0[0] / b + c * (one.step_bytes1[0] / b))
-            + overhead).sum(axis=1)  # fmt: skip
+    step = (np.maximum(x0 + c * x1, y0 + c * y1) + overhead).sum(axis=1)
     windows = np.lib.stride_tricks.sliding_window_view(step, steps_max)
     start = p - int(p.min())  # step p + 1 is at index p - min(p)
     for a in range(0, p.shape[0], _ROWS):  # blocks of prompts: (rows, steps) at a time
