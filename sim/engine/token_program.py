@@ -35,7 +35,17 @@ class TokenProgram:
         "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
         "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
         "loop_bytes", "server_units", "pass_first_server", "step_first_server", "span_ok",
+        "split_ok", "client_step_times",
     )  # fmt: skip
+
+    def step_times(self, leg: int) -> list[float]:
+        """Client step leg `leg`'s time (s) per decode step k >= 1 at index k - 1 (context
+        `ctx_first + k - 1`): `client_step_s` for every step, tabled on first use."""
+        table = self.client_step_times[leg]
+        if table is None:
+            table = client_step_table(self.client_step[leg], self.ctx_first, self.steps)
+            self.client_step_times[leg] = table
+        return table
 
 
 def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -109,6 +119,7 @@ def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype
         if side == CLIENT_LEG else None  # server legs are priced by the batch
         for side, a, e in p.step_legs
     ]  # fmt: skip
+    p.client_step_times = [None] * len(p.step_legs)  # per leg: `step_times`, once asked
 
 
 def client_step_s(leg: tuple[list, float], context: int) -> float:
@@ -118,6 +129,38 @@ def client_step_s(leg: tuple[list, float], context: int) -> float:
     coeffs, overhead_s = leg
     times = [max(x0 + x1 * context, y0 + y1 * context) for x0, x1, y0, y1 in coeffs]
     return numpy_sum(times) + overhead_s
+
+
+def client_step_table(leg: tuple[list, float], ctx_first: int, steps: int) -> list[float]:
+    """`client_step_s(leg, ctx)` for ctx = ctx_first .. ctx_first + steps - 1, bit for bit:
+    the same float operations in the same order, each over every context at once (a few
+    numpy calls per unit instead of a Python loop per decode step)."""
+    coeffs, overhead_s = leg
+    if len(coeffs) > 128:  # numpy's own blocked summation: not replicated column-wise
+        return [client_step_s(leg, ctx_first + j) for j in range(steps)]
+    ctx = np.arange(ctx_first, ctx_first + steps, dtype=float)
+    times = [np.maximum(x0 + x1 * ctx, y0 + y1 * ctx) for x0, x1, y0, y1 in coeffs]
+    return (numpy_sum_columns(times, steps) + overhead_s).tolist()
+
+
+def numpy_sum_columns(values: list[np.ndarray], size: int) -> np.ndarray:
+    """`numpy_sum` of each column: element j is `numpy_sum([v[j] for v in values])` (up to
+    128 arrays of `size` elements), by the same additions in the same order."""
+    n = len(values)
+    if n < 8:
+        total = np.zeros(size)
+        for v in values:
+            total += v
+        return total
+    r = [v.copy() for v in values[:8]]
+    whole = n - n % 8
+    for i in range(8, whole, 8):
+        for j in range(8):
+            r[j] += values[i + j]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(whole, n):
+        total += values[i]
+    return total
 
 
 def numpy_sum(values: list[float]) -> float:
@@ -159,6 +202,12 @@ def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> Non
         p.steps > 0 and len(p.step_legs) == 1 and p.step_legs[0][0] == SERVER_LEG
         and p.head_server and p.loop_server
     )  # fmt: skip
+    # A decode step of one client leg then one server leg that makes the token: the engine
+    # may walk it with fixed transfer times (`TokenSimulation._split_step`).
+    p.split_ok = (
+        p.steps > 0 and [side for side, _, _ in p.step_legs] == [CLIENT_LEG, SERVER_LEG]
+        and p.head_server and not p.loop_server
+    )  # fmt: skip
 
 
 class TokenRequest:
@@ -169,7 +218,7 @@ class TokenRequest:
         "i", "prog", "client", "link", "arrival", "k", "leg", "ctx", "generated", "times",
         "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
         "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
-        "span_ok", "down_s",
+        "span_ok", "down_s", "split_ok", "up_s", "step_events", "step_times",
     )  # fmt: skip
 
     def __init__(self, i: int, prog: TokenProgram, client: int, link: LinkModel, arrival: float):
@@ -187,6 +236,10 @@ class TokenRequest:
         self.done = self.chunk = 0  # prompt tokens of the current prefill visit done, taking
         self.span_ok = False  # its decode iterations may be coalesced (set by the engine)
         self.down_s = 0.0  # then: the fixed time of a token's transfer to the client (s)
+        self.split_ok = False  # its decode steps take the engine's split-step walk; then:
+        self.up_s = 0.0  # the fixed time of the activation's transfer to the server (s),
+        self.step_events = 0  # request events per step (transfers and the client leg)
+        self.step_times: list[float] | None = None  # and its client leg's time per step
 
     def token(self, t: float) -> None:
         """A token reached the client at time t."""

@@ -71,18 +71,22 @@ class TokenServer:
         visit_ended: Callable[[TokenRequest, float], None],
         reject: Callable[[TokenRequest], None],
         step_on_server: Callable[[TokenRequest, float], None],
+        split_step: Callable[[TokenRequest, float], float] | None = None,
     ):
         """`levels` keeps the monitored queue (requests waiting for admission) and busy
         (an iteration running) levels; `max_queue` bounds the admission queue;
         `visit_ended(r, t_s)` continues a request past a server visit, `reject(r)` loses it
         (queue full, KV too large), `step_on_server(r, t_s)` advances a `span_ok` request
-        past a decode step whose successor is due on the server at once."""
+        past a decode step whose successor is due on the server at once, and
+        `split_step(r, t_s)` a `split_ok` request past a decode step (not its last) to its
+        next server visit, returning when that is ready (s)."""
         sc = ld.scenario
         cfg = sc.simulation
         self.env, self.ld, self.book, self.levels = env, ld, book, levels
         self.max_queue = max_queue
         self._visit_ended, self._reject = visit_ended, reject
         self._step_on_server = step_on_server
+        self._split_step = split_step
         self._carry: list = []  # (seq, request): decode steps due at the last iteration's end
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
@@ -260,14 +264,19 @@ class TokenServer:
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
-        carry, step = self._carry, self._step_on_server
+        carry, step, split = self._carry, self._step_on_server, self._split_step
         for r in batch:
             r.s_busy += dur_s
-            if r.span_ok and 0 < r.k < r.prog.steps and not r.recompute:
+            if r.recompute or not 0 < r.k < r.prog.steps:
+                self._visit_done(r, now)
+            elif r.span_ok:
                 step(r, now)  # its next step is due now: kept here, not in the heap
                 r.t_ready = now
                 self._seq += 1
                 carry.append((self._seq, r))
+            elif r.split_ok:  # `_visit_done` of a decode step that stays admitted
+                r.done = 0
+                self.push(split(r, now), r)
             else:
                 self._visit_done(r, now)
         self.series_kv.set(now, self._kv_used)
