@@ -340,14 +340,15 @@ class TokenSimulation:
         `TokenServer._end_iteration`). What `_after_server` and `_advance` do for it, without
         their walk over legs; `TokenServer._apply_silent` does the same in bulk."""
         self.request_events += 1
-        r.xfer += r.down_s
+        down_s = r.down_s
+        r.xfer += down_s
         prog = r.prog
         r.nbytes += prog.step_out
-        r.times.append(now + r.down_s)  # `r.token`, inline: this runs once per token
+        r.times.append(now + down_s)  # `r.token`, inline: this runs once per token
         r.generated += 1
-        r.k += 1
+        k = r.k = r.k + 1
         r.leg = 0
-        r.ctx = prog.ctx_first + r.k - 1
+        r.ctx = prog.ctx_first + k - 1
 
     def _finish(self, r: TokenRequest, t: float) -> None:
         """Request r's last token reached the client at t (s): record its metrics."""

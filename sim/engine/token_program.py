@@ -15,6 +15,7 @@ leg it is at, its server KV and admission state, and its accumulated times. The 
 from __future__ import annotations
 
 from array import array
+from functools import lru_cache
 
 import numpy as np
 
@@ -50,6 +51,13 @@ class TokenProgram:
 
 def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
     """Runs of consecutive units on one side: (side, first unit, end unit)."""
+    return list(_legs(np.asarray(on_client, bool).tobytes(), lo, hi))
+
+
+@lru_cache(maxsize=4096)
+def _legs(on_client: bytes, lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
+    """`legs_of` by the placement's bytes (one per unit): a placement recurs across the
+    requests of a plan shape, so its legs are found once (built once per program)."""
     legs: list[tuple[int, int, int]] = []
     for u in range(lo, hi):
         side = CLIENT_LEG if on_client[u] else SERVER_LEG
@@ -57,7 +65,7 @@ def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int
             legs[-1] = (side, legs[-1][1], u + 1)
         else:
             legs.append((side, u, u + 1))
-    return legs
+    return tuple(legs)
 
 
 def build_program(

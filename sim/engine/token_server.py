@@ -170,28 +170,27 @@ class TokenServer:
         """Visits ready by `now`: admitted requests to the ready queue, the others to the
         admission queue (or rejected when it is full). Decode steps kept from the iteration
         that just ended (`_carry`, due now) join in the order a heap of (time, sequence)
-        would have given them."""
-        heap = self._heap
-        carry = self._carry
+        would have given them: before a visit due now with a later sequence number."""
+        heap, ready, carry = self._heap, self._ready, self._carry
         if carry:
             self._carry = []
-            ready, i = self._ready, 0
-            while heap and heap[0][0] <= now:
-                while i < len(carry) and (now, carry[i][0]) < heap[0][:2]:
+        i = 0
+        while heap and heap[0][0] <= now:
+            t, seq, r = heapq.heappop(heap)
+            if t == now:  # kept steps (due now) sequenced before it go first
+                while i < len(carry) and carry[i][0] < seq:
                     ready.append(carry[i][1])
                     i += 1
-                self._pull_one(now)
+            if r.admitted:
+                ready.append(r)
+            else:
+                self._queue_for_admission(r, seq, now)
+        if carry:
             ready.extend(r for _, r in carry[i:])
-            return
-        while heap and heap[0][0] <= now:
-            self._pull_one(now)
 
-    def _pull_one(self, now: float) -> None:
-        """The heap's first visit (ready by `now`): to the ready or the admission queue."""
-        _, seq, r = heapq.heappop(self._heap)
-        if r.admitted:
-            self._ready.append(r)
-            return
+    def _queue_for_admission(self, r: TokenRequest, seq: int, now: float) -> None:
+        """A visit of a request not admitted is ready: to the admission queue (or rejected
+        when it is full)."""
         limit = self.max_queue
         if limit is not None and len(self._waiting) >= limit:
             self._reject(r)
