@@ -21,6 +21,12 @@ idle), without shedding load to the client (`Planner.shed`).
 
 Transfers on a shared medium book its calendar (`Medium.reserve`): the earliest gap from
 the moment the request reaches the transfer, at the bandwidth in force then.
+
+Decode steps run once per token, so two common shapes skip the general walk over legs
+when the link is fixed (no trace, jitter or shared medium) and not observed, with
+`simulation.coalesce`: steps wholly on the server (`_step_on_server`, and decode spans)
+and split steps of one client leg then one server leg (`_split_step`). Both use transfer
+times fixed per request and compute the same floats, in the same order, as the walk.
 """
 
 from __future__ import annotations
