@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from array import array
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,13 +52,6 @@ class TokenProgram:
 
 def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
     """Runs of consecutive units on one side: (side, first unit, end unit)."""
-    return list(_legs(np.asarray(on_client, bool).tobytes(), lo, hi))
-
-
-@lru_cache(maxsize=4096)
-def _legs(on_client: bytes, lo: int, hi: int) -> tuple[tuple[int, int, int], ...]:
-    """`legs_of` by the placement's bytes (one per unit): a placement recurs across the
-    requests of a plan shape, so its legs are found once (built once per program)."""
     legs: list[tuple[int, int, int]] = []
     for u in range(lo, hi):
         side = CLIENT_LEG if on_client[u] else SERVER_LEG
@@ -65,7 +59,57 @@ def _legs(on_client: bytes, lo: int, hi: int) -> tuple[tuple[int, int, int], ...
             legs[-1] = (side, legs[-1][1], u + 1)
         else:
             legs.append((side, u, u + 1))
-    return tuple(legs)
+    return legs
+
+
+class Shape(NamedTuple):
+    """What a program takes from its placement alone: its legs and server marks (see
+    `_set_server_marks`). Shared, read-only, by the programs of one placement."""
+
+    pass_legs: tuple[tuple[int, int, int], ...]
+    step_legs: tuple[tuple[int, int, int], ...]
+    server: np.ndarray  # per unit: on the server
+    server_units: np.ndarray
+    has_server: bool
+    pass_first_server: int
+    pass_last_server: int
+    step_first_server: int
+    step_last_server: int
+    head_server: bool
+    loop_server: bool
+    span_ok: bool
+    split_ok: bool
+
+
+@lru_cache(maxsize=4096)
+def placement_shape(on_client: bytes, loop_start: int, decode: bool) -> Shape:
+    """The `Shape` of a placement (one byte per unit, true on the client), of a request
+    whose decode steps (if `decode`) start at unit `loop_start`. Placements recur across
+    requests of different sizes, so each is worked out once."""
+    oc = np.frombuffer(on_client, bool)
+    n = len(oc)
+    pass_legs = tuple(legs_of(oc, 0, n))
+    step_legs = tuple(legs_of(oc, loop_start, n)) if decode else ()
+    server = ~oc
+    server.setflags(write=False)
+    server_units = np.flatnonzero(server)
+    server_units.setflags(write=False)
+    pass_on = [j for j, leg in enumerate(pass_legs) if leg[0] == SERVER_LEG]
+    step_on = [j for j, leg in enumerate(step_legs) if leg[0] == SERVER_LEG]
+    head_server, loop_server = not oc[n - 1], not oc[loop_start]
+    sides = [leg[0] for leg in step_legs]
+    return Shape(
+        pass_legs, step_legs, server, server_units, bool(server.any()),
+        pass_on[0] if pass_on else -1, pass_on[-1] if pass_on else -1,
+        step_on[0] if step_on else -1, step_on[-1] if step_on else -1,
+        head_server, loop_server,
+        # A decode step wholly on the server, the token sent down and the next step
+        # started on the server at once: its iterations can be coalesced (decode spans).
+        decode and sides == [SERVER_LEG] and head_server and loop_server,
+        # One client leg then one server leg that makes the token: the engine may walk
+        # it with fixed transfer times (`TokenSimulation._split_step`).
+        decode and sides == [CLIENT_LEG, SERVER_LEG] and head_server and not loop_server,
+    )  # fmt: skip
 
 
 def build_program(
@@ -80,27 +124,28 @@ def build_program(
     prompt tokens, output tokens), `model` = the server's batch-cost accumulator and the
     model's index in it, the client's device and the activation dtype it computes in."""
     oc = np.asarray(on_client, bool)
+    shape = placement_shape(oc.tobytes(), work.loop_start, work.steps > 0)
     p = TokenProgram()
     p.klass, p.prompt, p.output = key
-    _set_legs(p, work, oc)
+    _set_legs(p, work, shape)
     _set_server_costs(p, work, model)
     _set_client_costs(p, work, client_device, dtype)
-    _set_server_marks(p, work, oc)
+    _set_server_marks(p, work, shape)
     return p
 
 
-def _set_legs(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
+def _set_legs(p: TokenProgram, work: RequestWork, shape: Shape) -> None:
     """Legs of the pass and of a decode step, and the activation bytes between them."""
     L = work.n_units
     p.steps, p.ctx_first = work.steps, work.ctx_first
-    p.pass_legs = legs_of(oc, 0, L)
-    p.step_legs = legs_of(oc, work.loop_start, L) if work.steps > 0 else []
-    p.pass_in = [float(work.act_pass[a]) for _, a, _ in p.pass_legs]
-    p.step_in = [float(work.act_step[a]) for _, a, _ in p.step_legs]
-    p.pass_out, p.step_out = float(work.act_pass[L]), float(work.act_step[L])
+    p.pass_legs, p.step_legs = list(shape.pass_legs), list(shape.step_legs)
+    act_pass = np.asarray(work.act_pass, float).tolist()  # as float() of each: exact
+    act_step = np.asarray(work.act_step, float).tolist()
+    p.pass_in = [act_pass[a] for _, a, _ in p.pass_legs]
+    p.step_in = [act_step[a] for _, a, _ in p.step_legs]
+    p.pass_out, p.step_out = act_pass[L], act_step[L]
     p.loop_bytes = work.loop_bytes
-    p.head_server = not oc[L - 1]
-    p.loop_server = not oc[work.loop_start]
+    p.head_server, p.loop_server = shape.head_server, shape.loop_server
 
 
 def _set_server_costs(p: TokenProgram, work: RequestWork, model: tuple[BatchCost, int]) -> None:
@@ -193,29 +238,16 @@ def numpy_sum(values: list[float]) -> float:
     return total
 
 
-def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
-    """The server units, their final KV bytes and the first and last server legs."""
-    server = ~oc
-    p.server_units = np.flatnonzero(server)
-    p.kv_final = float(work.kv_bytes[server].sum())
-    p.has_server = bool(server.any())
-    p.pass_last_server = max((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
-    p.step_last_server = max((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
-    p.pass_first_server = min((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
-    p.step_first_server = min((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
+def _set_server_marks(p: TokenProgram, work: RequestWork, shape: Shape) -> None:
+    """The server units, their final KV bytes, the first and last server legs and which
+    fast paths the decode steps may take (`Shape`)."""
+    p.server_units = shape.server_units
+    p.kv_final = float(work.kv_bytes[shape.server].sum())
+    p.has_server = shape.has_server
+    p.pass_first_server, p.pass_last_server = shape.pass_first_server, shape.pass_last_server
+    p.step_first_server, p.step_last_server = shape.step_first_server, shape.step_last_server
     p.step_has_server = p.step_last_server >= 0
-    # A decode step wholly on the server, the token sent down and the next step started on
-    # the server at once: its iterations can be coalesced (`TokenServer`'s decode spans).
-    p.span_ok = (
-        p.steps > 0 and len(p.step_legs) == 1 and p.step_legs[0][0] == SERVER_LEG
-        and p.head_server and p.loop_server
-    )  # fmt: skip
-    # A decode step of one client leg then one server leg that makes the token: the engine
-    # may walk it with fixed transfer times (`TokenSimulation._split_step`).
-    p.split_ok = (
-        p.steps > 0 and [side for side, _, _ in p.step_legs] == [CLIENT_LEG, SERVER_LEG]
-        and p.head_server and not p.loop_server
-    )  # fmt: skip
+    p.span_ok, p.split_ok = shape.span_ok, shape.split_ok
 
 
 class TokenRequest:
