@@ -87,7 +87,8 @@ class TokenServer:
         self._visit_ended, self._reject = visit_ended, reject
         self._step_on_server = step_on_server
         self._split_step = split_step
-        self._carry: list = []  # (seq, request): decode steps due at the last iteration's end
+        self._carry: list = []  # decode steps (requests) due at the last iteration's end,
+        self._carry_seq: list = []  # and their sequence numbers (in the heap's order)
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
         self.max_batch = cfg.max_batch_requests
@@ -171,22 +172,22 @@ class TokenServer:
         admission queue (or rejected when it is full). Decode steps kept from the iteration
         that just ended (`_carry`, due now) join in the order a heap of (time, sequence)
         would have given them: before a visit due now with a later sequence number."""
-        heap, ready, carry = self._heap, self._ready, self._carry
+        heap, ready, carry, carry_seq = self._heap, self._ready, self._carry, self._carry_seq
         if carry:
-            self._carry = []
+            self._carry, self._carry_seq = [], []
         i = 0
         while heap and heap[0][0] <= now:
             t, seq, r = heapq.heappop(heap)
             if t == now:  # kept steps (due now) sequenced before it go first
-                while i < len(carry) and carry[i][0] < seq:
-                    ready.append(carry[i][1])
+                while i < len(carry) and carry_seq[i] < seq:
+                    ready.append(carry[i])
                     i += 1
             if r.admitted:
                 ready.append(r)
             else:
                 self._queue_for_admission(r, seq, now)
         if carry:
-            ready.extend(r for _, r in carry[i:])
+            ready.extend(carry[i:] if i else carry)
 
     def _queue_for_admission(self, r: TokenRequest, seq: int, now: float) -> None:
         """A visit of a request not admitted is ready: to the admission queue (or rejected
@@ -263,7 +264,8 @@ class TokenServer:
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
-        carry, step, split = self._carry, self._step_on_server, self._split_step
+        carry, carry_seq, heap = self._carry, self._carry_seq, self._heap
+        step, split = self._step_on_server, self._split_step
         for r in batch:
             r.s_busy += dur_s
             if r.recompute or not 0 < r.k < r.prog.steps:
@@ -272,10 +274,13 @@ class TokenServer:
                 step(r, now)  # its next step is due now: kept here, not in the heap
                 r.t_ready = now
                 self._seq += 1
-                carry.append((self._seq, r))
-            elif r.split_ok:  # `_visit_done` of a decode step that stays admitted
-                r.done = 0
-                self.push(split(r, now), r)
+                carry.append(r)
+                carry_seq.append(self._seq)
+            elif r.split_ok:  # `_visit_done` of a decode step that stays admitted, then
+                r.done = 0  # `push` (no span runs and the server is awake: no cut, no wake)
+                t = r.t_ready = split(r, now)
+                self._seq += 1
+                heapq.heappush(heap, (t, self._seq, r))
             else:
                 self._visit_done(r, now)
         self.series_kv.set(now, self._kv_used)
