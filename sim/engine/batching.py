@@ -44,10 +44,14 @@ def weight_read_bytes(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
 class DecodeGroup:
     """Requests of one model whose decode-step coefficients agree (summed per unit)."""
 
-    __slots__ = ("model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active")
+    __slots__ = (
+        "model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active", "per_step", "per_ctx",
+    )  # fmt: skip
 
     def __init__(self, model: int, f0, f1, b0_own, b1):
         self.model, self.f0, self.f1, self.b0, self.b1 = model, f0, f1, b0_own, b1
+        # rows (FLOPs, own bytes) per unit: per decode step and per cached token
+        self.per_step, self.per_ctx = np.array((f0, b0_own)), np.array((f1, b1))
         n = len(f0) + 1
         self.n_diff = [0] * n
         self.c_diff = [0.0] * n
@@ -69,10 +73,13 @@ class BatchCost:
         self._bytes: list[np.ndarray] = []
         self._used: list[np.ndarray] = []
         self._touched: set[int] = set()
+        self._rates = np.array([[flops_per_s], [bytes_per_s]])  # divide the rows by them
+        self._zero_weights: list[np.ndarray] = []  # per model: rows (0, weight bytes)
 
     def add_model(self, weights: np.ndarray) -> int:
         self.weights.append(weights)
         n = len(weights)
+        self._zero_weights.append(np.array((np.zeros(n), weights)))
         self._flops.append(np.zeros(n))
         self._bytes.append(np.zeros(n))
         self._used.append(np.zeros(n, bool))
@@ -106,6 +113,14 @@ class BatchCost:
 
     def close(self) -> float:
         """Seconds of the iteration; resets the accumulators."""
+        if not self._touched:  # no pass: decode steps only, perhaps of a single group
+            active = [g for g in self.groups if g.active]
+            if len(active) == 1:
+                return self._close_steps(active[0])
+        return self._close_all()
+
+    def _close_all(self) -> float:
+        """`close` of any iteration: passes and every group's steps added per unit."""
         for g in self.groups:
             if not g.active:
                 continue
@@ -132,6 +147,24 @@ class BatchCost:
             used[:] = False
         self._touched.clear()
         return total
+
+    def _close_steps(self, g: DecodeGroup) -> float:
+        """`close` of an iteration of one decode group's steps and nothing else: the same
+        floats by the same elementwise operations (the model's zeroed accumulators added
+        in as a row of zeros above the weights), FLOPs and bytes as the two rows of one
+        array so that each operation is one numpy call for both."""
+        m = g.model
+        size = len(g.n_diff)
+        nc = np.array((g.n_diff, g.c_diff))[:, :-1].cumsum(axis=1)  # whole numbers: exact
+        n = nc[0]
+        used = n > 0
+        work = n * g.per_step + nc[1] * g.per_ctx + self._zero_weights[m]
+        x = work.compress(used, axis=1) / self._rates
+        t = np.maximum(x[0], x[1]) + self.overhead_s
+        g.n_diff = [0] * size
+        g.c_diff = [0.0] * size
+        g.active = False
+        return float(t.sum())
 
     def close_span(self, k: int) -> np.ndarray:
         """Seconds of `k` decode-only iterations (resets the accumulators, like `close`).

@@ -35,10 +35,17 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
     costs: dict[BatchCost, None] = {}  # insertion-ordered: a deterministic float sum
     tokens = 0.0
     for r in batch:
-        cost, m = r.prog.model
+        prog = r.prog
+        cost, m = prog.model
         costs[cost] = None
         if r.recompute:
             tokens += add_recompute(r, cost, m, book)
+        elif r.k:  # a decode step: `add_visit`, inline (once per request and iteration)
+            leg = r.leg
+            _, a, e = prog.step_legs[leg]
+            cost.add_step(prog.group, a, e, r.ctx)
+            if leg == prog.step_first_server:
+                tokens += 1
         else:
             tokens += add_visit(r, cost, m, book)
     return sum(c.close() for c in costs), tokens

@@ -21,6 +21,12 @@ idle), without shedding load to the client (`Planner.shed`).
 
 Transfers on a shared medium book its calendar (`Medium.reserve`): the earliest gap from
 the moment the request reaches the transfer, at the bandwidth in force then.
+
+Decode steps run once per token, so two common shapes skip the general walk over legs
+when the link is fixed (no trace, jitter or shared medium) and not observed, with
+`simulation.coalesce`: steps wholly on the server (`_step_on_server`, and decode spans)
+and split steps of one client leg then one server leg (`_split_step`). Both use transfer
+times fixed per request and compute the same floats, in the same order, as the walk.
 """
 
 from __future__ import annotations
@@ -36,13 +42,7 @@ from sim.engine.network import DOWN, UP
 from sim.engine.planner import Planner, ProblemBook
 from sim.engine.recorder import RequestRecorder, RunResult
 from sim.engine.setup import AT_ARRIVAL, RunSetup
-from sim.engine.token_program import (
-    SERVER_LEG,
-    TokenProgram,
-    TokenRequest,
-    build_program,
-    client_step_s,
-)
+from sim.engine.token_program import SERVER_LEG, TokenProgram, TokenRequest, build_program
 from sim.engine.token_server import TokenServer
 from sim.engine.workload import Arrivals
 from sim.stats import linear_percentiles
@@ -70,6 +70,10 @@ class TokenStats:
 class TokenSimulation:
     """One policy over one replication's arrivals at token granularity."""
 
+    # Split requests on fixed links take `_split_step` (with `simulation.coalesce`); off:
+    # the general walk over legs, which tests compare it with
+    split_steps: bool = True
+
     def __init__(
         self,
         ld: LoadedScenario,
@@ -96,7 +100,7 @@ class TokenSimulation:
         self.server = ServerLevels(1)  # one iteration at a time: one busy slot
         self.token_server = TokenServer(
             self.env, ld, planner.book, self.server, sc.server.max_queue,
-            self._after_server, self._reject, self._step_on_server,
+            self._after_server, self._reject, self._step_on_server, self._split_step,
         )  # fmt: skip
         self.links = self.setup.links
         self._observe, self._link_alpha = self.setup.observe, self.setup.link_alpha
@@ -204,9 +208,12 @@ class TokenSimulation:
             prog = self._token_program(key)
         r = TokenRequest(i, prog, setup.client[i], self.links[setup.group[i]], self.env.now)
         link = r.link
-        if self._coalesce and prog.span_ok and link.fixed and not self._observe:
-            r.span_ok = prog.step_out > 0  # as `_xfer` computes a token's way down:
-            r.down_s = link.serialisation_s(DOWN, prog.step_out, 0.0) + link.delay_s(1.0)
+        if self._coalesce and link.fixed and not self._observe:
+            if prog.span_ok:
+                r.span_ok = prog.step_out > 0  # as `_xfer` computes a token's way down:
+                r.down_s = link.serialisation_s(DOWN, prog.step_out, 0.0) + link.delay_s(1.0)
+            elif prog.split_ok and self.split_steps:
+                self._fix_split_step(r, prog, link)
         if self.token_server.edf:
             r.priority = self.env.now + setup.deadline[i]
         self.rec.admitted()
@@ -214,6 +221,19 @@ class TokenSimulation:
         if prog.pass_legs and prog.pass_legs[0][0] == SERVER_LEG:  # the input goes up first
             t += self._xfer(r, UP, prog.pass_in[0], t)
         self._advance(r, t)
+
+    @staticmethod
+    def _fix_split_step(r: TokenRequest, prog: TokenProgram, link) -> None:
+        """Let r's decode steps take `_split_step`: its transfers' times on the fixed link,
+        each as `_xfer` computes it (no transfer, no time and no event, for no bytes)."""
+        down_b, up_b = prog.step_out, prog.step_in[1]
+        r.split_ok = True
+        if down_b > 0:
+            r.down_s = link.serialisation_s(DOWN, down_b, 0.0) + link.delay_s(1.0)
+        if up_b > 0:
+            r.up_s = link.serialisation_s(UP, up_b, 0.0) + link.delay_s(1.0)
+        r.step_events = (down_b > 0) + 1 + (up_b > 0)
+        r.step_times = prog.step_times(0)
 
     def _xfer(self, r: TokenRequest, direction: int, nbytes: float, t: float) -> float:
         """Transfer `nbytes` for r from time t (s); its duration (s), waits included."""
@@ -268,10 +288,8 @@ class TokenSimulation:
         self.request_events += 1
         start = max(t, self._dev_free[r.client])
         r.c_wait += start - t
-        if r.k == 0:
-            dur = r.prog.client_pass_s[r.leg]
-        else:
-            dur = client_step_s(r.prog.client_step[r.leg], r.ctx)
+        prog = r.prog  # a decode step's leg: `client_step_s` at r.ctx, tabled per step
+        dur = prog.client_pass_s[r.leg] if r.k == 0 else prog.step_times(r.leg)[r.k - 1]
         t = start + dur
         r.c_busy += dur
         self._dev_free[r.client] = t
@@ -288,6 +306,39 @@ class TokenSimulation:
             t += self._xfer(r, DOWN, nb, t)
         self._advance(r, t)
 
+    def _split_step(self, r: TokenRequest, now: float) -> float:
+        """A `split_ok` request's decode step (not its last) left the server at `now`: the
+        token goes down, the next step runs its client leg on the (FIFO) device and its
+        activation goes up; when it is ready for the server (s). What `_after_server`,
+        `_advance`, `_xfer` and `_client_leg` do for it, in the same float operations and
+        order, without their walk over legs and with the transfer times fixed per request
+        (`_fix_split_step`): this runs once per token of every split request."""
+        self.request_events += r.step_events
+        down_s = r.down_s
+        at_client = now + down_s
+        r.xfer += down_s
+        prog = r.prog
+        r.nbytes += prog.step_out
+        r.times.append(at_client)  # `r.token`
+        r.generated += 1
+        k = r.k = r.k + 1
+        r.ctx = prog.ctx_first + k - 1
+        dev_free = self._dev_free
+        client = r.client
+        start = dev_free[client]
+        if not start > at_client:  # max(at_client, device free)
+            start = at_client
+        r.c_wait += start - at_client
+        dur = r.step_times[k - 1]
+        t = start + dur
+        r.c_busy += dur
+        dev_free[client] = t
+        r.leg = 1
+        up_s = r.up_s
+        r.xfer += up_s
+        r.nbytes += prog.step_in[1]
+        return t + up_s
+
     def _step_on_server(self, r: TokenRequest, now: float) -> None:
         """A decode step of a request whose steps stay on the server (`span_ok`, not its
         last) ended at `now`: its token goes down the fixed link (`down_s`, as `_xfer`
@@ -295,14 +346,15 @@ class TokenSimulation:
         `TokenServer._end_iteration`). What `_after_server` and `_advance` do for it, without
         their walk over legs; `TokenServer._apply_silent` does the same in bulk."""
         self.request_events += 1
-        r.xfer += r.down_s
+        down_s = r.down_s
+        r.xfer += down_s
         prog = r.prog
         r.nbytes += prog.step_out
-        r.times.append(now + r.down_s)  # `r.token`, inline: this runs once per token
+        r.times.append(now + down_s)  # `r.token`, inline: this runs once per token
         r.generated += 1
-        r.k += 1
+        k = r.k = r.k + 1
         r.leg = 0
-        r.ctx = prog.ctx_first + r.k - 1
+        r.ctx = prog.ctx_first + k - 1
 
     def _finish(self, r: TokenRequest, t: float) -> None:
         """Request r's last token reached the client at t (s): record its metrics."""

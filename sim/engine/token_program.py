@@ -15,6 +15,8 @@ leg it is at, its server KV and admission state, and its accumulated times. The 
 from __future__ import annotations
 
 from array import array
+from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,7 +37,17 @@ class TokenProgram:
         "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
         "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
         "loop_bytes", "server_units", "pass_first_server", "step_first_server", "span_ok",
+        "split_ok", "client_step_times",
     )  # fmt: skip
+
+    def step_times(self, leg: int) -> list[float]:
+        """Client step leg `leg`'s time (s) per decode step k >= 1 at index k - 1 (context
+        `ctx_first + k - 1`): `client_step_s` for every step, tabled on first use."""
+        table = self.client_step_times[leg]
+        if table is None:
+            table = client_step_table(self.client_step[leg], self.ctx_first, self.steps)
+            self.client_step_times[leg] = table
+        return table
 
 
 def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int]]:
@@ -50,6 +62,56 @@ def legs_of(on_client: np.ndarray, lo: int, hi: int) -> list[tuple[int, int, int
     return legs
 
 
+class Shape(NamedTuple):
+    """What a program takes from its placement alone: its legs and server marks (see
+    `_set_server_marks`). Shared, read-only, by the programs of one placement."""
+
+    pass_legs: tuple[tuple[int, int, int], ...]
+    step_legs: tuple[tuple[int, int, int], ...]
+    server: np.ndarray  # per unit: on the server
+    server_units: np.ndarray
+    has_server: bool
+    pass_first_server: int
+    pass_last_server: int
+    step_first_server: int
+    step_last_server: int
+    head_server: bool
+    loop_server: bool
+    span_ok: bool
+    split_ok: bool
+
+
+@lru_cache(maxsize=4096)
+def placement_shape(on_client: bytes, loop_start: int, decode: bool) -> Shape:
+    """The `Shape` of a placement (one byte per unit, true on the client), of a request
+    whose decode steps (if `decode`) start at unit `loop_start`. Placements recur across
+    requests of different sizes, so each is worked out once."""
+    oc = np.frombuffer(on_client, bool)
+    n = len(oc)
+    pass_legs = tuple(legs_of(oc, 0, n))
+    step_legs = tuple(legs_of(oc, loop_start, n)) if decode else ()
+    server = ~oc
+    server.setflags(write=False)
+    server_units = np.flatnonzero(server)
+    server_units.setflags(write=False)
+    pass_on = [j for j, leg in enumerate(pass_legs) if leg[0] == SERVER_LEG]
+    step_on = [j for j, leg in enumerate(step_legs) if leg[0] == SERVER_LEG]
+    head_server, loop_server = not oc[n - 1], not oc[loop_start]
+    sides = [leg[0] for leg in step_legs]
+    return Shape(
+        pass_legs, step_legs, server, server_units, bool(server.any()),
+        pass_on[0] if pass_on else -1, pass_on[-1] if pass_on else -1,
+        step_on[0] if step_on else -1, step_on[-1] if step_on else -1,
+        head_server, loop_server,
+        # A decode step wholly on the server, the token sent down and the next step
+        # started on the server at once: its iterations can be coalesced (decode spans).
+        decode and sides == [SERVER_LEG] and head_server and loop_server,
+        # One client leg then one server leg that makes the token: the engine may walk
+        # it with fixed transfer times (`TokenSimulation._split_step`).
+        decode and sides == [CLIENT_LEG, SERVER_LEG] and head_server and not loop_server,
+    )  # fmt: skip
+
+
 def build_program(
     work: RequestWork,
     on_client: np.ndarray,
@@ -62,27 +124,28 @@ def build_program(
     prompt tokens, output tokens), `model` = the server's batch-cost accumulator and the
     model's index in it, the client's device and the activation dtype it computes in."""
     oc = np.asarray(on_client, bool)
+    shape = placement_shape(oc.tobytes(), work.loop_start, work.steps > 0)
     p = TokenProgram()
     p.klass, p.prompt, p.output = key
-    _set_legs(p, work, oc)
+    _set_legs(p, work, shape)
     _set_server_costs(p, work, model)
     _set_client_costs(p, work, client_device, dtype)
-    _set_server_marks(p, work, oc)
+    _set_server_marks(p, work, shape)
     return p
 
 
-def _set_legs(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
+def _set_legs(p: TokenProgram, work: RequestWork, shape: Shape) -> None:
     """Legs of the pass and of a decode step, and the activation bytes between them."""
     L = work.n_units
     p.steps, p.ctx_first = work.steps, work.ctx_first
-    p.pass_legs = legs_of(oc, 0, L)
-    p.step_legs = legs_of(oc, work.loop_start, L) if work.steps > 0 else []
-    p.pass_in = [float(work.act_pass[a]) for _, a, _ in p.pass_legs]
-    p.step_in = [float(work.act_step[a]) for _, a, _ in p.step_legs]
-    p.pass_out, p.step_out = float(work.act_pass[L]), float(work.act_step[L])
+    p.pass_legs, p.step_legs = list(shape.pass_legs), list(shape.step_legs)
+    act_pass = np.asarray(work.act_pass, float).tolist()  # as float() of each: exact
+    act_step = np.asarray(work.act_step, float).tolist()
+    p.pass_in = [act_pass[a] for _, a, _ in p.pass_legs]
+    p.step_in = [act_step[a] for _, a, _ in p.step_legs]
+    p.pass_out, p.step_out = act_pass[L], act_step[L]
     p.loop_bytes = work.loop_bytes
-    p.head_server = not oc[L - 1]
-    p.loop_server = not oc[work.loop_start]
+    p.head_server, p.loop_server = shape.head_server, shape.loop_server
 
 
 def _set_server_costs(p: TokenProgram, work: RequestWork, model: tuple[BatchCost, int]) -> None:
@@ -109,6 +172,7 @@ def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype
         if side == CLIENT_LEG else None  # server legs are priced by the batch
         for side, a, e in p.step_legs
     ]  # fmt: skip
+    p.client_step_times = [None] * len(p.step_legs)  # per leg: `step_times`, once asked
 
 
 def client_step_s(leg: tuple[list, float], context: int) -> float:
@@ -118,6 +182,38 @@ def client_step_s(leg: tuple[list, float], context: int) -> float:
     coeffs, overhead_s = leg
     times = [max(x0 + x1 * context, y0 + y1 * context) for x0, x1, y0, y1 in coeffs]
     return numpy_sum(times) + overhead_s
+
+
+def client_step_table(leg: tuple[list, float], ctx_first: int, steps: int) -> list[float]:
+    """`client_step_s(leg, ctx)` for ctx = ctx_first .. ctx_first + steps - 1, bit for bit:
+    the same float operations in the same order, each over every context at once (a few
+    numpy calls per unit instead of a Python loop per decode step)."""
+    coeffs, overhead_s = leg
+    if len(coeffs) > 128:  # numpy's own blocked summation: not replicated column-wise
+        return [client_step_s(leg, ctx_first + j) for j in range(steps)]
+    ctx = np.arange(ctx_first, ctx_first + steps, dtype=float)
+    times = [np.maximum(x0 + x1 * ctx, y0 + y1 * ctx) for x0, x1, y0, y1 in coeffs]
+    return (numpy_sum_columns(times, steps) + overhead_s).tolist()
+
+
+def numpy_sum_columns(values: list[np.ndarray], size: int) -> np.ndarray:
+    """`numpy_sum` of each column: element j is `numpy_sum([v[j] for v in values])` (up to
+    128 arrays of `size` elements), by the same additions in the same order."""
+    n = len(values)
+    if n < 8:
+        total = np.zeros(size)
+        for v in values:
+            total += v
+        return total
+    r = [v.copy() for v in values[:8]]
+    whole = n - n % 8
+    for i in range(8, whole, 8):
+        for j in range(8):
+            r[j] += values[i + j]
+    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for i in range(whole, n):
+        total += values[i]
+    return total
 
 
 def numpy_sum(values: list[float]) -> float:
@@ -142,23 +238,16 @@ def numpy_sum(values: list[float]) -> float:
     return total
 
 
-def _set_server_marks(p: TokenProgram, work: RequestWork, oc: np.ndarray) -> None:
-    """The server units, their final KV bytes and the first and last server legs."""
-    server = ~oc
-    p.server_units = np.flatnonzero(server)
-    p.kv_final = float(work.kv_bytes[server].sum())
-    p.has_server = bool(server.any())
-    p.pass_last_server = max((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
-    p.step_last_server = max((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
-    p.pass_first_server = min((j for j, s in enumerate(p.pass_legs) if s[0]), default=-1)
-    p.step_first_server = min((j for j, s in enumerate(p.step_legs) if s[0]), default=-1)
+def _set_server_marks(p: TokenProgram, work: RequestWork, shape: Shape) -> None:
+    """The server units, their final KV bytes, the first and last server legs and which
+    fast paths the decode steps may take (`Shape`)."""
+    p.server_units = shape.server_units
+    p.kv_final = float(work.kv_bytes[shape.server].sum())
+    p.has_server = shape.has_server
+    p.pass_first_server, p.pass_last_server = shape.pass_first_server, shape.pass_last_server
+    p.step_first_server, p.step_last_server = shape.step_first_server, shape.step_last_server
     p.step_has_server = p.step_last_server >= 0
-    # A decode step wholly on the server, the token sent down and the next step started on
-    # the server at once: its iterations can be coalesced (`TokenServer`'s decode spans).
-    p.span_ok = (
-        p.steps > 0 and len(p.step_legs) == 1 and p.step_legs[0][0] == SERVER_LEG
-        and p.head_server and p.loop_server
-    )  # fmt: skip
+    p.span_ok, p.split_ok = shape.span_ok, shape.split_ok
 
 
 class TokenRequest:
@@ -169,7 +258,7 @@ class TokenRequest:
         "i", "prog", "client", "link", "arrival", "k", "leg", "ctx", "generated", "times",
         "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
         "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
-        "span_ok", "down_s",
+        "span_ok", "down_s", "split_ok", "up_s", "step_events", "step_times",
     )  # fmt: skip
 
     def __init__(self, i: int, prog: TokenProgram, client: int, link: LinkModel, arrival: float):
@@ -187,6 +276,10 @@ class TokenRequest:
         self.done = self.chunk = 0  # prompt tokens of the current prefill visit done, taking
         self.span_ok = False  # its decode iterations may be coalesced (set by the engine)
         self.down_s = 0.0  # then: the fixed time of a token's transfer to the client (s)
+        self.split_ok = False  # its decode steps take the engine's split-step walk; then:
+        self.up_s = 0.0  # the fixed time of the activation's transfer to the server (s),
+        self.step_events = 0  # request events per step (transfers and the client leg)
+        self.step_times: list[float] | None = None  # and its client leg's time per step
 
     def token(self, t: float) -> None:
         """A token reached the client at time t."""

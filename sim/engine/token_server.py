@@ -71,19 +71,24 @@ class TokenServer:
         visit_ended: Callable[[TokenRequest, float], None],
         reject: Callable[[TokenRequest], None],
         step_on_server: Callable[[TokenRequest, float], None],
+        split_step: Callable[[TokenRequest, float], float] | None = None,
     ):
         """`levels` keeps the monitored queue (requests waiting for admission) and busy
         (an iteration running) levels; `max_queue` bounds the admission queue;
         `visit_ended(r, t_s)` continues a request past a server visit, `reject(r)` loses it
         (queue full, KV too large), `step_on_server(r, t_s)` advances a `span_ok` request
-        past a decode step whose successor is due on the server at once."""
+        past a decode step whose successor is due on the server at once, and
+        `split_step(r, t_s)` a `split_ok` request past a decode step (not its last) to its
+        next server visit, returning when that is ready (s)."""
         sc = ld.scenario
         cfg = sc.simulation
         self.env, self.ld, self.book, self.levels = env, ld, book, levels
         self.max_queue = max_queue
         self._visit_ended, self._reject = visit_ended, reject
         self._step_on_server = step_on_server
-        self._carry: list = []  # (seq, request): decode steps due at the last iteration's end
+        self._split_step = split_step
+        self._carry: list = []  # decode steps (requests) due at the last iteration's end,
+        self._carry_seq: list = []  # and their sequence numbers (in the heap's order)
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
         self._iteration_alpha = sc.split.wait_ewma_alpha
         self.max_batch = cfg.max_batch_requests
@@ -167,28 +172,27 @@ class TokenServer:
         """Visits ready by `now`: admitted requests to the ready queue, the others to the
         admission queue (or rejected when it is full). Decode steps kept from the iteration
         that just ended (`_carry`, due now) join in the order a heap of (time, sequence)
-        would have given them."""
-        heap = self._heap
-        carry = self._carry
+        would have given them: before a visit due now with a later sequence number."""
+        heap, ready, carry, carry_seq = self._heap, self._ready, self._carry, self._carry_seq
         if carry:
-            self._carry = []
-            ready, i = self._ready, 0
-            while heap and heap[0][0] <= now:
-                while i < len(carry) and (now, carry[i][0]) < heap[0][:2]:
-                    ready.append(carry[i][1])
-                    i += 1
-                self._pull_one(now)
-            ready.extend(r for _, r in carry[i:])
-            return
+            self._carry, self._carry_seq = [], []
+        i = 0
         while heap and heap[0][0] <= now:
-            self._pull_one(now)
+            t, seq, r = heapq.heappop(heap)
+            if t == now:  # kept steps (due now) sequenced before it go first
+                while i < len(carry) and carry_seq[i] < seq:
+                    ready.append(carry[i])
+                    i += 1
+            if r.admitted:
+                ready.append(r)
+            else:
+                self._queue_for_admission(r, seq, now)
+        if carry:
+            ready.extend(carry[i:] if i else carry)
 
-    def _pull_one(self, now: float) -> None:
-        """The heap's first visit (ready by `now`): to the ready or the admission queue."""
-        _, seq, r = heapq.heappop(self._heap)
-        if r.admitted:
-            self._ready.append(r)
-            return
+    def _queue_for_admission(self, r: TokenRequest, seq: int, now: float) -> None:
+        """A visit of a request not admitted is ready: to the admission queue (or rejected
+        when it is full)."""
         limit = self.max_queue
         if limit is not None and len(self._waiting) >= limit:
             self._reject(r)
@@ -261,14 +265,23 @@ class TokenServer:
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
-        carry, step = self._carry, self._step_on_server
+        carry, carry_seq, heap = self._carry, self._carry_seq, self._heap
+        step, split = self._step_on_server, self._split_step
         for r in batch:
             r.s_busy += dur_s
-            if r.span_ok and 0 < r.k < r.prog.steps and not r.recompute:
+            if r.recompute or not 0 < r.k < r.prog.steps:
+                self._visit_done(r, now)
+            elif r.span_ok:
                 step(r, now)  # its next step is due now: kept here, not in the heap
                 r.t_ready = now
                 self._seq += 1
-                carry.append((self._seq, r))
+                carry.append(r)
+                carry_seq.append(self._seq)
+            elif r.split_ok:  # `_visit_done` of a decode step that stays admitted, then
+                r.done = 0  # `push` (no span runs and the server is awake: no cut, no wake)
+                t = r.t_ready = split(r, now)
+                self._seq += 1
+                heapq.heappush(heap, (t, self._seq, r))
             else:
                 self._visit_done(r, now)
         self.series_kv.set(now, self._kv_used)
