@@ -142,11 +142,13 @@ def test_numpy_sum_columns_is_numpy_sum_per_column(n, size, seed):
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**31))
 def test_decode_only_price_is_the_general_price_bit_for_bit(seed):
-    """`close` of one group's decode steps (`_close_steps`) equals the general `_close_all`."""
+    """`close` of one group's decode steps (`_close_steps`) equals the general `_close_all`,
+    with and without a device's non_overlap."""
     rng = np.random.default_rng(seed)
     units = int(rng.integers(2, 40))
-    fast = BatchCost(1e12 + 1e14 * rng.random(), 1e11 + 1e12 * rng.random(), 1e-5)
-    ref = BatchCost(fast.flops_per_s, fast.bytes_per_s, fast.overhead_s)
+    g = float(rng.choice([0.0, rng.random()]))
+    fast = BatchCost(1e12 + 1e14 * rng.random(), 1e11 + 1e12 * rng.random(), 1e-5, g)
+    ref = BatchCost(fast.flops_per_s, fast.bytes_per_s, fast.overhead_s, g)
     weights = rng.random(units) * 10.0 ** rng.uniform(6, 10) * (rng.random(units) < 0.8)
     m = fast.add_model(weights)
     ref.add_model(weights)

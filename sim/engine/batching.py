@@ -160,7 +160,7 @@ class BatchCost:
         used = n > 0
         work = n * g.per_step + nc[1] * g.per_ctx + self._zero_weights[m]
         x = work.compress(used, axis=1) / self._rates
-        t = np.maximum(x[0], x[1]) + self.overhead_s
+        t = bound_s(x[0], x[1], self.non_overlap) + self.overhead_s
         g.n_diff = [0] * size
         g.c_diff = [0.0] * size
         g.active = False
