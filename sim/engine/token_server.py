@@ -53,7 +53,10 @@ def kv_capacity_bytes(ld: LoadedScenario, book: ProblemBook) -> float:
         weights += float(work.weight_bytes.sum())
     free = ld.server_device.memory_bytes - weights
     if free <= 0:
-        raise UserError("the models' weights do not fit in the server's memory")
+        raise UserError(
+            f"{ld.source}: server.device: the models' weights ({weights / 1e9:.4g} GB) do not "
+            f"fit in its memory ({ld.server_device.memory_bytes / 1e9:.4g} GB, memory_gb)"
+        )
     return cfg.kv_memory_fraction * free
 
 
