@@ -189,13 +189,17 @@ def register(book: ProblemBook, b: Batch) -> None:
     from the batch's rows when first asked for (`ProblemBook.get`, `.work`), so sizes
     planned by the batch alone (`sim.engine.plan_fixed`) never build objects."""
     maker = _Maker(book, b)
-    for i in np.flatnonzero(b.ok).tolist():
-        p, o = b.prompts[i], b.outputs[i]
-        key = (b.klass, b.group, p, o)
-        if key not in book._problems:
-            book.pending.setdefault(key, (maker.problem, i))
-        if (b.klass, p, o) not in book._work:
-            book.pending_work.setdefault((b.klass, p, o), (maker.work, i))
+    rows = np.flatnonzero(b.ok).tolist()
+    k, g, prompts, outputs = b.klass, b.group, b.prompts, b.outputs
+    problems = {(k, g, prompts[i], outputs[i]): (maker.problem, i) for i in rows}
+    works = {(k, prompts[i], outputs[i]): (maker.work, i) for i in rows}
+    # the first registration of a key stands, and nothing made already is replaced
+    for new, made, pending in ((problems, book._problems, book.pending),
+                               (works, book._work, book.pending_work)):  # fmt: skip
+        for key in made.keys() & new.keys():
+            del new[key]
+        new.update(pending)  # earlier registrations win, as setdefault would
+        pending.update(new)
 
 
 class _Maker:

@@ -54,6 +54,7 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
             continue
         work = float((ones @ w.server_work[i])[0])
         plan = Plan(on_client, lat[i], work, okl[i], planner.policy, {})
+        plan.__dict__.update(client_units=0, switches=2)  # all on the server: known
         planner._plans[key] = PlannedRequest(
             plan=plan, segments=segments[i], deadline_s=dl[i],
             server_only_work=server_only_work[i], has_server=has_server[i],

@@ -130,7 +130,10 @@ def build_program(
     p.klass, p.prompt, p.output = key
     _set_legs(p, work, shape)
     _set_server_costs(p, work, model)
-    _set_client_costs(p, work, client_device, dtype)
+    if oc.any():  # a client leg somewhere: its times
+        _set_client_costs(p, work, client_device, dtype)
+    else:  # all on the server: no client leg ever asks
+        p.client_pass_s = p.client_step = p.client_step_times = None
     _set_server_marks(p, work, shape)
     return p
 

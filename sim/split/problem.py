@@ -23,6 +23,7 @@ passes cross the boundary: once for a forward pass, once per decode step after t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -135,11 +136,11 @@ class Plan:
     policy: str = ""
     notes: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def client_units(self) -> int:
         return int(self.on_client.sum())
 
-    @property
+    @cached_property
     def switches(self) -> int:
         """Location changes along the chain, including leaving and returning to the client."""
         path = np.concatenate(([True], self.on_client, [True]))
