@@ -54,3 +54,32 @@ def test_server_time_and_waiting_are_conserved_with_rejections(tmp_path, granula
     assert np.sum(res.server_wait_s) == pytest.approx(waited, rel=1e-9)
     # some rejected requests had held the server before (split plans, later segments)
     assert (np.asarray(res.server_busy_s)[rejected] > 0).sum() >= 5
+
+
+def test_token_mode_conserves_server_time_and_waiting_without_batching(tmp_path):
+    """Token mode, one request per iteration (so each iteration's time is one request's
+    busy time): busy time is conserved; rejected split requests keep the client time they
+    used before reaching the server. Waiting is at least the admission queue's integral:
+    a visit that becomes ready during an iteration waits for its end in the server's heap,
+    which `server_wait_s` counts and the monitored (admission) queue does not."""
+    mix = [{"name": "g", "model": "gpt2-medium", "task": "generate",
+            "prompt_tokens": {"kind": "uniform", "low": 50, "high": 200},
+            "output_tokens": {"kind": "uniform", "low": 2, "high": 8},
+            "deadline_factor": 6.0}]  # fmt: skip
+    extra = {
+        "workload": {"arrival": {"kind": "poisson", "rate_per_s": 400.0}, "mix": mix},
+        "simulation": {"granularity": "token", "max_batch_requests": 1},
+    }
+    ld = _scenario(tmp_path, "token", extra)
+    res = run_one(ld, "dp")
+    status = np.asarray(res.status)
+    rejected = status == RequestStatus.REJECTED
+    assert rejected.sum() >= 20 and (status == RequestStatus.COMPLETED).sum() >= 50
+    assert (status != RequestStatus.IN_FLIGHT).all()
+    end = res.end_s
+    busy = res.server.utilization(0.0, end) * end
+    assert np.sum(res.server_busy_s) == pytest.approx(busy, rel=1e-9)
+    waited = res.server.mean_queue(0.0, end) * end
+    assert np.sum(res.server_wait_s) >= waited * (1 - 1e-9)
+    assert np.sum(res.server_wait_s) <= waited * 1.01
+    assert (np.asarray(res.client_busy_s)[rejected] > 0).sum() >= 5

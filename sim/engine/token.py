@@ -372,5 +372,8 @@ class TokenSimulation:
             self.gaps[i] = gaps
 
     def _reject(self, r: TokenRequest) -> None:
-        """The server lost request r (admission queue full, or KV larger than memory)."""
-        self.rec.rejected(r.i)
+        """The server lost request r (admission queue full, or KV larger than memory):
+        recorded with what it used until then (client legs and transfers before its first
+        server visit, its wait for admission)."""
+        energy = self.setup.energy_j(self.setup.group[r.i], r.c_busy, r.nbytes)
+        self.rec.rejected(r.i, r.s_wait, r.s_busy, r.c_wait, r.c_busy, r.xfer, energy)

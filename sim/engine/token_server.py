@@ -361,6 +361,7 @@ class TokenServer:
             if need_kv > self.kv_capacity:
                 heapq.heappop(waiting)
                 self.levels.change(self.env.now, -1, 0)
+                r.s_wait += self.env.now - r.t_ready  # it waited in the admission queue
                 self._reject(r)
                 continue
             if self._kv_used + need_kv > self.kv_capacity:
