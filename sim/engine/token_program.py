@@ -205,35 +205,28 @@ def client_step_table(leg: tuple[list, float], ctx_first: int, steps: int) -> li
 def numpy_sum_columns(values: list[np.ndarray], size: int) -> np.ndarray:
     """`numpy_sum` of each column: element j is `numpy_sum([v[j] for v in values])` (up to
     128 arrays of `size` elements), by the same additions in the same order."""
-    n = len(values)
-    if n < 8:
-        total = np.zeros(size)
-        for v in values:
-            total += v
-        return total
-    r = [v.copy() for v in values[:8]]
-    whole = n - n % 8
-    for i in range(8, whole, 8):
-        for j in range(8):
-            r[j] += values[i + j]
-    total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-    for i in range(whole, n):
-        total += values[i]
-    return total
+    return _pairwise(values, np.zeros(size))
 
 
 def numpy_sum(values: list[float]) -> float:
     """`float(np.array(values).sum())` bit for bit: numpy's pairwise summation (eight
     running sums for 8 to 128 values; a plain loop below 8; numpy itself beyond)."""
+    if len(values) > 128:
+        return float(np.sum(values))
+    return _pairwise(values, 0.0)
+
+
+def _pairwise(values: list, zero):
+    """numpy's pairwise sum of up to 128 floats, or of arrays element by element (`zero`:
+    0.0, or a new array of zeros that becomes the sum): a plain loop below 8 values, else
+    eight running sums combined as numpy combines them. The inputs are never changed."""
     n = len(values)
     if n < 8:
-        total = 0.0
+        total = zero
         for v in values:
             total += v
         return total
-    if n > 128:
-        return float(np.sum(values))
-    r = values[:8]
+    r = [v + zero for v in values[:8]]  # new running sums (v + 0 is v)
     whole = n - n % 8
     for i in range(8, whole, 8):
         for j in range(8):
