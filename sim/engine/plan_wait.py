@@ -40,24 +40,33 @@ class Stairs:
 
     work: list[float]
     wmax: list[float]
-    t0: np.ndarray
-    entries: np.ndarray
+    t0: list[list[float]]  # per candidate, K latencies without waits (s)
+    entries: list[list[float]]  # per candidate, K entries paid per second of wait
     on_client: np.ndarray
-    limit: np.ndarray  # (K,) the criteria's limits
+    limit: list[float]  # the K criteria's limits (s)
 
     def placement(self, wait_s: float) -> tuple[np.ndarray, bool] | None:
         """The least-work placement that fits at `wait_s` (ties: the least latency at that
-        wait, criterion by criterion) and whether its latencies are inside every limit by
-        more than float noise (then the exact check cannot disagree), or None."""
-        for i, w in enumerate(self.work):
-            if self.wmax[i] < wait_s:
+        wait, criterion by criterion, then the first) and whether its latencies are inside
+        every limit by more than float noise (then the exact check cannot disagree), or
+        None. Plain floats: a handful of candidates, each t0 + wait x entries."""
+        work, wmax = self.work, self.wmax
+        for i, w in enumerate(work):
+            if wmax[i] < wait_s:
                 continue
-            tied = [k for k in range(i, len(self.work)) if self.work[k] == w and
-                    self.wmax[k] >= wait_s]  # fmt: skip
-            t = self.t0[tied] + wait_s * self.entries[tied]
-            pick = int(np.lexsort(t.T[::-1])[0])
-            clear = bool((t[pick] <= self.limit * (1 - _CLEAR)).all())
-            return self.on_client[tied[pick]], clear
+            best = None
+            for k in range(i, len(work)):
+                if work[k] != w:
+                    break
+                if wmax[k] < wait_s:
+                    continue
+                t = tuple(a + wait_s * b for a, b in zip(self.t0[k], self.entries[k], strict=True))
+                if best is None or t < best[0]:
+                    best = (t, k)
+            assert best is not None
+            scale = 1 - _CLEAR
+            clear = all(x <= lim * scale for x, lim in zip(best[0], self.limit, strict=True))
+            return self.on_client[best[1]], clear
         return None
 
 
@@ -131,6 +140,6 @@ def _store(planner: Planner, b: Batch, sizes, c: BatchCriteria, st: Structures, 
         on_client = placements(st, chosen, L)
         on_client.setflags(write=False)
         planner.stairs[key] = Stairs(
-            work[n, chosen].tolist(), wmax[n, chosen].tolist(), t0[n, chosen], a[n, chosen],
-            on_client, c.limit[rows][n],
+            work[n, chosen].tolist(), wmax[n, chosen].tolist(), t0[n, chosen].tolist(),
+            a[n, chosen].tolist(), on_client, c.limit[rows][n].tolist(),
         )  # fmt: skip
