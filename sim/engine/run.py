@@ -15,6 +15,7 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
+from sim.engine.heap import freeze_now, frozen_heap
 from sim.engine.network import UP, LinkModel
 from sim.engine.planner import CLIENT, SERVER, Planner, ProblemBook
 from sim.engine.recorder import RequestRecorder, RunResult
@@ -71,9 +72,17 @@ class Simulation:
         return self._links
 
     def run(self) -> RunResult:
-        """Plan, admit every arrival, drain (unless an overload stop ended the arrivals)."""
+        """Plan, admit every arrival, drain (unless an overload stop ended the arrivals).
+        Long-lived objects stay out of the cycle collector's scans meanwhile
+        (`sim.engine.heap`)."""
+        with frozen_heap():
+            return self._run()
+
+    def _run(self) -> RunResult:
+        """`run`'s body."""
         sc, setup = self.ld.scenario, self.setup
         self.prepare()
+        freeze_now()  # the plans live as long as the run
         source = self.env.process(setup.arrival_process(self._admit))
         self.env.run(until=source)
         stop_s = self.env.now
@@ -98,8 +107,9 @@ class Simulation:
         plan into a program: its segments with the transfers on fixed links (no trace,
         jitter or shared medium) turned into a wait of known length, computed exactly as
         `_transfer` would, and its busy times summed in segment order."""
-        plans = self.setup.index_plans()
-        self._programs = [self._program(g, planned) for g, planned in plans]
+        with frozen_heap():
+            plans = self.setup.index_plans()
+            self._programs = [self._program(g, planned) for g, planned in plans]
         self._plan_of, self._deadline = self.setup.plan_of, self.setup.deadline
         self._service = self.setup.service
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.config import LoadedScenario
+from sim.engine.heap import freeze_now, frozen_heap
 from sim.engine.levels import LevelSeries, ServerLevels
 from sim.engine.network import DOWN, UP
 from sim.engine.planner import Planner, ProblemBook
@@ -127,7 +128,8 @@ class TokenSimulation:
     def prepare(self) -> None:
         """Plan every request before the run (`RunSetup.index_plans`); token programs are
         built from the plans when requests arrive."""
-        self.setup.index_plans(keep_keys=True)
+        with frozen_heap():
+            self.setup.index_plans(keep_keys=True)
 
     def _live_load(self) -> tuple[float, bool]:
         """(wait per pass through a server entry, busy): the recent iteration time while the
@@ -157,9 +159,17 @@ class TokenSimulation:
 
     def run(self) -> RunResult:
         """Plan, admit every arrival, drain (unless an overload stop ended the arrivals);
-        requests whose last token would reach the client after the end stay in flight."""
+        requests whose last token would reach the client after the end stay in flight.
+        Long-lived objects stay out of the cycle collector's scans meanwhile
+        (`sim.engine.heap`)."""
+        with frozen_heap():
+            return self._run()
+
+    def _run(self) -> RunResult:
+        """`run`'s body."""
         setup, rec = self.setup, self.rec
         self.prepare()
+        freeze_now()  # the plans live as long as the run
         self.env.process(self.token_server.run())
         source = self.env.process(setup.arrival_process(self._admit))
         self.env.run(until=source)
