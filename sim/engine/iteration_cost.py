@@ -40,10 +40,17 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
         costs[cost] = None
         if r.recompute:
             tokens += add_recompute(r, cost, m, book)
-        elif r.k:  # a decode step: `add_visit`, inline (once per request and iteration)
-            leg = r.leg
+        elif r.k:  # a decode step: `add_visit` and `BatchCost.add_step`, inline (once
+            leg = r.leg  # per request and iteration)
             _, a, e = prog.step_legs[leg]
-            cost.add_step(prog.group, a, e, r.ctx)
+            g = cost.groups[prog.group]
+            ctx = r.ctx
+            n_diff, c_diff = g.n_diff, g.c_diff
+            n_diff[a] += 1
+            n_diff[e] -= 1
+            c_diff[a] += ctx
+            c_diff[e] -= ctx
+            g.active = True
             if leg == prog.step_first_server:
                 tokens += 1
         else:

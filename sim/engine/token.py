@@ -24,7 +24,8 @@ the moment the request reaches the transfer, at the bandwidth in force then.
 
 Decode steps run once per token, so two common shapes skip the general walk over legs
 when the link is fixed (no trace, jitter or shared medium) and not observed, with
-`simulation.coalesce`: steps wholly on the server (`_step_on_server`, and decode spans)
+`simulation.coalesce`: steps wholly on the server (kept by the server:
+`TokenServer._end_iteration`, and decode spans)
 and split steps of one client leg then one server leg (`_split_step`). Both use transfer
 times fixed per request and compute the same floats, in the same order, as the walk.
 """
@@ -101,7 +102,7 @@ class TokenSimulation:
         self.server = ServerLevels(1)  # one iteration at a time: one busy slot
         self.token_server = TokenServer(
             self.env, ld, planner.book, self.server, sc.server.max_queue,
-            self._after_server, self._reject, self._step_on_server, self._split_step,
+            self._after_server, self._reject, self._split_step,
         )  # fmt: skip
         self.links = self.setup.links
         self._observe, self._link_alpha = self.setup.observe, self.setup.link_alpha
@@ -186,7 +187,7 @@ class TokenSimulation:
         token = TokenStats(
             self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,
             ts.series_tokens, ts.series_batch, ts.series_kv, ts.kv_capacity,
-            ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events,
+            ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events + ts.step_events,
         )  # fmt: skip
         return rec.result(
             setup.arrived, setup.overload_stop_s,
@@ -348,23 +349,6 @@ class TokenSimulation:
         r.xfer += up_s
         r.nbytes += prog.step_in[1]
         return t + up_s
-
-    def _step_on_server(self, r: TokenRequest, now: float) -> None:
-        """A decode step of a request whose steps stay on the server (`span_ok`, not its
-        last) ended at `now`: its token goes down the fixed link (`down_s`, as `_xfer`
-        computes it) and the next step is due on the server at once (the server keeps it:
-        `TokenServer._end_iteration`). What `_after_server` and `_advance` do for it, without
-        their walk over legs; `TokenServer._apply_silent` does the same in bulk."""
-        self.request_events += 1
-        down_s = r.down_s
-        r.xfer += down_s
-        prog = r.prog
-        r.nbytes += prog.step_out
-        r.times.append(now + down_s)  # `r.token`, inline: this runs once per token
-        r.generated += 1
-        k = r.k = r.k + 1
-        r.leg = 0
-        r.ctx = prog.ctx_first + k - 1
 
     def _finish(self, r: TokenRequest, t: float) -> None:
         """Request r's last token reached the client at t (s): record its metrics."""

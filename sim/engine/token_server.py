@@ -73,22 +73,20 @@ class TokenServer:
         max_queue: int | None,
         visit_ended: Callable[[TokenRequest, float], None],
         reject: Callable[[TokenRequest], None],
-        step_on_server: Callable[[TokenRequest, float], None],
         split_step: Callable[[TokenRequest, float], float] | None = None,
     ):
         """`levels` keeps the monitored queue (requests waiting for admission) and busy
         (an iteration running) levels; `max_queue` bounds the admission queue;
         `visit_ended(r, t_s)` continues a request past a server visit, `reject(r)` loses it
-        (queue full, KV too large), `step_on_server(r, t_s)` advances a `span_ok` request
-        past a decode step whose successor is due on the server at once, and
-        `split_step(r, t_s)` a `split_ok` request past a decode step (not its last) to its
-        next server visit, returning when that is ready (s)."""
+        (queue full, KV too large), and `split_step(r, t_s)` advances a `split_ok` request
+        past a decode step (not its last) to its next server visit, returning when that is
+        ready (s). A `span_ok` request past a decode step whose successor is due on the
+        server at once is advanced here (`_end_iteration`, `_apply_silent`)."""
         sc = ld.scenario
         cfg = sc.simulation
         self.env, self.ld, self.book, self.levels = env, ld, book, levels
         self.max_queue = max_queue
         self._visit_ended, self._reject = visit_ended, reject
-        self._step_on_server = step_on_server
         self._split_step = split_step
         self._carry: list = []  # decode steps (requests) due at the last iteration's end,
         self._carry_seq: list = []  # and their sequence numbers (in the heap's order)
@@ -121,6 +119,7 @@ class TokenServer:
         self.coalesce = cfg.coalesce
         self._span: DecodeSpan | None = None  # the decode span running, if any
         self.span_events = 0  # token transfers of coalesced iterations (request events)
+        self.step_events = 0  # tokens of server-kept decode steps sent down (request events)
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -269,13 +268,27 @@ class TokenServer:
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
         carry, carry_seq, heap = self._carry, self._carry_seq, self._heap
-        step, split = self._step_on_server, self._split_step
+        split = self._split_step
+        stepped = 0
         for r in batch:
             r.s_busy += dur_s
-            if r.recompute or not 0 < r.k < r.prog.steps:
+            prog = r.prog
+            if r.recompute or not 0 < r.k < prog.steps:
                 self._visit_done(r, now)
             elif r.span_ok:
-                step(r, now)  # its next step is due now: kept here, not in the heap
+                # its next step is due now: kept here, not in the heap. What the engine's
+                # `_after_server` and `_advance` do for it, without their walk over legs
+                # (once per request and iteration): the token goes down the fixed link
+                # (`down_s`, as `_xfer` computes it), the next step begins
+                down_s = r.down_s
+                r.xfer += down_s
+                r.nbytes += prog.step_out
+                r.times.append(now + down_s)
+                r.generated += 1
+                k = r.k = r.k + 1
+                r.leg = 0
+                r.ctx = prog.ctx_first + k - 1
+                stepped += 1
                 r.t_ready = now
                 self._seq += 1
                 carry.append(r)
@@ -287,6 +300,7 @@ class TokenServer:
                 heapq.heappush(heap, (t, self._seq, r))
             else:
                 self._visit_done(r, now)
+        self.step_events += stepped
         self.series_kv.set(now, self._kv_used)
 
     def _visit_done(self, r: TokenRequest, now: float) -> None:
