@@ -95,10 +95,43 @@ def structures(spans: tuple, allowed: tuple, loop_start: int, has_loop: bool) ->
     if has_loop:
         r0 = next(r for r, (s, _) in enumerate(spans) if s == loop_start)
         tag = first[:, r0] == SERVER
+    hop_up, hop_down = (
+        (before == CLIENT) & (first == SERVER),
+        (before == SERVER) & (first == CLIENT),
+    )
+    ends = last[:, -1] == SERVER
+    keep = _undominated(pats, pattern, hop_up, hop_down, ends, tag)
     return Structures(
-        spans, allowed, pattern, (before == CLIENT) & (first == SERVER),
-        (before == SERVER) & (first == CLIENT), last[:, -1] == SERVER, tag,
-    )  # fmt: skip
+        spans, allowed, pattern[keep], hop_up[keep], hop_down[keep], ends[keep], tag[keep]
+    )
+
+
+def _undominated(pats, pattern, hop_up, hop_down, ends, tag) -> np.ndarray:
+    """Structures no other beats for every size: among those with the same client units
+    per run and the same end (so the same work and the same loop terms), one that crosses
+    every boundary at least as often as another (switch costs are never negative) can
+    only tie it; it goes (of equals, the first stays). Indices, in the original order."""
+    j = np.stack([p.j[pattern[:, r]] for r, p in enumerate(pats)], axis=1)
+    inner = [np.stack([p.n_up[pattern[:, r]], p.n_down[pattern[:, r]]], axis=1)
+             for r, p in enumerate(pats)]  # fmt: skip
+    hops = np.concatenate([hop_up, hop_down, *inner], axis=1).astype(np.int64)
+    groups: dict[tuple, list[int]] = {}
+    for q, key in enumerate(zip(map(tuple, j.tolist()), ends.tolist(), tag.tolist(),
+                                strict=True)):  # fmt: skip
+        groups.setdefault(key, []).append(q)
+    keep = np.ones(pattern.shape[0], bool)
+    for members in groups.values():
+        for a in members:
+            for b in members:
+                if (
+                    b != a
+                    and keep[b]
+                    and (hops[b] <= hops[a]).all()
+                    and ((hops[b] < hops[a]).any() or b < a)
+                ):
+                    keep[a] = False
+                    break
+    return np.flatnonzero(keep)
 
 
 def latencies(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray, np.ndarray]:
