@@ -74,16 +74,18 @@ def plan_segments(problem: SplitProblem, work: RequestWork, on_client: np.ndarra
     segs: list[tuple] = []
     L = work.n_units
     prev_client = True
+    # plain lists: the same floats, without numpy's per-element indexing cost
+    oc, ct, st = on_client.tolist(), problem.client_time.tolist(), problem.server_time.tolist()
     for u in range(L):
-        here_client = bool(on_client[u])
+        here_client = oc[u]
         if here_client != prev_client:
             segs.append((XFER, DOWN if here_client else UP, *_crossing(work, u)))
-        t = problem.client_time[u] if here_client else problem.server_time[u]
+        t = ct[u] if here_client else st[u]
         kind = CLIENT if here_client else SERVER
         if segs and segs[-1][0] == kind:
-            segs[-1] = (kind, segs[-1][1] + float(t))
+            segs[-1] = (kind, segs[-1][1] + t)
         else:
-            segs.append((kind, float(t)))
+            segs.append((kind, t))
         prev_client = here_client
     loop_server = not on_client[work.loop_start] and work.steps > 0
     if not prev_client:
