@@ -29,22 +29,11 @@ _CHUNK = 256  # sizes per block: (sizes, structures, criteria) floats stay a few
 
 
 @dataclass(frozen=True)
-class BatchCriteria:
+class BatchCriteria(Criteria):
     """`Criteria` of S sizes sharing units, spans and allowed units: a leading size axis
     on every array (cc, cs (S, K, L); up, dn (S, K, L + 1); loop terms and limits (S, K);
-    work (S, L))."""
+    work (S, L)); `allowed`, `loop_start` and `has_loop` as there."""
 
-    cc: np.ndarray
-    cs: np.ndarray
-    up: np.ndarray
-    dn: np.ndarray
-    loop_up: np.ndarray
-    loop_down: np.ndarray
-    limit: np.ndarray
-    work: np.ndarray
-    allowed: np.ndarray
-    loop_start: int
-    has_loop: bool
     kinds: tuple[int, ...] = ()  # which latency each criterion is, when the caller says
 
     @classmethod
