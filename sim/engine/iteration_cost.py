@@ -41,9 +41,7 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
         if r.recompute:
             tokens += add_recompute(r, cost, m, book)
         elif r.k:  # a decode step: `add_visit` and `BatchCost.add_step`, inline (once
-            leg = r.leg  # per request and iteration)
-            _, a, e = prog.step_legs[leg]
-            g = cost.groups[prog.group]
+            g, a, e, counts = prog.step_adds[r.leg]  # per request and iteration)
             ctx = r.ctx
             n_diff, c_diff = g.n_diff, g.c_diff
             n_diff[a] += 1
@@ -51,7 +49,7 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
             c_diff[a] += ctx
             c_diff[e] -= ctx
             g.active = True
-            if leg == prog.step_first_server:
+            if counts:
                 tokens += 1
         else:
             tokens += add_visit(r, cost, m, book)

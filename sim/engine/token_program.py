@@ -38,7 +38,7 @@ class TokenProgram:
         "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
         "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
         "loop_bytes", "server_units", "pass_first_server", "step_first_server", "span_ok",
-        "split_ok", "client_step_times",
+        "split_ok", "client_step_times", "step_adds",
     )  # fmt: skip
 
     def step_times(self, leg: int) -> list[float]:
@@ -135,6 +135,13 @@ def build_program(
     else:  # all on the server: no client leg ever asks
         p.client_pass_s = p.client_step = p.client_step_times = None
     _set_server_marks(p, work, shape)
+    # per decode-step leg on the server: what pricing adds (its decode group, units a..e,
+    # whether the leg counts the token), looked up once here instead of per iteration
+    group = model[0].groups[p.group] if p.group >= 0 else None
+    p.step_adds = [
+        (group, a, e, j == p.step_first_server) if side == SERVER_LEG else None
+        for j, (side, a, e) in enumerate(p.step_legs)
+    ]
     return p
 
 
