@@ -94,7 +94,7 @@ def prepare_waits(planner: Planner, b: Batch) -> None:
             _store(planner, b, part, c, st, slice(a, a + part.shape[0]))
 
 
-def _entries(b: Batch, c: BatchCriteria, st: Structures, rows: slice, sizes) -> np.ndarray:
+def _entries(b: Batch, c: BatchCriteria, st: Structures, sizes: np.ndarray) -> np.ndarray:
     """(S, Q, K) entries onto the server each structure pays per criterion for a wait of
     one per pass: prefill every entry, step from the loop start on, whole once per pass."""
     ls = c.loop_start
@@ -116,7 +116,7 @@ def _entries(b: Batch, c: BatchCriteria, st: Structures, rows: slice, sizes) -> 
 def _store(planner: Planner, b: Batch, sizes, c: BatchCriteria, st: Structures, rows) -> None:
     """Keep, per size of `rows`, the structures that are least-work feasible at some wait."""
     t0, work = latencies(c, st, rows)
-    a = _entries(b, c, st, rows, sizes)
+    a = _entries(b, c, st, sizes)
     limit = c.limit[rows, None, :] * (1 + _SLACK)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(a > 0, (limit - t0) / a, np.where(t0 <= limit, np.inf, -np.inf))

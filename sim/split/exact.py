@@ -16,8 +16,6 @@ import numpy as np
 from sim.split import labels, structural
 from sim.split.labels import Criteria
 
-_TRIES = 16  # best candidates checked exactly (float noise only ever needs 2)
-
 
 def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | None:
     """The least-work placement meeting every limit that `accept` confirms, or None."""
@@ -26,7 +24,7 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
     if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
         return labels.search(c, accept, spans)
     st = structural.structures(tuple(spans), allowed, c.loop_start, c.has_loop)
-    order = structural.ranked(structural.BatchCriteria.of(c), st)[:_TRIES]
+    order = structural.ranked(structural.BatchCriteria.of(c), st)[: labels.TRIES]
     for on_client in structural.placements(st, order, c.work.shape[0]):
         if accept(on_client):
             return on_client

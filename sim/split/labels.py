@@ -36,7 +36,7 @@ import numpy as np
 CLIENT, SERVER = 0, 1
 _TOL = 1e-12  # relative: latencies this close are one (float noise of the summation order)
 _SLACK = 1e-9  # relative: candidates within it of a limit are kept for the exact check
-_TRIES = 16  # best ends checked exactly before giving up (float noise only ever needs 2)
+TRIES = 16  # best candidates checked exactly before giving up (float noise only needs 2)
 SMALL = 48  # candidates of a step up to which it runs in plain floats
 
 
@@ -386,7 +386,7 @@ def search(c: Criteria, accept, spans: list[tuple[int, int]] | None = None) -> n
     for s, e in spans:
         fronts = _step(c, fronts, s, e, bound, rest[e])
         history.append(fronts)
-    for _, _, loc, i in _ends(c, fronts)[:_TRIES]:
+    for _, _, loc, i in _ends(c, fronts)[:TRIES]:
         on_client = _trace(c, spans, history, loc, i)
         if accept(on_client):
             return on_client
