@@ -72,9 +72,8 @@ def token_pmf(dist, low: int) -> tuple[np.ndarray, np.ndarray] | None:
 def _continuous(dist):
     """(CDF without atoms, atoms [(value, probability)], lowest and highest count or None)."""
     if isinstance(dist, Uniform):
-        if dist.high == dist.low:
-            return (lambda x: np.zeros(np.shape(x))), [(dist.low, 1.0)], *_range(dist.low,
-                                                                                   dist.high)  # fmt: skip
+        if dist.high == dist.low:  # one value: all of it an atom
+            return (lambda x: np.zeros(np.shape(x))), [(dist.low, 1.0)], *_range(dist.low, dist.low)
         width = dist.high - dist.low
 
         def cdf(x):
