@@ -46,14 +46,16 @@ class DecodeGroup:
 
     __slots__ = (
         "model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active", "per_step", "per_ctx",
+        "coef",
     )  # fmt: skip
 
     def __init__(self, model: int, f0, f1, b0_own, b1):
         self.model, self.f0, self.f1, self.b0, self.b1 = model, f0, f1, b0_own, b1
         # rows (FLOPs, own bytes) per unit: per decode step and per cached token
         self.per_step, self.per_ctx = np.array((f0, b0_own)), np.array((f1, b1))
+        self.coef = np.array((self.per_step, self.per_ctx))  # (per step, per token) x rows
         n = len(f0) + 1
-        self.n_diff = [0] * n
+        self.n_diff = [0.0] * n  # counts as floats: whole numbers, exact
         self.c_diff = [0.0] * n
         self.active = False
 
@@ -132,7 +134,7 @@ class BatchCost:
             self._used[m] |= n > 0
             self._touched.add(m)
             k = len(g.n_diff)
-            g.n_diff = [0] * k
+            g.n_diff = [0.0] * k
             g.c_diff = [0.0] * k
             g.active = False
         total = 0.0
@@ -151,20 +153,23 @@ class BatchCost:
     def _close_steps(self, g: DecodeGroup) -> float:
         """`close` of an iteration of one decode group's steps and nothing else: the same
         floats by the same elementwise operations (the model's zeroed accumulators added
-        in as a row of zeros above the weights), FLOPs and bytes as the two rows of one
-        array so that each operation is one numpy call for both."""
-        m = g.model
+        in as a row of zeros above the weights), with as few numpy calls as that allows:
+        FLOPs and bytes are the two rows of one array, both products (per step and per
+        cached token) one multiplication, both lines of `bound_s` one expression, and the
+        sum numpy's reduction itself (what `ndarray.sum` calls)."""
         size = len(g.n_diff)
-        nc = np.array((g.n_diff, g.c_diff))[:, :-1].cumsum(axis=1)  # whole numbers: exact
-        n = nc[0]
-        used = n > 0
-        work = n * g.per_step + nc[1] * g.per_ctx + self._zero_weights[m]
+        nc = np.add.accumulate(np.array((g.n_diff, g.c_diff)), axis=1)  # whole numbers
+        used = nc[0, :-1] > 0
+        p = nc[:, None, :-1] * g.coef  # [steps, context] x [FLOPs, bytes] per unit
+        work = (p[0] + p[1]) + self._zero_weights[g.model]
         x = work.compress(used, axis=1) / self._rates
-        t = bound_s(x[0], x[1], self.non_overlap) + self.overhead_s
-        g.n_diff = [0] * size
+        if self.non_overlap:  # x + g*y and y + g*x (`bound_s`)
+            x = x + self.non_overlap * x[::-1]
+        t = np.maximum(x[0], x[1]) + self.overhead_s
+        g.n_diff = [0.0] * size
         g.c_diff = [0.0] * size
         g.active = False
-        return float(t.sum())
+        return float(np.add.reduce(t))
 
     def close_span(self, k: int) -> np.ndarray:
         """Seconds of `k` decode-only iterations (resets the accumulators, like `close`).
@@ -186,7 +191,7 @@ class BatchCost:
             self._used[g.model] |= n > 0
             self._touched.add(g.model)
             size = len(g.n_diff)
-            g.n_diff = [0] * size
+            g.n_diff = [0.0] * size
             g.c_diff = [0.0] * size
             g.active = False
         # Only the used units' columns: elementwise the same operations as `close`, so the

@@ -53,6 +53,9 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
                 tokens += 1
         else:
             tokens += add_visit(r, cost, m, book)
+    if len(costs) == 1:  # `sum` of one: 0 + x is x
+        (cost,) = costs
+        return cost.close(), tokens
     return sum(c.close() for c in costs), tokens
 
 

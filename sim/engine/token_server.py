@@ -269,37 +269,43 @@ class TokenServer:
         self.visits += len(batch)
         carry, carry_seq, heap = self._carry, self._carry_seq, self._heap
         split = self._split_step
-        stepped = 0
+        seq = self._seq
+        n_carried = len(carry)
         for r in batch:
             r.s_busy += dur_s
             prog = r.prog
             if r.recompute or not 0 < r.k < prog.steps:
+                self._seq = seq
                 self._visit_done(r, now)
+                seq = self._seq
             elif r.span_ok:
                 # its next step is due now: kept here, not in the heap. What the engine's
                 # `_after_server` and `_advance` do for it, without their walk over legs
                 # (once per request and iteration): the token goes down the fixed link
-                # (`down_s`, as `_xfer` computes it), the next step begins
+                # (`down_s`, as `_xfer` computes it), the next step begins (on its only
+                # leg, 0, where it already is)
                 down_s = r.down_s
                 r.xfer += down_s
                 r.nbytes += prog.step_out
                 r.times.append(now + down_s)
                 r.generated += 1
                 k = r.k = r.k + 1
-                r.leg = 0
                 r.ctx = prog.ctx_first + k - 1
-                stepped += 1
                 r.t_ready = now
-                self._seq += 1
+                seq += 1
                 carry.append(r)
-                carry_seq.append(self._seq)
+                carry_seq.append(seq)
             elif r.split_ok:  # `_visit_done` of a decode step that stays admitted, then
                 r.done = 0  # `push` (no span runs and the server is awake: no cut, no wake)
                 t = r.t_ready = split(r, now)
-                self._seq += 1
-                heapq.heappush(heap, (t, self._seq, r))
+                seq += 1
+                heapq.heappush(heap, (t, seq, r))
             else:
+                self._seq = seq
                 self._visit_done(r, now)
+                seq = self._seq
+        self._seq = seq
+        stepped = len(carry) - n_carried
         self.step_events += stepped
         self.series_kv.set(now, self._kv_used)
 
