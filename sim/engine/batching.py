@@ -46,7 +46,7 @@ class DecodeGroup:
 
     __slots__ = (
         "model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active", "per_step", "per_ctx",
-        "coef",
+        "coef", "extra",
     )  # fmt: skip
 
     def __init__(self, model: int, f0, f1, b0_own, b1):
@@ -58,6 +58,16 @@ class DecodeGroup:
         self.n_diff = [0.0] * n  # counts as floats: whole numbers, exact
         self.c_diff = [0.0] * n
         self.active = False
+        # the decode cohort's steps (`sim.engine.cohort`), rows (n_diff, c_diff), or None
+        self.extra: np.ndarray | None = None
+
+    def summed(self) -> np.ndarray:
+        """Rows (steps, summed context) per unit, cumulated from the difference lists and
+        the cohort's rows: whole numbers, so exact in any order."""
+        diff = np.array((self.n_diff, self.c_diff))
+        if self.extra is not None:
+            diff += self.extra
+        return np.add.accumulate(diff, axis=1)
 
 
 class BatchCost:
@@ -126,8 +136,7 @@ class BatchCost:
         for g in self.groups:
             if not g.active:
                 continue
-            n = np.cumsum(g.n_diff[:-1])
-            c = np.cumsum(g.c_diff[:-1])
+            n, c = g.summed()[:, :-1]
             m = g.model
             self._flops[m] += n * g.f0 + c * g.f1
             self._bytes[m] += n * g.b0 + c * g.b1
@@ -158,7 +167,7 @@ class BatchCost:
         cached token) one multiplication, both lines of `bound_s` one expression, and the
         sum numpy's reduction itself (what `ndarray.sum` calls)."""
         size = len(g.n_diff)
-        nc = np.add.accumulate(np.array((g.n_diff, g.c_diff)), axis=1)  # whole numbers
+        nc = g.summed()
         used = nc[0, :-1] > 0
         p = nc[:, None, :-1] * g.coef  # [steps, context] x [FLOPs, bytes] per unit
         work = (p[0] + p[1]) + self._zero_weights[g.model]
@@ -186,8 +195,8 @@ class BatchCost:
         for g in self.groups:
             if not g.active:
                 continue
-            n = np.cumsum(g.n_diff[:-1])
-            steps.append((g, n, np.cumsum(g.c_diff[:-1])))
+            n, c = g.summed()[:, :-1]
+            steps.append((g, n, c))
             self._used[g.model] |= n > 0
             self._touched.add(g.model)
             size = len(g.n_diff)

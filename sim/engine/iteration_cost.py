@@ -12,13 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from sim.engine.batching import BatchCost
+from sim.engine.cohort import Cohort
 from sim.engine.planner import ProblemBook
 from sim.engine.token_program import TokenRequest
 
 
-def price_span(batch: list, k: int, book: ProblemBook) -> np.ndarray:
-    """Durations (s) of the span's k iterations (see `BatchCost.close_span`)."""
+def price_span(batch: list, k: int, book: ProblemBook, cohort: Cohort | None = None) -> np.ndarray:
+    """Durations (s) of the span's k iterations (see `BatchCost.close_span`), with the
+    server's decode `cohort` in them if given (as `price`)."""
     costs: dict[BatchCost, None] = {}
+    if cohort is not None:
+        cohort.activate()
+        costs[cohort.cost] = None
     for r in batch:
         cost, m = r.prog.model
         costs[cost] = None
@@ -30,10 +35,15 @@ def price_span(batch: list, k: int, book: ProblemBook) -> np.ndarray:
     return total
 
 
-def price(batch: list, book: ProblemBook) -> tuple[float, float]:
-    """The iteration's duration (s) and the tokens it processes (first server legs)."""
+def price(batch: list, book: ProblemBook, cohort: Cohort | None = None) -> tuple[float, float]:
+    """The iteration's duration (s) and the tokens it processes (first server legs); with
+    the server's decode `cohort` in the iteration, its steps too (its one accumulator:
+    a cohort runs only with one, so the order of the costs' sum is not at stake)."""
     costs: dict[BatchCost, None] = {}  # insertion-ordered: a deterministic float sum
     tokens = 0.0
+    if cohort is not None:
+        cohort.activate()
+        costs[cohort.cost] = None
     for r in batch:
         prog = r.prog
         cost, m = prog.model
@@ -53,6 +63,8 @@ def price(batch: list, book: ProblemBook) -> tuple[float, float]:
                 tokens += 1
         else:
             tokens += add_visit(r, cost, m, book)
+    if cohort is not None:
+        tokens += len(cohort.members)  # each member's step makes a token (whole numbers: exact)
     if len(costs) == 1:  # `sum` of one: 0 + x is x
         (cost,) = costs
         return cost.close(), tokens

@@ -32,6 +32,7 @@ import simpy
 
 from sim.config import LoadedScenario
 from sim.engine.batching import BatchCost, weight_read_bytes
+from sim.engine.cohort import Cohort
 from sim.engine.iteration_cost import price, price_span
 from sim.engine.levels import LevelSeries, ServerLevels
 from sim.engine.planner import ProblemBook
@@ -120,6 +121,14 @@ class TokenServer:
         self._span: DecodeSpan | None = None  # the decode span running, if any
         self.span_events = 0  # token transfers of coalesced iterations (request events)
         self.step_events = 0  # tokens of server-kept decode steps sent down (request events)
+        # server-kept decode steps advanced as one block (`sim.engine.cohort`), where
+        # stepping them one by one could not differ: coalescing, no preemption, no chunked
+        # prefill, one activation dtype (one batch-cost accumulator)
+        one_dtype = len(set(self._dtype_of.values())) == 1
+        self._cohort = Cohort(self.coalesce and not self.preempt and not self.chunked
+                              and one_dtype)  # fmt: skip
+        self._block_at = -1  # where the block stands in the formed batch (-1: not in it)
+        self._block_pos = -1  # and in the ready visits (-1: no block)
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -178,6 +187,11 @@ class TokenServer:
         heap, ready, carry, carry_seq = self._heap, self._ready, self._carry, self._carry_seq
         if carry:
             self._carry, self._carry_seq = [], []
+        cohort = self._cohort
+        # the block's steps were sequenced after every kept step and before anything
+        # pushed later in the last iteration: it stands where the first of those would
+        block_last = cohort.seq0 + len(cohort.members) if cohort.members else None
+        self._block_pos = -1
         i = 0
         while heap and heap[0][0] <= now:
             t, seq, r = heapq.heappop(heap)
@@ -185,12 +199,19 @@ class TokenServer:
                 while i < len(carry) and carry_seq[i] < seq:
                     ready.append(carry[i])
                     i += 1
+                if block_last is not None and seq > block_last:
+                    self._block_pos = len(ready)
+                    block_last = None
             if r.admitted:
                 ready.append(r)
             else:
                 self._queue_for_admission(r, seq, now)
-        if carry:
-            ready.extend(carry[i:] if i else carry)
+        rest = carry[i:] if i else carry
+        if cohort.enabled and (rest or cohort.members) and self._block_pos < 0:
+            cohort.join(rest)  # at the end of the ready visits: the front of the block
+            self._block_pos = len(ready)
+        elif rest:
+            ready.extend(rest)
 
     def _queue_for_admission(self, r: TokenRequest, seq: int, now: float) -> None:
         """A visit of a request not admitted is ready: to the admission queue (or rejected
@@ -212,12 +233,14 @@ class TokenServer:
             now = env.now
             self._pull(now)
             batch = self._form_batch()
-            if not batch:
+            if not batch and self._block_at < 0:
                 self.series_batch.set(now, 0)
                 yield self._sleep(now)
                 self._wake = None
                 continue
             k = self._span_length(batch) if self.coalesce else 1
+            if self._block_at >= 0 and k > 1:  # the block's members take part
+                k = min(k, self._cohort.min_steps_left())
             if k > 1:
                 yield from self._run_span(batch, now, k)
                 continue
@@ -239,17 +262,22 @@ class TokenServer:
 
     def _start_iteration(self, batch: list, now: float) -> tuple[float, float]:
         """Price the batch and record the iteration's start: (duration s, tokens)."""
-        dur, tokens = price(batch, self.book)
-        self._begin(batch, now, dur)
+        if self._block_at >= 0:
+            dur, tokens = price(batch, self.book, self._cohort)
+            self._begin(len(batch) + len(self._cohort.members), now, dur)
+        else:
+            dur, tokens = price(batch, self.book)
+            self._begin(len(batch), now, dur)
         return dur, tokens
 
-    def _begin(self, batch: list, now: float, dur_s: float) -> None:
-        """Record an iteration's start: the iteration-time EWMA, counts, batch and busy."""
+    def _begin(self, size: int, now: float, dur_s: float) -> None:
+        """Record an iteration's start: the iteration-time EWMA, counts, batch size (requests)
+        and busy."""
         a = self._iteration_alpha
         ewma = self._iteration_ewma_s
         self._iteration_ewma_s = dur_s if not self.iterations else a * dur_s + (1 - a) * ewma
         self.iterations += 1
-        self.series_batch.set(now, len(batch))
+        self.series_batch.set(now, size)
         self.levels.change(self.env.now, 0, 1)
 
     def _ewma_through(self, ewma: float, durations) -> float:
@@ -260,17 +288,50 @@ class TokenServer:
         return ewma
 
     def _end_iteration(self, batch: list, dur_s: float, tokens: float) -> None:
-        """Record the iteration's end and continue each of its requests."""
+        """Record the iteration's end and continue each of its requests (and the block's,
+        where it stood in the batch)."""
         now = self.env.now
         self.levels.change(now, 0, -1)
         self.levels.held(dur_s)
         self._tokens_done += tokens
         self.series_tokens.set(now, self._tokens_done)
         self.visits += len(batch)
+        n_carried = len(self._carry)
+        at = self._block_at
+        if at < 0:
+            self._continue(batch, dur_s, now)
+        elif at == len(batch):  # the block last (no admissions)
+            self._continue(batch, dur_s, now)
+            self._end_block(dur_s, now)
+        else:
+            self._continue(batch[:at], dur_s, now)
+            self._end_block(dur_s, now)
+            self._continue(batch[at:], dur_s, now)
+        self.step_events += len(self._carry) - n_carried
+        self.series_kv.set(now, self._kv_used)
+
+    def _end_block(self, dur_s: float, now: float) -> None:
+        """The block's part of an iteration's end: members past their last step leave the
+        server (in block order, as stepping ends them), the others' steps are carried with
+        the next sequence numbers (their own state brought up to date later)."""
+        cohort = self._cohort
+        n = len(cohort.members)
+        seq0 = cohort.seq0 = self._seq
+        leavers = cohort.end_iteration(dur_s, now)
+        for r in leavers:
+            self._visit_done(r, now)
+        if self._seq != seq0:  # a visit ended here was sequenced between carried steps
+            raise AssertionError("a decode cohort member's last visit was sequenced")
+        carried = n - len(leavers)
+        self._seq = seq0 + carried
+        self.visits += n
+        self.step_events += carried
+
+    def _continue(self, batch: list, dur_s: float, now: float) -> None:
+        """Continue each request of (a part of) the iteration's batch past its visit."""
         carry, carry_seq, heap = self._carry, self._carry_seq, self._heap
         split = self._split_step
         seq = self._seq
-        n_carried = len(carry)
         for r in batch:
             r.s_busy += dur_s
             prog = r.prog
@@ -305,9 +366,6 @@ class TokenServer:
                 self._visit_done(r, now)
                 seq = self._seq
         self._seq = seq
-        stepped = len(carry) - n_carried
-        self.step_events += stepped
-        self.series_kv.set(now, self._kv_used)
 
     def _visit_done(self, r: TokenRequest, now: float) -> None:
         """Request r's server visit ended at `now`: visit again (recomputed KV, more prefill
@@ -348,22 +406,49 @@ class TokenServer:
         return batch
 
     def _take_ready(self, budget: int, batch: list) -> int:
-        """Add the ready visits that fit to `batch`; the token budget left."""
+        """Add the ready visits that fit to `batch` (the block where it stands among them);
+        the token budget left."""
         ready = self._ready
         order = list(ready)
         ready.clear()
         if self.chunked:  # decode steps first, prefills fill what is left (vLLM's order)
             order.sort(key=lambda q: q.k == 0 or q.recompute)
+        self._block_at = -1
+        pos = self._block_pos
+        if pos < 0 or not self._cohort.members:
+            return self._take_each(order, budget, batch)
+        self._block_pos = -1
+        if pos == len(order):  # the block after every ready visit
+            return self._take_block(self._take_each(order, budget, batch), batch)
+        budget = self._take_each(order[:pos], budget, batch)
+        budget = self._take_block(budget, batch)
+        return self._take_each(order[pos:], budget, batch)
+
+    def _take_block(self, budget: int, batch: list) -> int:
+        """The block: in whole when its steps fit in the budget (then at `_block_at`), else
+        dissolved and taken as ready visits are; the budget left."""
+        cohort = self._cohort
+        n = len(cohort.members)
+        if n <= budget:
+            self._block_at = len(batch)
+            return budget - n
+        block, _ = cohort.dissolve()
+        return self._take_each(block, budget, batch)
+
+    def _take_each(self, order: list, budget: int, batch: list) -> int:
+        """Add the visits of `order` that fit to `batch` (the others back to the ready
+        queue, in order); the token budget left."""
+        ready = self._ready
         for r in order:
             if r.k and not r.recompute:  # a decode step: one token (`_take`'s answer)
-                if budget < 1 and batch:
+                if budget < 1 and (batch or self._block_at >= 0):
                     ready.append(r)
                     continue
                 r.chunk = 1
                 budget -= 1
                 batch.append(r)
                 continue
-            take = self._take(r, budget, batch)
+            take = self._take(r, budget, not batch and self._block_at < 0)
             if take is None:
                 ready.append(r)
                 continue
@@ -386,7 +471,7 @@ class TokenServer:
                 continue
             if self._kv_used + need_kv > self.kv_capacity:
                 break
-            tokens = self._take(r, budget, batch)
+            tokens = self._take(r, budget, not batch and self._block_at < 0)
             if tokens is None:
                 break
             heapq.heappop(waiting)
@@ -400,12 +485,13 @@ class TokenServer:
             self._running += 1
             batch.append(r)
 
-    def _take(self, r: TokenRequest, budget: int, batch: list) -> int | None:
+    def _take(self, r: TokenRequest, budget: int, alone: bool) -> int | None:
         """Tokens r processes in the coming iteration (kept in `r.chunk`), or None when it
-        must wait for another iteration. A visit larger than the budget runs alone; with
-        chunked prefill a prefill takes what the budget has left instead."""
+        must wait for another iteration. A visit larger than the budget runs alone (when
+        the batch has nothing yet); with chunked prefill a prefill takes what the budget
+        has left instead."""
         need = r.visit_tokens() - r.done
-        if need <= budget or not batch:
+        if need <= budget or alone:
             take = need
             if self.chunked and r.k == 0 and not r.recompute and budget > 0:
                 take = min(need, budget)
@@ -473,12 +559,14 @@ class TokenServer:
         `yield from`): their times in closed form, then every iteration but the last applied
         in bulk (`_apply_silent`) and the last ended as a stepped one would end. A visit
         that becomes ready meanwhile cuts the span at the first iteration it could join."""
-        d = price_span(batch, k, self.book)
+        block = self._cohort if self._block_at >= 0 else None
+        d = price_span(batch, k, self.book, block)
         t = np.cumsum(np.concatenate(([now], d)))  # iteration starts (then the last end)
         heap = self._heap
         if heap:  # a visit already waiting for its ready time joins the iteration after it
             k = min(k, self._first_start_at_or_after(t, heap[0][0], k))
-        self._begin(batch, now, float(d[0]))
+        size = len(batch) + (len(block.members) if block is not None else 0)
+        self._begin(size, now, float(d[0]))
         span = DecodeSpan(batch, d, t, k, self._iteration_ewma_s, self.env.event())
         self._span = span
         self._schedule_span_end(span)
@@ -486,7 +574,7 @@ class TokenServer:
         self._span = None
         k = span.k
         self._apply_silent(span, k)
-        self._end_iteration(batch, float(d[k - 1]), float(len(batch)))
+        self._end_iteration(batch, float(d[k - 1]), float(size))
 
     def _first_start_at_or_after(self, t: np.ndarray, ready_s: float, k: int) -> int:
         """The first iteration j >= 1 of the span starting at or after `ready_s` (else k)."""
@@ -515,12 +603,14 @@ class TokenServer:
 
     def flush(self, now: float) -> None:
         """The run ends at `now` inside a span: apply the iterations ended by then (for the
-        server's series and counts; requests in flight keep no results)."""
+        server's series and counts; requests in flight keep no results). The block's
+        members are brought up to date (what stepping would have left in them)."""
         span = self._span
         if span is not None:
             begun = bisect.bisect_right(span.t, now, 0, span.k)
             self._apply_silent(span, begun)
             self._span = None
+        self._cohort.dissolve()
 
     def _apply_silent(self, span: DecodeSpan, k: int) -> None:
         """Apply iterations 0..k-2 of the span (their ends) and the starts of 1..k-1: what
@@ -533,6 +623,9 @@ class TokenServer:
         ends = t[1:k]
         b = len(batch)
         busy = float(np.sum(d[:n]))
+        if self._block_at >= 0:  # the block's members: on the cohort's timeline
+            b += len(self._cohort.members)
+            self._cohort.end_silent(busy, ends)
         self.levels.held(busy)
         self.visits += b * n
         self.span_events += b * n
