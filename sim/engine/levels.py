@@ -144,6 +144,22 @@ class ServerLevels:
             queue_series.t.append(now)
             queue_series.level.append(queue)
 
+    def queue_from_waits(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Make the queue length the number of waits in progress, each wait [start, end)
+        counting one, with its integral: at token granularity a visit waits for the server
+        from its ready time to the iteration it joins, whether or not it was admitted, so
+        that the waits the requests record add up to the queue's integral."""
+        times = np.concatenate((starts, ends))
+        steps = np.concatenate((np.ones(len(starts)), -np.ones(len(ends))))
+        order = np.argsort(times, kind="stable")
+        times, level = times[order], np.cumsum(steps[order])
+        last = np.append(times[1:] != times[:-1], True)  # the level after each instant
+        series = LevelSeries()
+        series.extend(times[last], level[last])
+        self.queue = series
+        self.queue_length = int(series.last)
+        self.queue_integral = float(np.sum(ends - starts))
+
     def held(self, seconds: float) -> None:
         """A slot was held for `seconds` (added to `busy_time_total`)."""
         self.busy_time_total += seconds

@@ -183,6 +183,7 @@ class TokenSimulation:
             end_s = self._drain(stop_s)
         rec.unfinished_at(end_s)
         self.server.finish(self.env.now)
+        self.server.queue_from_waits(*self.token_server.waits())
         ts = self.token_server
         token = TokenStats(
             self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,

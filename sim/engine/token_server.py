@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from array import array
 from collections import deque
 from collections.abc import Callable
 
@@ -129,6 +130,19 @@ class TokenServer:
                               and one_dtype)  # fmt: skip
         self._block_at = -1  # where the block stands in the formed batch (-1: not in it)
         self._block_pos = -1  # and in the ready visits (-1: no block)
+        # every wait a request's `s_wait` counts: its start (s), and the ends (s) with
+        # the number of waits ending there (`waits`)
+        self._wait_starts = array("d")
+        self._wait_ends = array("d")
+        self._wait_counts = array("q")
+
+    def waits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end times (s) of every wait for the server that the requests' records
+        count (`server_wait_s`): from a visit's ready time to the iteration it joins (or its
+        rejection for KV larger than the memory)."""
+        ends = np.repeat(np.frombuffer(self._wait_ends, float),
+                         np.frombuffer(self._wait_counts, np.int64))  # fmt: skip
+        return np.frombuffer(self._wait_starts, float), ends
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -400,8 +414,16 @@ class TokenServer:
         if self.preempt and batch:
             batch = self._grow_kv(batch)
         now = self.env.now
+        starts = self._wait_starts
+        waits = len(starts)
         for r in batch:
-            r.s_wait += now - r.t_ready
+            t = r.t_ready
+            if t != now:  # (adding a zero wait changes nothing)
+                r.s_wait += now - t
+                starts.append(t)
+        if len(starts) != waits:
+            self._wait_ends.append(now)
+            self._wait_counts.append(len(starts) - waits)
         self.series_kv.set(now, self._kv_used)
         return batch
 
@@ -467,6 +489,9 @@ class TokenServer:
                 heapq.heappop(waiting)
                 self.levels.change(self.env.now, -1, 0)
                 r.s_wait += self.env.now - r.t_ready  # it waited in the admission queue
+                self._wait_starts.append(r.t_ready)
+                self._wait_ends.append(self.env.now)
+                self._wait_counts.append(1)
                 self._reject(r)
                 continue
             if self._kv_used + need_kv > self.kv_capacity:
