@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import sim.engine.token_server as token_server
 from sim.config import load_scenario
-from sim.engine.cohort import Cohort, _running_sum
+from sim.engine.cohort import Cohort, _running_sum, _running_sum_of
 from sim.runner import simulate
 
 BASE = {
@@ -194,3 +194,14 @@ def test_running_sum_adds_from_the_left():
         for v in values:
             total += v
         assert _running_sum(start, values) == total
+
+
+def test_running_sum_of_a_constant_adds_from_the_left():
+    rng = random.Random(8)
+    for _ in range(2000):
+        start, value = rng.uniform(0, 1e4), rng.uniform(0, 1) * 10 ** rng.randint(-6, 6)
+        n = rng.randint(1, 400)
+        total = start
+        for _ in range(n):
+            total += value
+        assert _running_sum_of(start, value, n) == total

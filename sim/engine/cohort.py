@@ -178,8 +178,8 @@ class Cohort:
         elif upto - a >= _NUMPY_FROM:
             n = upto - a
             r.s_busy = _running_sum(r.s_busy, durations[a:upto])
-            r.xfer = _running_sum(r.xfer, [down_s] * n)
-            r.nbytes = _running_sum(r.nbytes, [out] * n)
+            r.xfer = _running_sum_of(r.xfer, down_s, n)
+            r.nbytes = _running_sum_of(r.nbytes, out, n)
             r.times.frombytes((np.array(ends[a:upto]) + down_s).tobytes())
             last = ends[upto - 1]
         else:
@@ -226,6 +226,13 @@ def _running_sum(start: float, values: list) -> float:
     """start + values[0] + values[1] + ..., added one at a time from the left (numpy's
     accumulate adds so: the same float as a Python loop)."""
     return float(np.add.accumulate(np.array([start, *values]))[-1])
+
+
+def _running_sum_of(start: float, value: float, n: int) -> float:
+    """start + value + value + ... (n times), added one at a time (`_running_sum`)."""
+    terms = np.full(n + 1, value)
+    terms[0] = start
+    return float(np.add.accumulate(terms)[-1])
 
 
 def _block_order(r: TokenRequest) -> tuple:

@@ -205,8 +205,9 @@ def client_step_table(leg: tuple[list, float], ctx_first: int, steps: int) -> li
     if len(coeffs) > 128:  # numpy's own blocked summation: not replicated column-wise
         return [client_step_s(leg, ctx_first + j) for j in range(steps)]
     ctx = np.arange(ctx_first, ctx_first + steps, dtype=float)
-    times = [np.maximum(x0 + x1 * ctx, y0 + y1 * ctx) for x0, x1, y0, y1 in coeffs]
-    return (numpy_sum_columns(times, steps) + overhead_s).tolist()
+    x0, x1, y0, y1 = np.array(coeffs).T[:, :, None]  # per unit (rows), every context
+    times = np.maximum(x0 + x1 * ctx, y0 + y1 * ctx)  # elementwise as per unit
+    return (numpy_sum_columns(list(times), steps) + overhead_s).tolist()
 
 
 def numpy_sum_columns(values: list[np.ndarray], size: int) -> np.ndarray:
