@@ -149,6 +149,27 @@ def test_every_path_is_taken(tmp_path, monkeypatch):
     assert paths.joined > 0 and paths.silent > 0 and paths.dissolved > 0 and paths.behind > 0
 
 
+@pytest.mark.parametrize("policy", ["server_only", "dp"])
+def test_timeline_compaction(tmp_path, monkeypatch, policy):
+    """The timeline's head is dropped often (every 8 entries here): the same tables."""
+    import sim.engine.cohort as cohort
+
+    monkeypatch.setattr(cohort, "_COMPACT_FROM", 8)
+    dropped = []
+    compact = Cohort._compact
+
+    def counting(c):
+        before = len(c._durations)
+        compact(c)
+        dropped.append(before - len(c._durations))
+
+    monkeypatch.setattr(Cohort, "_compact", counting)
+    raw = _variant()
+    raw["policies"] = [policy]
+    _assert_identical(*_both(tmp_path, raw, f"compact_{policy}"))
+    assert sum(dropped) > 0
+
+
 def test_cut_runs_and_bounded_queues(tmp_path):
     """A run cut by `drain_s` (in a span or an iteration of the block) and a bounded,
     EDF-ordered admission queue."""

@@ -30,8 +30,6 @@ per-iteration stepper, which stays the reference).
 
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
 from sim.engine.batching import BatchCost, DecodeGroup
@@ -46,9 +44,9 @@ class Cohort:
         self.members: dict[TokenRequest, None] = {}  # insertion order is not block order
         # the timeline, one entry per stepped iteration or decode span's silent part:
         self._durations: list[float] = []  # an iteration's duration (s), or a span's sum
-        self._ends: list = []  # its end (s), or a span's iteration ends (array, s)
-        self._silent: dict[int, int] = {}  # entry -> iterations of a span's silent part
-        self._silent_at: list[int] = []  # those entries, in order
+        self._first: list[int] = [0]  # the entry's first iteration in `_ends` (then the next's)
+        self._ends: list[float] = []  # every iteration's end (s)
+        self._compact_at = _COMPACT_FROM  # entries from which the timeline's head is dropped
         self._iterations = 0  # iterations the block has run
         self._leaving: dict[int, list[TokenRequest]] = {}  # iteration -> last steps in it
         self._groups: dict[DecodeGroup, int] = {}  # decode group -> members in it
@@ -100,27 +98,44 @@ class Cohort:
         self._ends.append(now)
         leavers = self._leaving.pop(self._iterations, None)
         self._iterations += 1
+        self._first.append(len(self._ends))
         if leavers is None:
-            self._advance(1.0)
-            return []
-        if len(leavers) > 1:
+            leavers = []
+        elif len(leavers) > 1:
             leavers.sort(key=_block_order)
         for r in leavers:
             self.bring_up_to_date(r, j)
             r.s_busy += dur_s
             self._remove(r)
         self._advance(1.0)
+        if j >= self._compact_at:
+            self._compact()
         return leavers
 
     def end_silent(self, busy_s: float, ends: np.ndarray) -> None:
         """Record a decode span's silent iterations (their summed duration and ends): no
         member's last step is among them (the span ends at the first one's)."""
-        self._silent_at.append(len(self._durations))
-        self._silent[len(self._durations)] = n = len(ends)
+        n = len(ends)
         self._durations.append(busy_s)
-        self._ends.append(ends)
+        self._ends.extend(ends.tolist())
         self._iterations += n
+        self._first.append(len(self._ends))
         self._advance(float(n))
+
+    def _compact(self) -> None:
+        """Drop the timeline's entries that no member still needs (memory stays bounded by
+        the oldest member's stay, not the run's length)."""
+        done = min((r.c_from for r in self.members), default=len(self._durations))
+        self._compact_at = len(self._durations) + _COMPACT_FROM
+        if done < len(self._durations) // 2:
+            return
+        shift = self._first[done]
+        self._durations = self._durations[done:]
+        self._first = [f - shift for f in self._first[done:]]
+        self._ends = self._ends[shift:]
+        for r in self.members:
+            r.c_from -= done
+        self._compact_at = len(self._durations) + _COMPACT_FROM
 
     def _remove(self, r: TokenRequest) -> None:
         """Take r's step (at its current context) out of its group's sums."""
@@ -150,55 +165,38 @@ class Cohort:
     def bring_up_to_date(self, r: TokenRequest, upto: int) -> None:
         """Apply to r the carried-step updates of timeline entries [r.c_from, upto), as
         `TokenServer._end_iteration` (an iteration) and `_apply_silent` (a span's silent
-        part) apply them, one addition at a time in their order."""
+        part: one addition of its summed duration, of its count times the transfer and
+        the bytes) apply them, one addition at a time in their order."""
         a = r.c_from
-        marks = self._silent_at
-        i = bisect.bisect_left(marks, a)
-        while i < len(marks) and marks[i] < upto:  # stepped ones up to a span, the span
-            if a < marks[i]:
-                self._bring(r, a, marks[i])
-            a = marks[i] + 1
-            self._bring(r, a - 1, a)
-            i += 1
-        if a < upto:
-            self._bring(r, a, upto)
-
-    def _bring(self, r: TokenRequest, a: int, upto: int) -> None:
-        """`bring_up_to_date` over entries [a, upto): stepped iterations, or one span."""
-        durations, ends = self._durations, self._ends
-        down_s = r.down_s
-        out = r.prog.step_out
-        n = self._silent.get(a) if upto == a + 1 and self._silent else None
-        if n is not None:  # a span's silent part (`TokenServer._apply_silent`)
-            r.s_busy += durations[a]
-            r.times.frombytes((ends[a] + down_s).tobytes())
-            r.xfer += down_s * n
-            r.nbytes += out * n
-            last = float(ends[a][-1])
-        elif upto - a >= _NUMPY_FROM:
-            n = upto - a
-            r.s_busy = _running_sum(r.s_busy, durations[a:upto])
-            r.xfer = _running_sum_of(r.xfer, down_s, n)
-            r.nbytes = _running_sum_of(r.nbytes, out, n)
-            r.times.frombytes((np.array(ends[a:upto]) + down_s).tobytes())
-            last = ends[upto - 1]
-        else:
-            n = upto - a
-            busy = r.s_busy
+        if upto <= a:
+            return
+        first = self._first
+        i0, i1 = first[a], first[upto]
+        n = i1 - i0  # iterations
+        down_s, out = r.down_s, r.prog.step_out
+        if n == upto - a and n < _NUMPY_FROM:  # a few stepped iterations: plain floats
+            durations, ends = self._durations, self._ends
+            busy, xfer, nbytes = r.s_busy, r.xfer, r.nbytes
             for j in range(a, upto):
                 busy += durations[j]
-            r.s_busy = busy
-            xfer, nbytes = r.xfer, r.nbytes
-            for _ in range(n):
                 xfer += down_s
                 nbytes += out
-            r.xfer, r.nbytes = xfer, nbytes
-            r.times.extend([ends[j] + down_s for j in range(a, upto)])
-            last = ends[upto - 1]
+            r.s_busy, r.xfer, r.nbytes = busy, xfer, nbytes
+            r.times.extend([ends[i] + down_s for i in range(i0, i1)])
+        else:
+            r.s_busy = _running_sum(r.s_busy, self._durations[a:upto])
+            if n == upto - a:  # no span: one transfer and its bytes per iteration
+                r.xfer = _running_sum_of(r.xfer, down_s, n)
+                r.nbytes = _running_sum_of(r.nbytes, out, n)
+            else:
+                count = np.diff(first[a : upto + 1]).astype(float)  # iterations per entry
+                r.xfer = _running_sum(r.xfer, down_s * count)
+                r.nbytes = _running_sum(r.nbytes, out * count)
+            r.times.frombytes((np.array(self._ends[i0:i1]) + down_s).tobytes())
         r.generated += n
         r.k += n
         r.ctx = r.prog.ctx_first + r.k - 1
-        r.t_ready = last
+        r.t_ready = self._ends[i1 - 1]
         r.c_from = upto
 
     def dissolve(self) -> tuple[list, list]:
@@ -220,12 +218,16 @@ class Cohort:
 
 
 _NUMPY_FROM = 24  # entries from which numpy brings a member up to date faster
+_COMPACT_FROM = 4096  # timeline entries between two attempts to drop its head
 
 
-def _running_sum(start: float, values: list) -> float:
+def _running_sum(start: float, values) -> float:
     """start + values[0] + values[1] + ..., added one at a time from the left (numpy's
     accumulate adds so: the same float as a Python loop)."""
-    return float(np.add.accumulate(np.array([start, *values]))[-1])
+    terms = np.empty(len(values) + 1)
+    terms[0] = start
+    terms[1:] = values
+    return float(np.add.accumulate(terms)[-1])
 
 
 def _running_sum_of(start: float, value: float, n: int) -> float:
