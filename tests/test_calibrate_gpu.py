@@ -247,6 +247,24 @@ def test_calibrate_writes_a_report_and_a_usable_cost_table(tmp_path, capsys):
     assert set(table["model"]) == {"llama-2-7b"}
 
 
+def test_calibrate_holds_fixed_factors_and_reports_the_before_file(tmp_path, capsys):
+    gpu = tmp_path / "gpu"
+    _vidur_csv(gpu / "Llama-2-7b-hf" / "mlp.csv", [1, 16, 64, 256, 1024], _flat)
+    before = tmp_path / "before.yaml"
+    before.write_text("a100-80gb: {kind: server, peak_tflops: {bf16: 312}, memory_gb: 80,\n"
+                      "  memory_bandwidth_gb_s: 2039, compute_efficiency: 0.4321}\n")  # fmt: skip
+    out = tmp_path / "r"
+    argv = ["calibrate", str(gpu), "--device", "a100-80gb", "--fix", "non_overlap=0.3",
+            "--before", str(before), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "non_overlap 0.3;" in capsys.readouterr().out
+    assert (
+        "non_overlap: 0.3  # held at 0.3 (--fix), not fitted" in (out / "device.yaml").read_text()
+    )
+    report = (out / "README.md").read_text()
+    assert "| compute_efficiency | 0.4321 |" in report and "--before" in report
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
