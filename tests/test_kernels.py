@@ -71,3 +71,14 @@ def test_unit_times_add_each_units_kernels_per_pass_and_step(device):
     many = unit_times_many(work_batch(m, "generate", np.array([100]), np.array([5]), "sublayer"),
                            d, "bf16")  # fmt: skip
     assert np.array_equal(many[0], got)
+
+
+def test_catalog_lists_each_devices_kernel_overhead(capsys):
+    from sim.cli import main
+
+    assert main(["catalog", "devices"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["device"])
+    col = header.index("kernel_overhead_us")
+    row = next(line.split() for line in lines if line.split()[:1] == ["a100-80gb"])
+    assert float(row[col]) == get_device("a100-80gb").kernel_overhead_us == 6.498
