@@ -219,6 +219,7 @@ PEAK_TFLOPS = Bound(0, 1e5, lo_open=True)
 MEMORY_BANDWIDTH_GB_S = Bound(0, 1e6, lo_open=True)
 EFFICIENCY = FRACTION_OPEN
 OVERHEAD_US = Bound(0, 1e6)  # a second per unit per pass
+KERNEL_OVERHEAD_US = Bound(0, 1e5)  # a tenth of a second per kernel launched
 NON_OVERLAP = FRACTION  # [0, 1]: 0 the roofline max, 1 compute and memory time added
 POWER_W = Bound(0, 1e5, lo_open=True)
 RADIO_NJ_PER_BIT = Bound(0, 1e6)

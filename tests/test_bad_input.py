@@ -348,6 +348,16 @@ CASES = [
         edit(("server.device", {**GOOD_DEVICE, "overhead_us": 1e300})),
         ["server.device.overhead_us", "<= 1000000"],
     ),
+    Case(
+        "kernel_overhead_absurd",
+        edit(("server.device", {**GOOD_DEVICE, "kernel_overhead_us": 1e300})),
+        ["server.device.kernel_overhead_us", "<= 100000"],
+    ),
+    Case(
+        "kernel_overhead_negative",
+        edit(("server.device", {**GOOD_DEVICE, "kernel_overhead_us": -1})),
+        ["server.device.kernel_overhead_us", ">= 0"],
+    ),
     Case("name_escapes", edit(("name", "../escaped")), ["name", "letters, digits"]),
     Case("name_too_long", edit(("name", "x" * 300)), ["name", "1-100 letters"]),
     Case(

@@ -11,7 +11,7 @@ import pytest
 
 from sim.catalog import get_device, get_model
 from sim.cli import main
-from sim.costs import request_work, unit_times_s
+from sim.costs import request_work, unit_overheads_s, unit_times_s
 from sim.costs.batched import unit_times_many, work_batch
 from sim.costs.roofline import bound_s, summed_roofline_s
 from sim.costs.tables import read_cost_table
@@ -96,12 +96,13 @@ def test_non_overlap_zero_is_the_plain_roofline_bit_for_bit():
 
 def test_non_overlap_applies_alike_to_units_sizes_steps_and_batches():
     model = get_model("llama-2-7b")
-    dev = GpuFactors(0.6884, 0.8438, 23.45, 0.5007).apply(get_device("a100-80gb"))
+    dev = GpuFactors(0.6884, 0.8438, 4.69, 0.5007).apply(get_device("a100-80gb"))
     work = request_work(model, "generate", 300, 40, "sublayer")
     t = unit_times_s(work, dev, model.activation_dtype)
     # decode steps summed one by one with the same formula
     f, b = dev.flops_per_s(model.activation_dtype), dev.bytes_per_s
-    ov = dev.overhead_us * 1e-6
+    ov = unit_overheads_s(model, work.units, dev)  # 4.69 us per kernel of each unit
+    assert dev.overhead_us == 0 and ov[1] == pytest.approx(7 * 4.69e-6)  # an attention half
     ref = bound_s(work.pass_flops / f, work.pass_bytes / b, dev.non_overlap) + ov
     for c in range(work.ctx_first, work.ctx_first + work.steps):
         fl = work.step_flops0 + work.step_flops1 * c
@@ -111,8 +112,11 @@ def test_non_overlap_applies_alike_to_units_sizes_steps_and_batches():
     many = unit_times_many(work_batch(model, "generate", np.array([300]), np.array([40]),
                                       "sublayer"), dev, model.activation_dtype)  # fmt: skip
     assert np.array_equal(many[0], t)
-    # one request in a batch is priced as its unit times (the prefill pass)
-    cost = BatchCost(f, b, ov, dev.non_overlap)
+    # one request in a batch is priced as its unit times (the prefill pass); units of a
+    # uniform per-unit overhead, which is all the engine's scalar `overhead_s` can price
+    # (the per-kernel overhead reaches it with the per-unit array: see the calibration notes)
+    dev = dev.model_copy(update={"overhead_us": 23.45, "kernel_overhead_us": 0.0})
+    cost = BatchCost(f, b, dev.overhead_us * 1e-6, dev.non_overlap)
     w = request_work(model, "forward", 300, 0, "sublayer")
     m = cost.add_model(np.zeros(w.n_units))
     cost.add_pass(m, 0, w.n_units, w.pass_flops, w.pass_bytes)
@@ -144,7 +148,7 @@ def test_fit_recovers_known_factors_from_data_the_model_made():
         update={"compute_efficiency": 0.6, "bandwidth_efficiency": 0.8, "overhead_us": 5,
                 "non_overlap": 0.0}
     )  # fmt: skip
-    truth = GpuFactors(0.62, 0.71, 17.0, 0.35)
+    truth = GpuFactors(0.62, 0.71, 3.4, 0.35)
     data = measurements(prof, 4096)
     data = data[data["unit"] == "mlp"].copy()
     from sim.profile.gpu import predict_s
@@ -153,7 +157,7 @@ def test_fit_recovers_known_factors_from_data_the_model_made():
     got = fit_factors(data, base)
     assert got.compute_efficiency == pytest.approx(0.62, rel=0.01)
     assert got.bandwidth_efficiency == pytest.approx(0.71, rel=0.01)
-    assert got.overhead_us == pytest.approx(17.0, abs=0.5)
+    assert got.kernel_overhead_us == pytest.approx(3.4, abs=0.1)
     assert got.non_overlap == pytest.approx(0.35, abs=0.01)
 
 
@@ -177,16 +181,53 @@ def test_a_model_left_out_meets_the_goal_on_the_a100():
         assert row["after_median"] < row["before_median"]
 
 
-def test_the_committed_report_holds_this_fit():
+FITTED = ("compute_efficiency", "bandwidth_efficiency", "overhead_us", "kernel_overhead_us",
+          "non_overlap")  # fmt: skip
+RESULTS = Path(__file__).resolve().parents[1] / "results/calibration/gpu"
+
+
+def _committed(gpu: str, name: str) -> dict:
     import yaml
 
-    cal = calibrate(read_profile(PROFILES / "a100"), get_device("a100-80gb"))
-    report = Path(__file__).resolve().parents[1] / "results/calibration/gpu/a100/device.yaml"
-    spec = yaml.safe_load(report.read_text())["a100-80gb"]
-    f = cal.fitted
-    got = (spec["compute_efficiency"], spec["bandwidth_efficiency"], spec["overhead_us"],
-           spec["non_overlap"])  # fmt: skip
-    assert got == (f.compute_efficiency, f.bandwidth_efficiency, f.overhead_us, f.non_overlap)
+    return yaml.safe_load((RESULTS / gpu / "device.yaml").read_text())[name]
+
+
+def test_the_committed_reports_hold_this_fit_and_the_catalog_adopts_it():
+    a100 = calibrate(read_profile(PROFILES / "a100"), get_device("a100-80gb")).fitted
+    spec = _committed("a100", "a100-80gb")
+    assert tuple(spec[k] for k in FITTED) == (
+        a100.compute_efficiency, a100.bandwidth_efficiency, 0, a100.kernel_overhead_us,
+        a100.non_overlap,
+    )  # fmt: skip
+    # the H100 holds the A100's kernel overhead and non_overlap (--fix), fits the rest
+    prior = {"kernel_overhead_us": a100.kernel_overhead_us, "non_overlap": a100.non_overlap}
+    h100 = calibrate(read_profile(PROFILES / "h100"), get_device("h100-sxm"), fixed=prior)
+    assert (h100.fitted.kernel_overhead_us, h100.fitted.non_overlap) == tuple(prior.values())
+    h_spec = _committed("h100", "h100-sxm")
+    assert h_spec["compute_efficiency"] == h100.fitted.compute_efficiency
+    assert h_spec["bandwidth_efficiency"] == h100.fitted.bandwidth_efficiency
+    # the catalog's defaults are the fitted factors; the 40 GB A100 takes the 80 GB's
+    for name, fitted in (("a100-80gb", spec), ("a100-40gb", spec), ("h100-sxm", h_spec)):
+        dev = get_device(name)
+        assert tuple(getattr(dev, k) for k in FITTED) == tuple(fitted[k] for k in FITTED)
+    assert get_device("a100-40gb").memory_bandwidth_gb_s == 1555  # its own HBM2 peak
+
+
+def test_h100_with_the_a100_prior_and_a_model_left_out():
+    """The H100 goal with the A100's kernel overhead and non_overlap held (report figures):
+    phi-2 left out meets it (4.8 % / 24.4 %); Llama-2-7B left out misses the median by a
+    hair (5.01 %, worst 23.4 %). Without the prior both miss (median 8-9 %, worst 30-36 %)."""
+    a100 = calibrate(read_profile(PROFILES / "a100"), get_device("a100-80gb")).fitted
+    prior = {"kernel_overhead_us": a100.kernel_overhead_us, "non_overlap": a100.non_overlap}
+    before = get_device("h100-sxm")
+    table = summary(calibrate(read_profile(PROFILES / "h100"), before, fixed=prior))
+    loo = table[table["unit"] == "mlp"].set_index("model")
+    assert loo.loc["phi-2", "loo_median"] <= 0.05 and loo.loc["phi-2", "loo_worst"] <= 0.25
+    assert loo.loc["llama-2-7b", "loo_median"] == pytest.approx(0.0501, abs=0.0005)
+    assert loo.loc["llama-2-7b", "loo_worst"] <= 0.25
+    free = summary(calibrate(read_profile(PROFILES / "h100"), before))
+    free = free[free["unit"] == "mlp"].set_index("model")
+    assert (free["loo_median"] > 0.075).all() and (free["loo_worst"] > 0.29).all()
 
 
 # --- the command -------------------------------------------------------------------------
@@ -200,9 +241,28 @@ def test_calibrate_writes_a_report_and_a_usable_cost_table(tmp_path, capsys):
     assert "TP2" in out
     for name in ("errors.csv", "summary.csv", "device.yaml", "cost_table.csv", "README.md"):
         assert (tmp_path / "r" / name).is_file()
+    assert "kernel_overhead_us" in (tmp_path / "r" / "device.yaml").read_text()
     table = read_cost_table(tmp_path / "r" / "cost_table.csv")
     assert set(table["unit_kind"]) == {"mlp", "embed"}
     assert set(table["model"]) == {"llama-2-7b"}
+
+
+def test_calibrate_holds_fixed_factors_and_reports_the_before_file(tmp_path, capsys):
+    gpu = tmp_path / "gpu"
+    _vidur_csv(gpu / "Llama-2-7b-hf" / "mlp.csv", [1, 16, 64, 256, 1024], _flat)
+    before = tmp_path / "before.yaml"
+    before.write_text("a100-80gb: {kind: server, peak_tflops: {bf16: 312}, memory_gb: 80,\n"
+                      "  memory_bandwidth_gb_s: 2039, compute_efficiency: 0.4321}\n")  # fmt: skip
+    out = tmp_path / "r"
+    argv = ["calibrate", str(gpu), "--device", "a100-80gb", "--fix", "non_overlap=0.3",
+            "--before", str(before), "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "non_overlap 0.3;" in capsys.readouterr().out
+    assert (
+        "non_overlap: 0.3  # held at 0.3 (--fix), not fitted" in (out / "device.yaml").read_text()
+    )
+    report = (out / "README.md").read_text()
+    assert "| compute_efficiency | 0.4321 |" in report and "--before" in report
 
 
 @pytest.mark.parametrize(
@@ -217,6 +277,14 @@ def test_calibrate_writes_a_report_and_a_usable_cost_table(tmp_path, capsys):
         (["{bad}", "--device", "a100-80gb"], "needs column 'n_head'"),
         (["{tp}", "--device", "a100-80gb"], "no rows with num_tensor_parallel_workers = 1"),
         (["{neg}", "--device", "a100-80gb"], "column 'n_embd' must hold"),
+        (["{gpu}", "--device", "a100-80gb", "--fix", "overhead_us=3"], "--fix: expected"),
+        (["{gpu}", "--device", "a100-80gb", "--fix", "non_overlap"], "--fix: expected"),
+        (["{gpu}", "--device", "a100-80gb", "--fix", "non_overlap=2"], "--fix non_overlap"),
+        (["{gpu}", "--device", "a100-80gb", "--fix", "kernel_overhead_us=nan"], "<= 40"),
+        (["{gpu}", "--device", "a100-80gb", "--before", "{tmp}/none.yaml"], "cannot read"),
+        (["{gpu}", "--device", "a100-80gb", "--before", "{yaml}"], "no entry 'a100-80gb"),
+        (["{gpu}", "--device", "h100-sxm", "--before", "{yaml}"], "h100-sxm.compute_efficiency"),
+        (["{gpu}", "--device", "a100-80gb", "--before", "{junk}"], "not valid YAML"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
@@ -227,8 +295,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fragment):
     bad.write_text("a,b\n1,2\n")
     tp = _vidur_csv(tmp_path / "tp" / "m" / "mlp.csv", [1, 16], _flat, tp=(2,))
     neg = _vidur_csv(tmp_path / "neg" / "m" / "mlp.csv", [1], _flat, shape={**LLAMA, "n_embd": -4})
+    yml = tmp_path / "before.yaml"
+    yml.write_text("h100-sxm: {kind: server, peak_tflops: {fp16: 989}, memory_gb: 80,\n"
+                   "  memory_bandwidth_gb_s: 3350, compute_efficiency: 1.5}\n")  # fmt: skip
+    junk = tmp_path / "junk.yaml"
+    junk.write_text("a100-80gb: [unclosed\n")
     subs = {"gpu": gpu, "tmp": tmp_path, "bad": bad.parent.parent, "tp": tp.parent.parent,
-            "neg": neg.parent.parent}  # fmt: skip
+            "neg": neg.parent.parent, "yaml": yml, "junk": junk}  # fmt: skip
     argv = ["calibrate", *(a.format(**subs) for a in args), "-o", str(tmp_path / "out")]
     try:
         code = main(argv)

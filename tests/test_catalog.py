@@ -180,10 +180,16 @@ def test_faster_client_exceptions_are_real():
 @pytest.mark.parametrize("spec", list(devices().values()), ids=lambda s: s.name)
 def test_device_efficiencies_and_overheads_are_plausible(spec):
     assert 0.1 <= spec.compute_efficiency <= 0.9
-    assert 0.1 <= spec.bandwidth_efficiency <= 0.95
-    assert 0 < spec.overhead_us <= 1000
-    if spec.kind == "server":
-        assert spec.overhead_us <= 10
+    if spec.kernel_overhead_us == 0:  # assumed factors: a fixed time per unit
+        assert 0.1 <= spec.bandwidth_efficiency <= 0.95
+        assert 0 < spec.overhead_us <= 1000
+        if spec.kind == "server":
+            assert spec.overhead_us <= 10
+    else:  # fitted to measured kernels (results/calibration/gpu): a fixed time per kernel
+        assert spec.kind == "server" and spec.overhead_us == 0
+        # the measured HBM share may reach the datasheet peak; launch floors are 1-10 us
+        assert 0.5 <= spec.bandwidth_efficiency <= 1.0
+        assert 1 <= spec.kernel_overhead_us <= 10
 
 
 def test_spot_check_device_spec_sheets():

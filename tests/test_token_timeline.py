@@ -6,8 +6,9 @@ arrays (not from the engine): the prompts cross the link, one iteration runs the
 prefills, then decode iterations run the steps still due (3, then 2, then 1 request), each
 priced as one roofline over the batch:
 
-    per server unit: max(sum of FLOPs / FLOP/s, (weights once + sum of own bytes) / bytes/s)
-                     + the unit's overhead, summed over units;
+    per server unit: with x = sum of FLOPs / FLOP/s, y = (weights once + sum of own
+                     bytes) / bytes/s: max(x + g*y, y + g*x) (g the device's non_overlap)
+                     + the unit's kernels x the per-kernel overhead, summed over units;
 
 each token reaches the client one downlink transfer after its iteration ends. The engine
 must reproduce every token time, TTFT, TPOT, finish time and server busy time exactly (to
@@ -68,16 +69,17 @@ def hand_worked_timeline(ld) -> dict[int, list[float]]:
     model = ld.models["gpt2"]
     server = ld.server_device
     dtype = model.activation_dtype
-    flops_s, bytes_s, overhead_s = (
-        server.flops_per_s(dtype),
-        server.bytes_per_s,
-        server.overhead_us * 1e-6,
-    )
+    flops_s, bytes_s, g = server.flops_per_s(dtype), server.bytes_per_s, server.non_overlap
     works = [book.work(0, PROMPT, o) for o in OUTPUTS]
     weights = weight_read_bytes(model, works[0].units)
+    # per unit: its kernels x the A100's fitted 6.498 us (embed 3, blocks 11, head 2)
+    kernels = np.array([3] + [11] * model.layers + [2])
+    overhead_s = server.overhead_us * 1e-6 + server.kernel_overhead_us * 1e-6 * kernels
+    assert server.kernel_overhead_us == 6.498
 
     def iteration_s(flops: np.ndarray, own_bytes: np.ndarray, used: np.ndarray) -> float:
-        t = np.maximum(flops / flops_s, (weights + own_bytes) / bytes_s) + overhead_s
+        x, y = flops / flops_s, (weights + own_bytes) / bytes_s
+        t = np.maximum(x + g * y, y + g * x) + overhead_s
         return float(t[used].sum())
 
     # All three prompts go up together (same size) and meet in the first iteration.

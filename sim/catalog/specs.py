@@ -129,6 +129,12 @@ class DeviceSpec(_Strict):
     compute_efficiency: lim.EFFICIENCY.type = Field(0.6, description="achievable share of peak")
     bandwidth_efficiency: lim.EFFICIENCY.type = Field(0.8, description="achievable share of peak")
     overhead_us: lim.OVERHEAD_US.type = Field(10.0, description="fixed time per unit per pass")
+    kernel_overhead_us: lim.KERNEL_OVERHEAD_US.type = Field(
+        0.0,
+        description="fixed time per kernel a unit launches, added to overhead_us once per "
+        "kernel per pass (kernel counts: sim.costs.kernels; fitted to GPU kernels by "
+        "splitsim calibrate)",
+    )
     non_overlap: lim.NON_OVERLAP.type = Field(
         0.0,
         description="share of the shorter of compute and memory time not hidden behind the "

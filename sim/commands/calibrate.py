@@ -35,6 +35,12 @@ def add_calibrate_parser(sub) -> None:
                    help="units the fit uses: mlp, attn_proj, embed (comma-separated; default mlp)")  # fmt: skip
     p.add_argument("--max-tokens", type=lim.TOKENS.arg("--max-tokens"), default=4096,
                    help="leave out rows above this many tokens (default 4096)")  # fmt: skip
+    p.add_argument("--fix", default="",
+                   help="factors held instead of fitted, e.g. kernel_overhead_us=6.5,"
+                        "non_overlap=0.48 (another GPU's fit as a prior)")  # fmt: skip
+    p.add_argument("--before", default=None,
+                   help="YAML file with the device's entry (name: {fields}) to report as "
+                        "'before' and fit from, instead of the catalog's")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="report folder (files replaced)")
 
 
@@ -48,13 +54,68 @@ def _units(text: str) -> tuple[str, ...]:
     return units
 
 
+_FIX_BOUNDS = {
+    "compute_efficiency": lim.EFFICIENCY,
+    "bandwidth_efficiency": lim.EFFICIENCY,
+    "kernel_overhead_us": lim.Bound(0, 40),  # the fit's search box
+    "non_overlap": lim.NON_OVERLAP,
+}
+
+
+def _fixed(text: str) -> dict[str, float]:
+    """`--fix name=value,...` as {name: value}, each name a fitted factor, each value in range."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in _FIX_BOUNDS:
+            raise UserError(f"--fix: expected name=value with name one of "
+                            f"{', '.join(_FIX_BOUNDS)}; got '{part}'")  # fmt: skip
+        try:
+            out[name] = float(_FIX_BOUNDS[name].parse(value.strip()))
+        except ValueError as err:
+            raise UserError(f"--fix {name}: {err}") from None
+    return out
+
+
+def _before(path: str | None, name: str):
+    """The device entry `name` of a YAML file (`devices:` entry format), or the catalog's."""
+    from pydantic import ValidationError
+
+    from sim.catalog import get_device
+    from sim.catalog.specs import DeviceSpec
+
+    if path is None:
+        return get_device(name, "--device")
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UserError(f"--before: cannot read {path} ({err.strerror or err})") from None
+    except yaml.YAMLError:
+        raise UserError(f"--before: {path} is not valid YAML") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get(name), dict):
+        raise UserError(f"--before: {path} has no entry '{name}: {{fields}}'")
+    try:
+        return DeviceSpec(name=name, **raw[name])
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UserError(f"--before: {path}: {name}.{where}: {first['msg']}") from None
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     from sim.catalog import get_device
     from sim.profile.gpu import calibrate, cost_table, summary
     from sim.profile.vidur import read_profile
 
     units = _units(args.fit_units)
-    device = get_device(args.device, "--device")
+    fixed = _fixed(args.fix)
+    get_device(args.device, "--device")
+    device = _before(args.before, args.device)
     if device.kind != "server":
         raise UserError(f"--device: '{device.name}' is a client; calibrate fits server GPUs")
     out = Path(args.output)
@@ -62,7 +123,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         check_output_file(out / name)
     profile = read_profile(args.profile)
     try:
-        cal = calibrate(profile, device, units, args.max_tokens)
+        cal = calibrate(profile, device, units, args.max_tokens, fixed)
     except ValueError as err:
         raise UserError(f"{args.profile}: {err}") from None
     table = summary(cal)
@@ -81,7 +142,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     f = cal.fitted
     print(
         f"{device.name}: compute_efficiency {f.compute_efficiency}, bandwidth_efficiency "
-        f"{f.bandwidth_efficiency}, overhead_us {f.overhead_us}, non_overlap {f.non_overlap}; "
+        f"{f.bandwidth_efficiency}, kernel_overhead_us {f.kernel_overhead_us}, non_overlap "
+        f"{f.non_overlap}; "
         f"report in {out}/"
     )
     for line in profile.skipped:
@@ -90,8 +152,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _command(args) -> str:
+    extra = (f" --fix {args.fix}" if args.fix else "") + (
+        f" --before {args.before}" if args.before else "")  # fmt: skip
     return (f"splitsim calibrate {args.profile} --device {args.device} --fit-units "
-            f"{args.fit_units} --max-tokens {args.max_tokens} -o {args.output}")  # fmt: skip
+            f"{args.fit_units} --max-tokens {args.max_tokens}{extra} -o {args.output}")  # fmt: skip
 
 
 def device_yaml(cal, profile, args) -> str:
@@ -106,12 +170,18 @@ def device_yaml(cal, profile, args) -> str:
         "  peak_tflops: {" + ", ".join(f"{k}: {v:g}" for k, v in d.peak_tflops.items()) + "}",
         f"  memory_bandwidth_gb_s: {d.memory_bandwidth_gb_s:g}",
         f"  memory_gb: {d.memory_gb:g}",
-        f"  compute_efficiency: {f.compute_efficiency}  # {src}",
-        f"  bandwidth_efficiency: {f.bandwidth_efficiency}  # {src}",
-        f"  overhead_us: {f.overhead_us}  # {src}",
-        f"  non_overlap: {f.non_overlap}  # {src}",
+        f"  compute_efficiency: {f.compute_efficiency}  # {_src(cal, 'compute_efficiency', src)}",
+        f"  bandwidth_efficiency: {f.bandwidth_efficiency}  # "
+        f"{_src(cal, 'bandwidth_efficiency', src)}",
+        "  overhead_us: 0  # all of a unit's fixed time is counted per kernel",
+        f"  kernel_overhead_us: {f.kernel_overhead_us}  # {_src(cal, 'kernel_overhead_us', src)}",
+        f"  non_overlap: {f.non_overlap}  # {_src(cal, 'non_overlap', src)}",
         "",
     ])  # fmt: skip
+
+
+def _src(cal, name: str, src: str) -> str:
+    return f"held at {cal.fixed[name]} (--fix), not fitted" if name in cal.fixed else src
 
 
 def _pct(x) -> str:
@@ -129,23 +199,31 @@ def report(cal, profile, table: pd.DataFrame, args) -> str:
         "half of a block (post-attention norm, up/gate projection, activation, down "
         "projection, residual add), `attn_proj` = the attention half without the attention "
         "kernel (not in the files), `embed` = the token gather. Predicted: "
-        "`bound_s(FLOPs/F, bytes/B, non_overlap) + overhead_us` with the cost model's own "
-        "FLOPs and bytes. Error = predicted / measured - 1; the table gives |error|.",
+        "`bound_s(FLOPs/F, bytes/B, non_overlap) + overhead_us + kernels x "
+        "kernel_overhead_us` with the cost model's own FLOPs and bytes and one kernel per "
+        "summed operator. Error = predicted / measured - 1; the table gives |error|.",
         "",
-        f"Fitted on: {', '.join(cal.fit_units)} rows of all models, 1-{cal.max_tokens} tokens.",
+        f"Fitted on: {', '.join(cal.fit_units)} rows of all models, 1-{cal.max_tokens} tokens"
+        + (
+            "; held, not fitted: " + ", ".join(f"{k} = {v}" for k, v in cal.fixed.items())
+            if cal.fixed
+            else ""
+        )
+        + ".",
         "",
         "| factor | before | after |",
         "|---|---|---|",
         f"| compute_efficiency | {d.compute_efficiency} | {f.compute_efficiency} |",
         f"| bandwidth_efficiency | {d.bandwidth_efficiency} | {f.bandwidth_efficiency} |",
-        f"| overhead_us | {d.overhead_us} | {f.overhead_us} |",
+        f"| overhead_us (per unit) | {d.overhead_us} | 0 |",
+        f"| kernel_overhead_us | {d.kernel_overhead_us} | {f.kernel_overhead_us} |",
         f"| non_overlap | {d.non_overlap} | {f.non_overlap} |",
         "",
         "Left out (factors fitted without the model):",
         "",
         *[
             f"- {m}: compute {x.compute_efficiency}, bandwidth {x.bandwidth_efficiency}, "
-            f"overhead {x.overhead_us} us, non_overlap {x.non_overlap}"
+            f"kernel overhead {x.kernel_overhead_us} us, non_overlap {x.non_overlap}"
             for m, x in cal.left_out.items()
         ],  # fmt: skip
         "",

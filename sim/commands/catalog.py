@@ -75,6 +75,7 @@ def run_catalog(what: str, scenario: str | None = None) -> int:
                 d.compute_efficiency,
                 d.bandwidth_efficiency,
                 d.overhead_us,
+                d.kernel_overhead_us,
                 _costs(d),
             )
             for d in _devices(ld)
@@ -88,6 +89,7 @@ def run_catalog(what: str, scenario: str | None = None) -> int:
             "compute_eff",
             "bw_eff",
             "overhead_us",
+            "kernel_overhead_us",
             "costs",
         )
     else:

@@ -1,5 +1,6 @@
 """The cost model: per-unit FLOPs, bytes and activation sizes, and their time on devices."""
 
+from sim.costs.kernels import kernel_counts, unit_kernels, unit_overheads_s
 from sim.costs.roofline import (
     crossing_s,
     loop_time_s,
@@ -18,6 +19,7 @@ __all__ = [
     "Task",
     "Unit",
     "crossing_s",
+    "kernel_counts",
     "loop_time_s",
     "model_units",
     "param_count",
@@ -26,5 +28,7 @@ __all__ = [
     "summed_roofline_s",
     "transfer_times_s",
     "unit_times_s",
+    "unit_kernels",
+    "unit_overheads_s",
     "unit_params",
 ]

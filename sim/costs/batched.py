@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.costs.kernels import overheads_s
 from sim.costs.roofline import crossing_s, overlap_lines, roofline_s, summed_roofline_s
 from sim.costs.units import Granularity, Unit
 from sim.costs.work import (
@@ -27,6 +28,7 @@ from sim.costs.work import (
     _entry_bytes,
     _idle,
     _is_dec,
+    _kernels,
     _kinds,
     _kv_per_token,
     _unit_cost,
@@ -58,6 +60,7 @@ class WorkBatch:
     loop_bytes: float
     weight_bytes: np.ndarray
     kv_bytes: np.ndarray
+    kernels: np.ndarray  # (L,) kernels per unit, as `RequestWork.kernels`
 
     @property
     def size(self) -> int:
@@ -73,6 +76,7 @@ class WorkBatch:
             ctx_first=int(self.ctx_first[i]), steps=int(self.steps[i]),
             act_pass=self.act_pass[i], act_step=self.act_step[i], loop_start=self.loop_start,
             loop_bytes=self.loop_bytes, weight_bytes=self.weight_bytes, kv_bytes=self.kv_bytes[i],
+            kernels=self.kernels,
         )  # fmt: skip
 
 
@@ -151,6 +155,7 @@ def _forward(model: ModelSpec, units, n: np.ndarray) -> WorkBatch:
         act_step=np.zeros((k, L + 1)), loop_start=0, loop_bytes=0.0,
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=np.broadcast_to(_kv_per_token(model, units) * 0.0, (k, L)).copy(),
+        kernels=_kernels(model, units),
     )  # fmt: skip
 
 
@@ -187,6 +192,7 @@ def _generate(model: ModelSpec, units, p: np.ndarray, o: np.ndarray) -> WorkBatc
         loop_start=loop_start, loop_bytes=float(TOKEN_ID_BYTES),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv_tok * np.where(is_dec, dec_tokens[:, None], 0) + cross_kv,
+        kernels=_kernels(model, units),
     )  # fmt: skip
 
 
@@ -195,7 +201,7 @@ def unit_times_many(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.
     row (sizes without decode steps skip the step terms, as there)."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
     g = device.non_overlap
-    overhead_s = device.overhead_us * 1e-6
+    overhead_s = overheads_s(w.kernels, device)
     t = roofline_s(w.pass_flops, w.pass_bytes, f, b, g) + overhead_s * w.pass_runs
     rows = np.flatnonzero(w.steps > 0)
     if rows.size:

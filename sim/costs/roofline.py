@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.catalog.specs import DeviceSpec
+from sim.costs.kernels import overheads_s
 from sim.costs.work import RequestWork
 
 
@@ -78,7 +79,7 @@ def unit_times_s(work: RequestWork, device: DeviceSpec, compute_dtype: str) -> n
     """Seconds each unit takes on `device` with nothing else running (prefill plus decode)."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
     g = device.non_overlap
-    overhead_s = device.overhead_us * 1e-6
+    overhead_s = overheads_s(work.kernels, device)  # per unit: `sim.costs.kernels`
     t = roofline_s(work.pass_flops, work.pass_bytes, f, b, g) + overhead_s * work.pass_runs
     if work.steps > 0:
         lines = overlap_lines(

@@ -33,6 +33,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from sim.catalog.specs import ModelSpec
+from sim.costs.kernels import kernel_counts
 from sim.costs.units import (
     Granularity,
     Unit,
@@ -87,6 +88,7 @@ class RequestWork:
     loop_bytes: float  # bytes of one generated token fed back
     weight_bytes: np.ndarray  # bytes a device must hold to run each unit
     kv_bytes: np.ndarray  # KV-cache bytes each unit holds at the end of the request
+    kernels: np.ndarray  # kernels each unit launches per pass or step (`sim.costs.kernels`)
 
     @property
     def n_units(self) -> int:
@@ -257,6 +259,14 @@ def _cached_params(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
 
 
 @_by_identity
+def _kernels(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
+    """Kernels each unit launches per pass (read-only, cached per model and chain)."""
+    out = kernel_counts(model, units)
+    out.setflags(write=False)
+    return out
+
+
+@_by_identity
 def _kv_per_token(model: ModelSpec, units: tuple[Unit, ...]) -> np.ndarray:
     """KV-cache bytes per token of each unit (read-only, cached per model and chain)."""
     dkv = model.n_kv_heads * model.dim_head
@@ -341,6 +351,7 @@ def _forward(model: ModelSpec, units: tuple[Unit, ...], n: int) -> RequestWork:
         act_pass=_boundary_bytes(model, units, passes, memory),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv,
+        kernels=_kernels(model, units),
         **_empty_steps(len(units)),
     )
 
@@ -389,6 +400,7 @@ def _generate(model: ModelSpec, units: tuple[Unit, ...], p: int, o: int) -> Requ
         loop_bytes=float(TOKEN_ID_BYTES),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv_tok * np.where(is_dec, dec_tokens, 0) + cross_kv,
+        kernels=_kernels(model, units),
     )
 
 

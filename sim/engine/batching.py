@@ -5,7 +5,7 @@ the iteration, the time is the roofline of the batch as a whole:
 
     max(sum of the requests' FLOPs / FLOP/s, (weight bytes once + sum of the requests'
         own bytes: KV-cache reads and writes, activations, gathered embeddings) / bytes/s)
-    + the device's per-unit overhead once
+    + the unit's fixed time once (`sim.costs.kernels.unit_overheads_s`: per kernel it launches)
 
 so batching amortises weight reads, and offloading some requests' units removes only
 their own FLOPs and KV bytes, not the weight reads the other requests still need. Units
@@ -79,6 +79,7 @@ class BatchCost:
         self.flops_per_s, self.bytes_per_s, self.overhead_s = flops_per_s, bytes_per_s, overhead_s
         self.non_overlap = non_overlap  # the device's (sim.costs.roofline.bound_s)
         self.weights: list[np.ndarray] = []  # per model: shared weight bytes per unit
+        self.overheads: list[np.ndarray] = []  # per model: fixed seconds per unit and run
         self.groups: list[DecodeGroup] = []
         self._group_of: dict[tuple, int] = {}
         self._flops: list[np.ndarray] = []
@@ -88,9 +89,14 @@ class BatchCost:
         self._rates = np.array([[flops_per_s], [bytes_per_s]])  # divide the rows by them
         self._zero_weights: list[np.ndarray] = []  # per model: rows (0, weight bytes)
 
-    def add_model(self, weights: np.ndarray) -> int:
+    def add_model(self, weights: np.ndarray, overheads_s: np.ndarray | None = None) -> int:
+        """A model's units: their shared weight bytes and fixed seconds per run (default:
+        the accumulator's scalar `overhead_s` for every unit)."""
         self.weights.append(weights)
         n = len(weights)
+        if overheads_s is None:
+            overheads_s = np.full(n, self.overhead_s)
+        self.overheads.append(np.asarray(overheads_s, float))
         self._zero_weights.append(np.array((np.zeros(n), weights)))
         self._flops.append(np.zeros(n))
         self._bytes.append(np.zeros(n))
@@ -151,7 +157,7 @@ class BatchCost:
             used = self._used[m]
             f, b = self._flops[m][used], self._bytes[m][used] + self.weights[m][used]
             t = bound_s(f / self.flops_per_s, b / self.bytes_per_s, self.non_overlap)
-            t = t + self.overhead_s
+            t = t + self.overheads[m][used]
             total += float(t.sum())
             self._flops[m][:] = 0.0
             self._bytes[m][:] = 0.0
@@ -174,7 +180,7 @@ class BatchCost:
         x = work.compress(used, axis=1) / self._rates
         if self.non_overlap:  # x + g*y and y + g*x (`bound_s`)
             x = x + self.non_overlap * x[::-1]
-        t = np.maximum(x[0], x[1]) + self.overhead_s
+        t = np.maximum(x[0], x[1]) + self.overheads[g.model].compress(used)
         g.n_diff = [0.0] * size
         g.c_diff = [0.0] * size
         g.active = False
@@ -224,7 +230,7 @@ class BatchCost:
             flops, nbytes = per_model[m]
             b = nbytes + self.weights[m][used]
             t = bound_s(flops / self.flops_per_s, b / self.bytes_per_s, self.non_overlap)
-            t = t + self.overhead_s
+            t = t + self.overheads[m][used]
             total += t.sum(axis=1)
             used[:] = False
         self._touched.clear()

@@ -149,16 +149,22 @@ class ServerLevels:
         counting one, with its integral: at token granularity a visit waits for the server
         from its ready time to the iteration it joins, whether or not it was admitted, so
         that the waits the requests record add up to the queue's integral."""
+        series = LevelSeries()
+        if len(starts):
+            self._fill_queue(series, starts, ends)
+        self.queue = series
+        self.queue_length = int(series.last)
+        self.queue_integral = float(np.sum(ends - starts))
+
+    @staticmethod
+    def _fill_queue(series: LevelSeries, starts: np.ndarray, ends: np.ndarray) -> None:
+        """`series` from 0 to the count of waits [start, end) in progress."""
         times = np.concatenate((starts, ends))
         steps = np.concatenate((np.ones(len(starts)), -np.ones(len(ends))))
         order = np.argsort(times, kind="stable")
         times, level = times[order], np.cumsum(steps[order])
         last = np.append(times[1:] != times[:-1], True)  # the level after each instant
-        series = LevelSeries()
         series.extend(times[last], level[last])
-        self.queue = series
-        self.queue_length = int(series.last)
-        self.queue_integral = float(np.sum(ends - starts))
 
     def held(self, seconds: float) -> None:
         """A slot was held for `seconds` (added to `busy_time_total`)."""

@@ -28,6 +28,7 @@ import numpy as np
 from sim.config import LoadedScenario
 from sim.config.base import Empirical, Exponential, Fixed, LogNormal, Uniform
 from sim.costs.batched import unit_times_many, work_batch
+from sim.costs.kernels import overheads_s
 from sim.costs.roofline import overlap_lines
 
 MAX_SUPPORT = 200_000  # token counts of one size distribution computed exactly
@@ -164,7 +165,7 @@ def _generate_mean(ld: LoadedScenario, klass: int, granularity: str, prompts, ou
     survive = np.array([po[o >= j + 1].sum() for j in range(1, steps_max + 1)])
     one = work_batch(model, "generate", p[:1], np.array([2]), granularity)
     f, b = server.flops_per_s(dtype), server.bytes_per_s
-    overhead = server.overhead_us * 1e-6 * one.step_runs[0]
+    overhead = overheads_s(one.kernels, server) * one.step_runs[0]
     x0, x1, y0, y1 = overlap_lines(one.step_flops0[0] / f, one.step_flops1[0] / f,
                                    one.step_bytes0[0] / b, one.step_bytes1[0] / b,
                                    server.non_overlap)  # fmt: skip

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from sim.catalog.specs import DeviceSpec
+from sim.costs.kernels import overheads_s
 from sim.costs.roofline import overlap_lines, roofline_s
 from sim.costs.work import RequestWork
 from sim.engine.batching import BatchCost
@@ -173,7 +174,7 @@ def _set_server_costs(p: TokenProgram, work: RequestWork, model: tuple[BatchCost
 def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype: str) -> None:
     """Client time per pass leg (s), and per step leg its coefficients in the context:
     (FLOP s at 0, FLOP s per token, byte s at 0, byte s per token, overhead s)."""
-    f, b, ov = dev.flops_per_s(dtype), dev.bytes_per_s, dev.overhead_us * 1e-6
+    f, b, ov = dev.flops_per_s(dtype), dev.bytes_per_s, overheads_s(work.kernels, dev)
     g = dev.non_overlap  # 0: the plain roofline (the same arrays, bit for bit)
     t_pass = roofline_s(work.pass_flops, work.pass_bytes, f, b, g) + ov * work.pass_runs
     p.client_pass_s = [float(t_pass[a:e].sum()) for _, a, e in p.pass_legs]
@@ -181,7 +182,7 @@ def _set_client_costs(p: TokenProgram, work: RequestWork, dev: DeviceSpec, dtype
                           work.step_bytes1 / b, g)  # fmt: skip
     p.client_step = [
         (list(zip(*(x[a:e].tolist() for x in lines), strict=True)),
-         ov * float(work.step_runs[a:e].sum()))
+         float((ov * work.step_runs)[a:e].sum()))
         if side == CLIENT_LEG else None  # server legs are priced by the batch
         for side, a, e in p.step_legs
     ]  # fmt: skip

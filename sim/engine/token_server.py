@@ -32,6 +32,7 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
+from sim.costs.kernels import unit_overheads_s
 from sim.engine.batching import BatchCost, weight_read_bytes
 from sim.engine.cohort import Cohort
 from sim.engine.iteration_cost import price, price_span
@@ -162,7 +163,8 @@ class TokenServer:
         if found is None:
             work = self.book.work(klass, 1, 1 if mix[klass].task == "generate" else 0)
             model = self.ld.models[name]
-            found = (cost, cost.add_model(weight_read_bytes(model, work.units)))
+            overheads_s = unit_overheads_s(model, work.units, self._dev)
+            found = (cost, cost.add_model(weight_read_bytes(model, work.units), overheads_s))
             self._model_index[key] = found
         return found
 

@@ -1,27 +1,32 @@
 """Fit a server device's cost factors to measured GPU operator times (`splitsim calibrate`).
 
-The unit time model is `bound_s(FLOPs / F, bytes / B, g) + overhead`
-(`sim.costs.roofline`): F = peak FLOP/s x compute_efficiency, B = peak bandwidth x
-bandwidth_efficiency, g = non_overlap (the share of the shorter of compute and memory time
-not hidden behind the longer: the small-batch regime near the ridge point, where neither
-bound holds) and a per-unit overhead (the unit's kernels' launch and tail). FLOPs and
-bytes are the cost model's own (`sim.costs.work`) for the measured units, so the fitted
-factors are what the simulator needs to reproduce the measurements.
+The unit time model is `bound_s(FLOPs / F, bytes / B, g) + kernels x kernel_overhead`
+(`sim.costs.roofline`, `sim.costs.kernels`): F = peak FLOP/s x compute_efficiency, B = peak
+bandwidth x bandwidth_efficiency, g = non_overlap (the share of the shorter of compute and
+memory time not hidden behind the longer: the small-batch regime near the ridge point,
+where neither bound holds) and a fixed time per kernel (launch, tail, the floor of small
+elementwise kernels), times the unit's kernels: the operators the profile sums into it (5
+for a Llama MLP half, as the cost model counts). FLOPs and bytes are the cost model's own
+(`sim.costs.work`) for the measured units, so the fitted factors are what the simulator
+needs to reproduce the measurements.
 
 The fit minimises the squared log ratio of predicted to measured time over all rows of the
 fitted units, each model weighing the same: a grid over compute and bandwidth efficiency
-(0.02-1), g (0-1) and the overhead (0-200 us), refined twelve times around the best point.
-Needs numpy only.
+(0.02-1), the kernel overhead (0-40 us) and g (0-1), refined twelve times around the best
+point. Factors may be held fixed (`fixed`): where the models of one GPU cannot separate
+bandwidth from overhead (two similar models), another GPU's fit of the same software's
+kernels serves as a prior. Needs numpy only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.costs.kernels import overheads_s
 from sim.costs.roofline import roofline_s
 from sim.costs.units import model_units
 from sim.costs.work import Pass, _unit_cost
@@ -59,38 +64,58 @@ def measurements(profile: VidurProfile, max_tokens: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+FACTORS = ("compute_efficiency", "bandwidth_efficiency", "kernel_overhead_us", "non_overlap")
+
+
 @dataclass(frozen=True)
 class GpuFactors:
+    """A server GPU's fitted factors: efficiencies, the fixed time per kernel and g."""
+
     compute_efficiency: float
     bandwidth_efficiency: float
-    overhead_us: float
+    kernel_overhead_us: float
     non_overlap: float
 
     def apply(self, device: DeviceSpec) -> DeviceSpec:
+        """`device` with these factors; its per-unit `overhead_us` is then 0 (all of a
+        unit's fixed time is counted per kernel)."""
         return device.model_copy(
             update={
                 "compute_efficiency": self.compute_efficiency,
                 "bandwidth_efficiency": self.bandwidth_efficiency,
-                "overhead_us": self.overhead_us,
+                "overhead_us": 0.0,
+                "kernel_overhead_us": self.kernel_overhead_us,
                 "non_overlap": self.non_overlap,
             }
         )
 
 
 def predict_s(frame: pd.DataFrame, device: DeviceSpec) -> np.ndarray:
-    """The simulator's time of each measured row on `device` (roofline, not cost tables)."""
+    """The simulator's time of each measured row on `device` (roofline, not cost tables):
+    `bound_s` plus `overhead_us` and `kernel_overhead_us` per kernel of the row."""
     out = np.empty(len(frame))
+    fixed_s = overheads_s(frame["kernels"].to_numpy(float), device)
     for dtype, rows in frame.groupby("dtype"):
         idx = frame.index.get_indexer(rows.index)
         out[idx] = roofline_s(
             rows["flops"], rows["bytes"], device.flops_per_s(str(dtype)), device.bytes_per_s,
             device.non_overlap,
-        ) + device.overhead_us * 1e-6  # fmt: skip
+        ) + fixed_s[idx]  # fmt: skip
     return out
 
 
-def fit_factors(frame: pd.DataFrame, device: DeviceSpec) -> GpuFactors:
-    """The factors of `device` that best reproduce `frame`'s seconds (see the module doc)."""
+# search box of each factor: compute eff., bandwidth eff., kernel overhead (s), g
+_LO = np.array([0.02, 0.02, 0.0, 0.0])
+_HI = np.array([1.0, 1.0, 40e-6, 1.0])
+
+
+def fit_factors(
+    frame: pd.DataFrame, device: DeviceSpec, fixed: dict[str, float] | None = None
+) -> GpuFactors:
+    """The factors of `device` that best reproduce `frame`'s seconds (see the module doc).
+
+    `fixed` holds factors taken as given (e.g. from another GPU's fit) instead of fitted:
+    `{name: value}` with names from `FACTORS` (`kernel_overhead_us` in microseconds)."""
     if frame.empty:
         raise ValueError("no measurements to fit")
     peak_f = np.array(
@@ -98,28 +123,32 @@ def fit_factors(frame: pd.DataFrame, device: DeviceSpec) -> GpuFactors:
     )
     x1 = frame["flops"].to_numpy(float) / peak_f  # seconds at full peak
     y1 = frame["bytes"].to_numpy(float) / (device.memory_bandwidth_gb_s * 1e9)
+    kernels = frame["kernels"].to_numpy(float)
     log_t = np.log(frame["seconds"].to_numpy(float))
     per_model = frame.groupby("model")["model"].transform("size").to_numpy(float)
     w = 1.0 / per_model  # every model counts the same, whatever its number of rows
-    lo = np.array([0.02, 0.02, 0.0, 0.0])  # compute eff., bandwidth eff., g, overhead (s)
-    hi = np.array([1.0, 1.0, 1.0, 200e-6])
+    lo, hi = _LO.copy(), _HI.copy()
+    for name, value in (fixed or {}).items():
+        i = FACTORS.index(name)
+        lo[i] = hi[i] = value * 1e-6 if name == "kernel_overhead_us" else value
     centre, span = (lo + hi) / 2, (hi - lo) / 2
     best = centre
     for _ in range(12):
-        ce, be, g, o = (
+        ce, be, o, g = (
             np.unique(np.clip(np.linspace(c - s, c + s, 11), a, b))
             for c, s, a, b in zip(centre, span, lo, hi, strict=True)
         )
         x = x1 / ce[:, None, None, None, None]
         y = y1 / be[None, :, None, None, None]
-        gg = g[None, None, :, None, None]
-        p = np.maximum(x + gg * y, y + gg * x) + o[None, None, None, :, None]
+        gg = g[None, None, None, :, None]
+        oo = o[None, None, :, None, None] * kernels
+        p = np.maximum(x + gg * y, y + gg * x) + oo
         err = (w * (np.log(p) - log_t) ** 2).sum(axis=-1)
-        i, k, j, m = np.unravel_index(np.argmin(err), err.shape)
-        best = np.array([ce[i], be[k], g[j], o[m]])
+        i, k, m, j = np.unravel_index(np.argmin(err), err.shape)
+        best = np.array([ce[i], be[k], o[m], g[j]])
         centre, span = best, span / 2.5
-    ce_, be_, g_, o_ = best
-    return GpuFactors(round(float(ce_), 4), round(float(be_), 4), round(float(o_) * 1e6, 2),
+    ce_, be_, o_, g_ = best
+    return GpuFactors(round(float(ce_), 4), round(float(be_), 4), round(float(o_) * 1e6, 3),
                       round(float(g_), 4))  # fmt: skip
 
 
@@ -133,18 +162,20 @@ class Calibration:
     rows: pd.DataFrame  # one row per measurement: predictions and relative errors
     fit_units: tuple[str, ...]
     max_tokens: int
+    fixed: dict[str, float] = field(default_factory=dict)  # factors held, not fitted
 
 
 def calibrate(profile: VidurProfile, device: DeviceSpec, fit_units=("mlp",),
-              max_tokens: int = 4096) -> Calibration:  # fmt: skip
-    """Fit `device` to the profile (all models), and once per model with that model left out."""
+              max_tokens: int = 4096, fixed: dict[str, float] | None = None) -> Calibration:  # fmt: skip
+    """Fit `device` to the profile (all models), and once per model with that model left out
+    (`fixed` factors, e.g. another GPU's fit as a prior, are held in every fit)."""
     data = measurements(profile, max_tokens)
     train = data["unit"].isin(fit_units)
     if not train.any():
         raise ValueError(
             f"the profile has no {', '.join(fit_units)} rows up to {max_tokens} tokens"
         )
-    fitted = fit_factors(data[train], device)
+    fitted = fit_factors(data[train], device, fixed)
     data["before_s"] = predict_s(data, device)
     data["after_s"] = predict_s(data, fitted.apply(device))
     data["loo_s"] = np.nan
@@ -152,12 +183,13 @@ def calibrate(profile: VidurProfile, device: DeviceSpec, fit_units=("mlp",),
     names = data["model"].unique()
     for name in names if len(names) > 1 else []:
         rest = train & (data["model"] != name)
-        factors = left_out[name] = fit_factors(data[rest], device)
+        factors = left_out[name] = fit_factors(data[rest], device, fixed)
         mine = data["model"] == name
         data.loc[mine, "loo_s"] = predict_s(data[mine], factors.apply(device))
     for col in ("before", "after", "loo"):
         data[f"err_{col}"] = data[f"{col}_s"] / data["seconds"] - 1
-    return Calibration(device, fitted, left_out, data, tuple(fit_units), max_tokens)
+    return Calibration(device, fitted, left_out, data, tuple(fit_units), max_tokens,
+                       dict(fixed or {}))  # fmt: skip
 
 
 def summary(cal: Calibration) -> pd.DataFrame:

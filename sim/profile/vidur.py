@@ -17,7 +17,8 @@ The operators are summed into the units they cover (medians, milliseconds -> sec
   residual `add` where the model has two (a `post_attention_layernorm` column);
 - `embed`: `emb`.
 
-A unit whose operator columns are missing is skipped for that file and said so; rows with
+Each operator is one kernel: a unit's `kernels` is the number of operators summed (the
+per-kernel overhead is fitted on these counts). A unit whose operator columns are missing is skipped for that file and said so; rows with
 a missing time are skipped and counted; repeated `num_tokens` rows are merged (median).
 """
 
@@ -55,7 +56,7 @@ class VidurModel:
     spec: ModelSpec  # the catalog model with this shape, or one built from the columns
     in_catalog: bool
     path: Path
-    times: pd.DataFrame  # columns: unit, tokens, seconds
+    times: pd.DataFrame  # columns: unit, tokens, seconds, kernels (operators summed)
     skipped: list[str] = field(default_factory=list)  # what was left out, one line each
 
 
@@ -201,7 +202,7 @@ def read_model_file(path: Path, folder: str | None = None) -> VidurModel:
     tokens = lim.column_in_bound(frame, TOKENS_COL, str(path), lim.TOKENS).astype(int)
     shape = _shape(frame, path)
     spec, in_catalog = match_model(folder, shape, int(tokens.max()))
-    parts = []
+    parts, kernels = [], {}
     for unit, (required, optional) in UNIT_OPS.items():
         absent = [op for op in required if _col(op) not in frame.columns]
         if absent:
@@ -210,6 +211,7 @@ def read_model_file(path: Path, folder: str | None = None) -> VidurModel:
         ops = list(required) + [op for op in optional if _col(op) in frame.columns]
         if unit == "attn_proj" and _col("post_attention_layernorm") in frame.columns:
             ops += ["add"] if _col("add") in frame.columns else []
+        kernels[unit] = len(ops)  # one kernel per timed operator
         ms = frame[[_col(op) for op in ops]].apply(pd.to_numeric, errors="coerce")
         bad = ~(np.isfinite(ms.to_numpy(float)).all(axis=1) & (ms.to_numpy(float) >= 0).all(axis=1))
         if bad.any():
@@ -228,6 +230,7 @@ def read_model_file(path: Path, folder: str | None = None) -> VidurModel:
     if repeated:
         skipped.append(f"{repeated} repeated (unit, num_tokens) rows merged by their median")
     times = times.groupby(["unit", "tokens"], as_index=False, sort=True)["seconds"].median()
+    times["kernels"] = times["unit"].map(kernels).astype(int)
     return VidurModel(folder, spec, in_catalog, path, times, skipped)
 
 
