@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sim.split import front, labels, structural
+from sim.split import front, labels, meet, structural
 from sim.split.labels import Criteria
 
 
@@ -23,7 +23,7 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
     allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
     if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
         if front.applies(c) and 2 * len(spans) > c.work.shape[0]:
-            return front.search(c, accept)
+            return meet.search(c, accept)
         return labels.search(c, accept, spans)
     st = structural.structures(tuple(spans), allowed, c.loop_start, c.has_loop)
     order = structural.ranked(structural.BatchCriteria.of(c), st)[: labels.TRIES]

@@ -1,0 +1,196 @@
+"""The exact DP's label search for one latency and no loop, from both ends at once.
+
+`sim.split.front` walks the units in order, one step of a dozen numpy calls per unit: for
+50 units the calls, not the labels, cost most of the time. Here two fronts grow at once,
+in the same numpy calls: one forward over the first half of the units (from the input, on
+the client), one backward over the second half (from the output, back on the client: the
+reversed chain, where an uplink becomes a downlink). Half as many steps, each on smaller
+fronts. They meet at the middle boundary: for every forward label (latency t, work w) and
+location of the first unit of the second half, the backward front's best completion is the
+slowest label that still fits (t_b <= limit - t - switch), as its work falls strictly with
+its latency: one `np.searchsorted` per location. The least total work, then the least
+latency, is the optimum, traced back through both halves.
+
+Both fronts are exact (times summed in floating point, never rounded; a label is dropped
+only when another of its location is no slower with less work, or when it cannot meet the
+limit even with the least latency of the rest), so the join is the exact optimum; sums
+over the two halves round differently from one forward sum, so among plans of equal work
+(up to float noise) either may be returned. When the caller's exact check rejects the best
+(float noise at the limit), the forward search (`front.search`) takes over, which tries
+the next best in the labels' order.
+
+Layout: a front is (latency / work, chain, location, M) with M the widest location's
+labels; shorter ones are padded with an infinite latency (dropped at the next step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.split import front
+from sim.split.labels import _SLACK, Criteria
+
+_INF = np.inf
+BLOCK = 2  # units per step of each chain
+MIN_UNITS = 8  # below it the forward search is as fast (fewer fixed costs)
+
+
+def least_after(cc, cs, up, dn, allowed) -> np.ndarray:
+    """(L + 1, 2): per boundary b and location of unit b - 1, the least latency of units
+    b.. and the way back to the client (`labels.remaining` for one latency, on lists)."""
+    L = len(cc)
+    r_c, r_s = 0.0, dn[L]
+    col = [(r_c, r_s)]
+    for u in range(L - 1, -1, -1):
+        on_s = cs[u] + r_s
+        if allowed[u]:
+            on_c = cc[u] + r_c
+            r_c, r_s = min(on_c, up[u] + on_s), min(dn[u] + on_c, on_s)
+        else:
+            r_c, r_s = up[u] + on_s, on_s
+        col.append((r_c, r_s))
+    return np.array(col[::-1])
+
+
+def _units(L: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The units each chain adds at each step, (steps, block): forward 0..mid-1, backward
+    L-1..mid, each led by steps that keep the labels (unit index L) to a whole number of
+    blocks of equal count."""
+    mid = L // 2
+    steps = -(-(L - mid) // block)
+    fwd = [L] * (steps * block - mid) + list(range(mid))
+    bwd = [L] * (steps * block - (L - mid)) + list(range(L - 1, mid - 1, -1))
+    return np.array(fwd).reshape(steps, block), np.array(bwd).reshape(steps, block)
+
+
+def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit (L + 1: the last keeps labels), what a label adds, (unit, from, to)
+    locations, in each direction (2, L + 1, 2, 2), and the work (L + 1, 2)."""
+    L = c.work.shape[0]
+    cc = np.where(c.allowed, c.cc[0], _INF)
+    cs, up, dn = c.cs[0], c.up[0], c.dn[0]
+    t = np.empty((2, L + 1, 2, 2))
+    t[:, :L, 0, 0] = cc
+    t[:, :L, 1, 1] = cs
+    t[0, :L, 1, 0] = dn[:L] + cc  # forward: the switch into unit u, at boundary u
+    t[0, :L, 0, 1] = up[:L] + cs
+    t[1, :L, 1, 0] = up[1:] + cc  # backward: the switch out of unit u, at boundary u + 1
+    t[1, :L, 0, 1] = dn[1:] + cs
+    t[:, L] = [[0.0, _INF], [_INF, 0.0]]
+    work = np.zeros((L + 1, 2))
+    work[:L, 1] = c.work
+    return t, work
+
+
+def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """What a label adds over each step's block of units (steps, latency / work, to, from,
+    option, 1): an option is where the block's other units run (the first most
+    significant bit, 1 = server), `to` where its last unit runs."""
+    S, B = units.shape
+    tt = t[units[:, 0]][:, :, None, :]  # (S, from, options, location of the unit)
+    ww = np.broadcast_to(work[units[:, 0]][:, None, None, :], (S, 2, 1, 2))
+    for j in range(1, B):  # (S, from, options, location of unit j - 1) -> unit j
+        tt = (tt[..., :, None] + t[units[:, j]][:, None, None]).reshape(S, 2, -1, 2)
+        ww = (ww[..., :, None] + work[units[:, j]][:, None, None, None]).reshape(S, 2, -1, 2)
+    return np.stack([tt, ww], axis=1).transpose(0, 1, 4, 2, 3)[..., None]
+
+
+def _plan(c: Criteria, limit: float, block: int):
+    """Per step, what each row (chain, location) adds (steps, 2, 2, 2, 2, P, 1), the room
+    each row's labels must stay within (steps, 4, 1), and each chain's units."""
+    L = c.work.shape[0]
+    fu, bu = _units(L, block)
+    t, work = _costs(c)
+    add = np.stack([_blocks(t[0], work, fu), _blocks(t[1], work, bu)], axis=2)
+    cc, cs = c.cc[0].tolist(), c.cs[0].tolist()
+    up, dn, allowed = c.up[0].tolist(), c.dn[0].tolist(), c.allowed.tolist()
+    rest = least_after(cc, cs, up, dn, allowed)  # after unit u: its row u + 1
+    ahead = least_after(cc[::-1], cs[::-1], dn[::-1], up[::-1], allowed[::-1])
+    rest = np.vstack([rest[1:], [[0.0, 0.0]]])  # a step that keeps labels: unit index L
+    ahead = np.vstack([ahead[::-1], [[0.0, 0.0]]])  # before unit u: its row u
+    room = np.empty((fu.shape[0], 4, 1))
+    room[:, :2, 0] = limit - rest[fu[:, -1]]
+    room[:, 2:, 0] = limit - ahead[bu[:, -1]]
+    return add, room, (fu, bu)
+
+
+def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
+    """The least-work placement within the limit that `accept(on_client)` confirms, or None
+    (as `front.search`, for criteria where `front.applies`)."""
+    L = c.work.shape[0]
+    if L < MIN_UNITS:
+        return front.search(c, accept)
+    limit = float(c.limit[0]) * (1 + _SLACK)
+    add, room, units = _plan(c, limit, block)
+    width = 2 * add.shape[5]  # a row's candidates per label: from either location, options
+    state = np.full((2, 2, 2, 1), _INF)  # (latency / work, chain, location, label)
+    state[:, :, 0, 0] = 0.0  # both chains start on the client
+    picks = []
+    less, minacc, copyto = np.less, np.minimum.accumulate, np.copyto
+    for k in range(add.shape[0]):
+        m = state.shape[3]
+        n = width * m
+        rows = (state[:, :, None, :, None, :] + add[k]).reshape(2, 4 * n)  # rows (chain, to)
+        order = rows[0].reshape(4, n).argsort(axis=1, kind="stable")
+        offset = np.arange(0, 4 * n, n)[:, None]
+        order += offset
+        srt = rows.take(order, axis=1)  # (2, 4, n): each row in latency order
+        ts, ws = srt
+        keep = ts <= room[k]
+        keep[:, 1:] &= less(ws[:, 1:], minacc(ws, axis=1)[:, :-1])
+        count = keep.sum(axis=1).tolist()
+        if not (count[0] or count[1]) or not (count[2] or count[3]):
+            return None  # a half with no label within the limit: nothing fits
+        drop = ~keep
+        copyto(ts, _INF, where=drop)
+        pos = drop.argsort(axis=1, kind="stable")[:, : max(count)]  # kept first, in order
+        pos += offset
+        picks.append((order.take(pos), m))
+        state = srt.reshape(2, 4 * n).take(pos, axis=1).reshape(2, 2, 2, -1)
+    return _join(c, state, picks, units, limit, accept)
+
+
+def _join(c: Criteria, state, picks, units, limit, accept) -> np.ndarray | None:
+    """The best pair of a forward and a backward label within the limit (least work, then
+    least latency), traced back and confirmed by `accept` (else the forward search)."""
+    mid = c.work.shape[0] // 2
+    (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
+    cross = np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])  # (from, to) at mid
+    lat, work, partner = [], [], []
+    for r in (0, 1):
+        head = ft + cross[:, r : r + 1]  # (2, m): to the boundary, switch included
+        j = np.searchsorted(bt[r], limit - head, "right") - 1
+        lat.append(head + bt[r].take(j))
+        work.append(fw + bw[r].take(j))
+        partner.append(j)
+    lat, work, partner = np.array(lat), np.array(work), np.array(partner)  # (r, a, m)
+    ok = np.flatnonzero((partner >= 0) & (lat <= limit))
+    if ok.shape[0] == 0:
+        return None
+    best = int(ok[np.lexsort((lat.flat[ok], work.flat[ok]))[0]])
+    r, a, i = np.unravel_index(best, lat.shape)
+    on_client = np.zeros(c.work.shape[0], bool)
+    _trace(on_client, picks, units[0], 0, int(a), int(i))
+    _trace(on_client, picks, units[1], 1, int(r), int(partner.flat[best]))
+    if accept(on_client):
+        return on_client
+    return front.search(c, accept)
+
+
+def _trace(on_client: np.ndarray, picks: list, units: np.ndarray, chain: int, loc: int, i: int):
+    """Set the locations of one chain's units from its label (location, index) at the end:
+    a pick is a flat position in its step's (chain x location) rows of (from, option,
+    label) candidates; an option's bits are where the block's other units ran."""
+    L = on_client.shape[0]
+    B = units.shape[1]
+    P = 1 << (B - 1)
+    for k in range(len(picks) - 1, -1, -1):
+        pick, m = picks[k]
+        src_opt, i = divmod(int(pick[2 * chain + loc, i]) % (2 * P * m), m)
+        src, opt = divmod(src_opt, P)
+        block = units[k].tolist()
+        for j in range(B - 1, -1, -1):
+            if block[j] < L:
+                on_client[block[j]] = loc == 0
+            loc, opt = opt & 1, opt >> 1
+        loc = src
