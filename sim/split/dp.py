@@ -191,13 +191,19 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
 def exact_search(problem: SplitProblem, name: str = "dp") -> Plan:
     """`solve_dp`'s search proper (no shortcut): the labels' least-work placement that
     `make_plan` confirms within the deadline, else the least-latency fallback."""
+    confirmed = []  # the plan `make_plan` confirmed, kept rather than made again
+
+    def accept(on_client: np.ndarray) -> bool:
+        plan = make_plan(problem, on_client, name)
+        confirmed.append(plan)
+        return plan.feasible
+
     found = exact.search(
-        labels.criteria_of([problem], [problem.deadline], problem.server_work),
-        lambda oc: make_plan(problem, oc, name).feasible,
+        labels.criteria_of([problem], [problem.deadline], problem.server_work), accept
     )
     if found is None:
         return fastest_plan(problem, name, reason=_NO_FIT)
-    return make_plan(problem, found, name)
+    return confirmed[-1]
 
 
 def solve_dp_grid(

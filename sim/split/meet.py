@@ -27,40 +27,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.split import front
+from sim.split import front, lagrange
 from sim.split.labels import _SLACK, Criteria
 
 _INF = np.inf
-BLOCK = 2  # units per step of each chain
-MIN_UNITS = 8  # below it the forward search is as fast (fewer fixed costs)
+BLOCK = 3  # units per step of each chain
+GAP = 0.015  # the first guess of the optimum: the bound from the start plus 1.5 %
+_CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
+MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
 
-def least_after(cc, cs, up, dn, allowed) -> np.ndarray:
-    """(L + 1, 2): per boundary b and location of unit b - 1, the least latency of units
-    b.. and the way back to the client (`labels.remaining` for one latency, on lists)."""
-    L = len(cc)
-    r_c, r_s = 0.0, dn[L]
-    col = [(r_c, r_s)]
-    for u in range(L - 1, -1, -1):
-        on_s = cs[u] + r_s
-        if allowed[u]:
-            on_c = cc[u] + r_c
-            r_c, r_s = min(on_c, up[u] + on_s), min(dn[u] + on_c, on_s)
-        else:
-            r_c, r_s = up[u] + on_s, on_s
-        col.append((r_c, r_s))
-    return np.array(col[::-1])
-
-
-def _units(L: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """The units each chain adds at each step, (steps, block): forward 0..mid-1, backward
-    L-1..mid, each led by steps that keep the labels (unit index L) to a whole number of
-    blocks of equal count."""
+def _units(L: int, block: int) -> np.ndarray:
+    """The units each chain adds at each step, (chain, steps, block): forward 0..mid-1,
+    backward L-1..mid, each led by steps that keep the labels (unit index L) to a whole
+    number of blocks of equal count."""
     mid = L // 2
     steps = -(-(L - mid) // block)
     fwd = [L] * (steps * block - mid) + list(range(mid))
     bwd = [L] * (steps * block - (L - mid)) + list(range(L - 1, mid - 1, -1))
-    return np.array(fwd).reshape(steps, block), np.array(bwd).reshape(steps, block)
+    return np.array([fwd, bwd]).reshape(2, steps, block)
 
 
 def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
@@ -83,35 +68,28 @@ def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
-    """What a label adds over each step's block of units (steps, latency / work, to, from,
-    option, 1): an option is where the block's other units run (the first most
-    significant bit, 1 = server), `to` where its last unit runs."""
-    S, B = units.shape
-    tt = t[units[:, 0]][:, :, None, :]  # (S, from, options, location of the unit)
-    ww = np.broadcast_to(work[units[:, 0]][:, None, None, :], (S, 2, 1, 2))
-    for j in range(1, B):  # (S, from, options, location of unit j - 1) -> unit j
-        tt = (tt[..., :, None] + t[units[:, j]][:, None, None]).reshape(S, 2, -1, 2)
-        ww = (ww[..., :, None] + work[units[:, j]][:, None, None, None]).reshape(S, 2, -1, 2)
-    return np.stack([tt, ww], axis=1).transpose(0, 1, 4, 2, 3)[..., None]
+    """What a label adds over each step's block of units in each chain (steps, latency /
+    work, chain, to, from, option, 1): an option is where the block's other units run
+    (the first most significant bit, 1 = server), `to` where its last unit runs."""
+    _, S, B = units.shape
+    chain = np.arange(2)[:, None]
+    tt = t[chain, units[:, :, 0]][:, :, :, None, :]  # (chain, S, from, options, location)
+    ww = np.broadcast_to(work[units[:, :, 0]][:, :, None, None, :], (2, S, 2, 1, 2))
+    for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
+        step = t[chain, units[:, :, j]][:, :, None, None]
+        tt = (tt[..., :, None] + step).reshape(2, S, 2, -1, 2)
+        ww = (ww[..., :, None] + work[units[:, :, j]][:, :, None, None, None]).reshape(tt.shape)
+    return np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None]
 
 
-def _plan(c: Criteria, limit: float, block: int):
-    """Per step, what each row (chain, location) adds (steps, 2, 2, 2, 2, P, 1), the room
-    each row's labels must stay within (steps, 4, 1), and each chain's units."""
-    L = c.work.shape[0]
-    fu, bu = _units(L, block)
-    t, work = _costs(c)
-    add = np.stack([_blocks(t[0], work, fu), _blocks(t[1], work, bu)], axis=2)
-    cc, cs = c.cc[0].tolist(), c.cs[0].tolist()
-    up, dn, allowed = c.up[0].tolist(), c.dn[0].tolist(), c.allowed.tolist()
-    rest = least_after(cc, cs, up, dn, allowed)  # after unit u: its row u + 1
-    ahead = least_after(cc[::-1], cs[::-1], dn[::-1], up[::-1], allowed[::-1])
-    rest = np.vstack([rest[1:], [[0.0, 0.0]]])  # a step that keeps labels: unit index L
-    ahead = np.vstack([ahead[::-1], [[0.0, 0.0]]])  # before unit u: its row u
-    room = np.empty((fu.shape[0], 4, 1))
-    room[:, :2, 0] = limit - rest[fu[:, -1]]
-    room[:, 2:, 0] = limit - ahead[bu[:, -1]]
-    return add, room, (fu, bu)
+def _rows(after: np.ndarray, before: np.ndarray, units: np.ndarray, top: float) -> np.ndarray:
+    """Per step and row (chain, location), `top` less the least cost of the rest of the
+    chain's labels after the step's block (forward: the units after and the way back;
+    backward: the units before and the switch into the block's last unit), (steps, 4, 1)."""
+    out = np.empty((units.shape[1], 4, 1))
+    out[:, :2, 0] = top - after[units[0, :, -1]]
+    out[:, 2:, 0] = top - before[units[1, :, -1]]
+    return out
 
 
 def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
@@ -121,38 +99,70 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     if L < MIN_UNITS:
         return front.search(c, accept)
     limit = float(c.limit[0]) * (1 + _SLACK)
-    add, room, units = _plan(c, limit, block)
+    units = _units(L, block)
+    t, work = _costs(c)
+    add = _blocks(t, work, units)
+    lam, lower = lagrange.price(t[0, :L], work[:L], float(c.dn[0, L]), limit)
+    after, before = lagrange.scans(t[0, :L], work[:L], c.up[0], c.dn[0], lam)
+    room = _rows(after[0], before[0], units, limit)
+    cut = None
+    if lam > 0:
+        cut = _rows(after[1], before[1], units, lam * limit * (1 + _CUT_SLACK))
+        guess = lower + GAP * abs(lower)
+        found = _fronts(add, room, (lam, cut + guess * (1 + _CUT_SLACK)))
+        best = None if found is None else _best(c, found[0], limit)
+        if best is not None and best[0] <= guess:
+            return _finish(c, found, best, units, accept)
+        if best is None:
+            cut = None  # no plan of work near the bound: search them all
+        else:  # a plan of that work exists: nothing better is cut
+            cut += best[0] * (1 + _CUT_SLACK)
+    found = _fronts(add, room, None if cut is None else (lam, cut))
+    best = None if found is None else _best(c, found[0], limit)
+    if best is None:
+        return None
+    return _finish(c, found, best, units, accept)
+
+
+def _fronts(add, room, cut):
+    """Both chains' fronts after the last step and each step's picks, or None when a
+    chain has no label left; `cut` (lam, (steps, 4, 1)): labels need work + lam x latency
+    within it."""
     width = 2 * add.shape[5]  # a row's candidates per label: from either location, options
     state = np.full((2, 2, 2, 1), _INF)  # (latency / work, chain, location, label)
     state[:, :, 0, 0] = 0.0  # both chains start on the client
     picks = []
     less, minacc, copyto = np.less, np.minimum.accumulate, np.copyto
+    offsets = np.arange(4)[:, None]
     for k in range(add.shape[0]):
         m = state.shape[3]
         n = width * m
         rows = (state[:, :, None, :, None, :] + add[k]).reshape(2, 4 * n)  # rows (chain, to)
         order = rows[0].reshape(4, n).argsort(axis=1, kind="stable")
-        offset = np.arange(0, 4 * n, n)[:, None]
+        offset = offsets * n
         order += offset
         srt = rows.take(order, axis=1)  # (2, 4, n): each row in latency order
         ts, ws = srt
         keep = ts <= room[k]
+        if cut is not None:
+            keep &= ws + cut[0] * ts <= cut[1][k]
         keep[:, 1:] &= less(ws[:, 1:], minacc(ws, axis=1)[:, :-1])
         count = keep.sum(axis=1).tolist()
         if not (count[0] or count[1]) or not (count[2] or count[3]):
-            return None  # a half with no label within the limit: nothing fits
+            return None  # a half with no label left
         drop = ~keep
         copyto(ts, _INF, where=drop)
         pos = drop.argsort(axis=1, kind="stable")[:, : max(count)]  # kept first, in order
         pos += offset
         picks.append((order.take(pos), m))
         state = srt.reshape(2, 4 * n).take(pos, axis=1).reshape(2, 2, 2, -1)
-    return _join(c, state, picks, units, limit, accept)
+    return state, picks
 
 
-def _join(c: Criteria, state, picks, units, limit, accept) -> np.ndarray | None:
+def _best(c: Criteria, state: np.ndarray, limit: float):
     """The best pair of a forward and a backward label within the limit (least work, then
-    least latency), traced back and confirmed by `accept` (else the forward search)."""
+    least latency) as (work, backward location, forward location, forward index, backward
+    index), or None."""
     mid = c.work.shape[0] // 2
     (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
     cross = np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])  # (from, to) at mid
@@ -169,26 +179,35 @@ def _join(c: Criteria, state, picks, units, limit, accept) -> np.ndarray | None:
         return None
     best = int(ok[np.lexsort((lat.flat[ok], work.flat[ok]))[0]])
     r, a, i = np.unravel_index(best, lat.shape)
+    return float(work.flat[best]), int(r), int(a), int(i), int(partner.flat[best])
+
+
+def _finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
+    """The best pair's placement, traced back through both chains, if `accept` confirms
+    it; else the forward search (which tries the next best in the labels' order)."""
+    _, r, a, i, j = best
+    picks, (fwd, bwd) = found[1], units.tolist()
     on_client = np.zeros(c.work.shape[0], bool)
-    _trace(on_client, picks, units[0], 0, int(a), int(i))
-    _trace(on_client, picks, units[1], 1, int(r), int(partner.flat[best]))
+    _trace(on_client, picks, fwd, 0, a, i)
+    _trace(on_client, picks, bwd, 1, r, j)
     if accept(on_client):
         return on_client
     return front.search(c, accept)
 
 
-def _trace(on_client: np.ndarray, picks: list, units: np.ndarray, chain: int, loc: int, i: int):
-    """Set the locations of one chain's units from its label (location, index) at the end:
-    a pick is a flat position in its step's (chain x location) rows of (from, option,
-    label) candidates; an option's bits are where the block's other units ran."""
+def _trace(on_client: np.ndarray, picks: list, units: list, chain: int, loc: int, i: int):
+    """Set the locations of one chain's units (per step, a list) from its label (location,
+    index) at the end: a pick is a flat position in its step's (chain x location) rows of
+    (from, option, label) candidates; an option's bits are where the block's other units
+    ran."""
     L = on_client.shape[0]
-    B = units.shape[1]
+    B = len(units[0])
     P = 1 << (B - 1)
     for k in range(len(picks) - 1, -1, -1):
         pick, m = picks[k]
         src_opt, i = divmod(int(pick[2 * chain + loc, i]) % (2 * P * m), m)
         src, opt = divmod(src_opt, P)
-        block = units[k].tolist()
+        block = units[k]
         for j in range(B - 1, -1, -1):
             if block[j] < L:
                 on_client[block[j]] = loc == 0
