@@ -105,7 +105,8 @@ def scans(t, work, up, dn, lam: float) -> tuple[np.ndarray, np.ndarray]:
     tm = t.transpose(1, 2, 0)  # (from, to, unit)
     mats = np.empty((2, 2, 4, L))
     mats[:, :, 0] = tm
-    np.add(lam * tm, work.T[None], out=mats[:, :, 1])
+    priced = lam * tm if lam > 0 else np.where(np.isinf(tm), _INF, 0.0)  # never 0 x inf
+    np.add(priced, work.T[None], out=mats[:, :, 1])
     mats[:, :, 2:] = mats[:, :, :2, ::-1].transpose(1, 0, 2, 3)  # suffixes: reversed, transposed
     s = 1
     while s < L:
