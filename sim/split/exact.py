@@ -1,10 +1,12 @@
-"""The exact DP's entry point: enumerate the structures when they are few, else labels.
+"""The exact DP's entry point: structures when they are few, else the fastest label search.
 
-Both find the least-work placement meeting every limit over the same candidates (the
+All find the least-work placement meeting every limit over the same candidates (the
 minimal-switch patterns of each run of identical units, `sim.split.labels`); enumeration
-(`sim.split.structural`) is faster for real models (a few runs), the label front for
-chains of many different units. `accept(on_client)` is the caller's exact check of a
-candidate (float noise can put the DP's best a hair over a limit): the next best is tried.
+(`sim.split.structural`) is fastest for real models (a few runs); for one latency, no
+generation loop and mostly distinct units (runs of one), the two-ended search with a
+Lagrangian cut (`sim.split.meet`); else the label front over runs. `accept(on_client)` is
+the caller's exact check of a candidate (float noise can put the DP's best a hair over a
+limit): the next best is tried.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 _INF = np.inf
-GRID = np.exp2(np.linspace(-1.5, 1.5, 25))  # the prices tried, relative to `reference`
+GRID = np.exp2(np.linspace(-1.25, 1.25, 21))  # the prices tried, relative to `reference`
 _IDENTITY = np.array([[0.0, _INF], [_INF, 0.0]])[:, :, None, None]
 
 

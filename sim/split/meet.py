@@ -1,26 +1,39 @@
-"""The exact DP's label search for one latency and no loop, from both ends at once.
+"""The exact DP's label search for one latency and no loop: both halves at once, cut.
 
-`sim.split.front` walks the units in order, one step of a dozen numpy calls per unit: for
-50 units the calls, not the labels, cost most of the time. Here two fronts grow at once,
-in the same numpy calls: one forward over the first half of the units (from the input, on
-the client), one backward over the second half (from the output, back on the client: the
-reversed chain, where an uplink becomes a downlink). Half as many steps, each on smaller
-fronts. They meet at the middle boundary: for every forward label (latency t, work w) and
-location of the first unit of the second half, the backward front's best completion is the
-slowest label that still fits (t_b <= limit - t - switch), as its work falls strictly with
-its latency: one `np.searchsorted` per location. The least total work, then the least
-latency, is the optimum, traced back through both halves.
+Why: `sim.split.front` walks the units in order, a dozen numpy calls per unit; for 50
+units the calls, not the labels, cost most of its time, and its front holds every
+non-dominated label (~350 per location on the benchmark's chain).
 
-Both fronts are exact (times summed in floating point, never rounded; a label is dropped
-only when another of its location is no slower with less work, or when it cannot meet the
-limit even with the least latency of the rest), so the join is the exact optimum; sums
-over the two halves round differently from one forward sum, so among plans of equal work
+Two fronts grow in the same numpy calls: one forward over the first half of the units
+(from the input, on the client), one backward over the second half (from the output, back
+on the client: the reversed chain, where an uplink becomes a downlink). Each step adds a
+block of `BLOCK` units: a label extends by each placement of the block (the block's last
+unit at the row's location, the others at either: 2^(BLOCK - 1) options). Rows are
+(chain, location); per row one stable argsort by latency and a running minimum of the work
+keep the labels with less work than every faster one. The halves meet at the middle
+boundary: for each forward label (latency t) and location of the second half's first
+unit, the backward front's best completion is its slowest label that fits (t_b <= limit -
+t - switch), its work falling strictly with its latency: one `np.searchsorted` per location.
+Least total work, then least latency, is the optimum, traced back through both halves.
+
+Cut (`sim.split.lagrange`): a label also goes when its work plus a lower bound on the work
+its completion needs exceeds a guess G of the optimum (the Lagrangian bound from the
+start plus `GAP`). If the best plan found has work <= G, every plan of work <= G survived
+the cut (its labels' bounds are at most its work), so it is the optimum; else the search
+runs again with G = the work of the plan found (it exists, so nothing better is cut), or,
+when none was found, without the cut.
+
+Exact: times are summed in floating point, never rounded; labels are dropped only when
+dominated, when they cannot meet the limit even with the least latency of the rest, or by
+the cut (with a relative slack of 1e-9 for the bounds' float noise). Sums over the two
+halves and blocks round differently from one forward sum, so among plans of equal work
 (up to float noise) either may be returned. When the caller's exact check rejects the best
-(float noise at the limit), the forward search (`front.search`) takes over, which tries
-the next best in the labels' order.
+(float noise at the limit), the forward search takes over, which tries the next best in
+the labels' order.
 
-Layout: a front is (latency / work, chain, location, M) with M the widest location's
-labels; shorter ones are padded with an infinite latency (dropped at the next step).
+Layout: a front is (plane, chain, location, M): planes latency, work and (with the cut)
+work + lam x latency; M the widest row's labels, shorter rows padded with an infinite
+latency (dropped at the next step).
 """
 
 from __future__ import annotations
@@ -107,17 +120,19 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     room = _rows(after[0], before[0], units, limit)
     cut = None
     if lam > 0:
+        priced = np.concatenate([add, add[:, 1:] + lam * add[:, :1]], axis=1)  # + lam x t + w
         cut = _rows(after[1], before[1], units, lam * limit * (1 + _CUT_SLACK))
         guess = lower + GAP * abs(lower)
-        found = _fronts(add, room, (lam, cut + guess * (1 + _CUT_SLACK)))
+        found = _fronts(priced, room, cut + guess * (1 + _CUT_SLACK))
         best = None if found is None else _best(c, found[0], limit)
         if best is not None and best[0] <= guess:
             return _finish(c, found, best, units, accept)
-        if best is None:
-            cut = None  # no plan of work near the bound: search them all
-        else:  # a plan of that work exists: nothing better is cut
-            cut += best[0] * (1 + _CUT_SLACK)
-    found = _fronts(add, room, None if cut is None else (lam, cut))
+        if best is not None:  # a plan of that work exists: nothing better is cut
+            found = _fronts(priced, room, cut + best[0] * (1 + _CUT_SLACK))
+            best = None if found is None else _best(c, found[0], limit)
+            if best is not None:  # (always: the plan found survives its own cut)
+                return _finish(c, found, best, units, accept)
+    found = _fronts(add, room, None)  # no price, or no plan near the bound: every label
     best = None if found is None else _best(c, found[0], limit)
     if best is None:
         return None
@@ -126,10 +141,12 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
 
 def _fronts(add, room, cut):
     """Both chains' fronts after the last step and each step's picks, or None when a
-    chain has no label left; `cut` (lam, (steps, 4, 1)): labels need work + lam x latency
-    within it."""
+    chain has no label left. `add` (steps, planes, ...): what a label's latency, work and
+    (with a `cut`, (steps, 4, 1)) its work + lam x latency gain, which must stay within
+    the cut."""
+    planes = add.shape[1]
     width = 2 * add.shape[5]  # a row's candidates per label: from either location, options
-    state = np.full((2, 2, 2, 1), _INF)  # (latency / work, chain, location, label)
+    state = np.full((planes, 2, 2, 1), _INF)  # (plane, chain, location, label)
     state[:, :, 0, 0] = 0.0  # both chains start on the client
     picks = []
     less, minacc, copyto = np.less, np.minimum.accumulate, np.copyto
@@ -137,15 +154,15 @@ def _fronts(add, room, cut):
     for k in range(add.shape[0]):
         m = state.shape[3]
         n = width * m
-        rows = (state[:, :, None, :, None, :] + add[k]).reshape(2, 4 * n)  # rows (chain, to)
+        rows = (state[:, :, None, :, None, :] + add[k]).reshape(planes, 4 * n)  # (chain, to)
         order = rows[0].reshape(4, n).argsort(axis=1, kind="stable")
         offset = offsets * n
         order += offset
-        srt = rows.take(order, axis=1)  # (2, 4, n): each row in latency order
-        ts, ws = srt
+        srt = rows.take(order, axis=1)  # (planes, 4, n): each row in latency order
+        ts, ws = srt[0], srt[1]
         keep = ts <= room[k]
         if cut is not None:
-            keep &= ws + cut[0] * ts <= cut[1][k]
+            keep &= srt[2] <= cut[k]
         keep[:, 1:] &= less(ws[:, 1:], minacc(ws, axis=1)[:, :-1])
         count = keep.sum(axis=1).tolist()
         if not (count[0] or count[1]) or not (count[2] or count[3]):
@@ -155,7 +172,7 @@ def _fronts(add, room, cut):
         pos = drop.argsort(axis=1, kind="stable")[:, : max(count)]  # kept first, in order
         pos += offset
         picks.append((order.take(pos), m))
-        state = srt.reshape(2, 4 * n).take(pos, axis=1).reshape(2, 2, 2, -1)
+        state = srt.reshape(planes, 4 * n).take(pos, axis=1).reshape(planes, 2, 2, -1)
     return state, picks
 
 
