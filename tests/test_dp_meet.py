@@ -117,45 +117,69 @@ def test_equal_work_the_least_latency():
         assert plan.latency == evaluate(p, fastest_placement(p))[0]
 
 
-def test_bounds_by_doubling_equal_the_recurrences():
-    """`lagrange.scans` (prefix and suffix products) against `least_after` unit by unit,
-    for the latency and for a price's cost, in both directions."""
+def _parts(p: SplitProblem, x: np.ndarray, u: int, lam: float) -> tuple[float, float]:
+    """By hand, for placement x (True = client) and a price: the cost (lam x latency +
+    work; latency alone when lam is None) of what comes after unit u (its units, the
+    switches at boundaries u + 1..L, the return to the client) and of what comes before
+    it (units 0..u - 1, the switches at boundaries 0..u)."""
+    path = np.r_[True, x, True]  # the client at both ends
+    unit = np.where(x, p.client_time, p.server_time)
+    switch = np.where(path[:-1] & ~path[1:], p.entry_times, 0.0)
+    switch = switch + np.where(~path[:-1] & path[1:], p.downlink_time, 0.0)
+    work = np.where(x, 0.0, p.server_work)
+    scale = 1.0 if lam is None else lam
+    extra = (lambda s: 0.0) if lam is None else (lambda s: float(work[s].sum()))
+    after = scale * (unit[u + 1 :].sum() + switch[u + 1 :].sum()) + extra(slice(u + 1, None))
+    before = scale * (unit[:u].sum() + switch[: u + 1].sum()) + extra(slice(0, u))
+    return after, before
+
+
+def test_bounds_are_the_least_cost_of_the_rest():
+    """`lagrange.bounds`' rows at each step's block end against exhaustive search: the
+    least latency (and least lam x latency + work) of what follows each forward block and
+    of what precedes each backward block, per location of the block's last unit."""
     rng = np.random.default_rng(3)
-    for n in (1, 2, 3, 9, 50, 64, 65):
+    for n in (1, 2, 5, 9, 10):
         p = _random(rng, n, 0.5)
         c = criteria_of([p], [p.deadline], p.server_work)
+        units = meet._units(n, 3)
         t, work = meet._costs(c)
-        lam = float(rng.uniform(0.01, 1.0))
-        after, before = lagrange.scans(t[0, :n], work[:n], c.up[0], c.dn[0], lam)
-        cc, cs, up, dn = (x.tolist() for x in (c.cc[0], c.cs[0], c.up[0], c.dn[0]))
-        allowed, w = c.allowed.tolist(), c.work.tolist()
-        for layer, scale, wk in ((0, 1.0, None), (1, lam, w)):
-            v = [[scale * x for x in arr] for arr in (cc, cs, up, dn)]
-            rest = lagrange.least_after(*v, allowed, wk)
-            rev = [x[::-1] for x in (v[0], v[1], v[3], v[2], allowed)]
-            ahead = lagrange.least_after(*rev, None if wk is None else wk[::-1])
-            np.testing.assert_allclose(after[layer, :n], rest[1:], rtol=1e-12, atol=1e-15)
-            np.testing.assert_allclose(before[layer, :n], ahead[::-1][:n], rtol=1e-12, atol=1e-15)
+        blocks = meet._blocks(t, work, units)[..., 0]
+        ref = lagrange.reference(t[0, :n], work[:n], float(c.dn[0, n]), p.deadline)
+        lam, _, room, cut = lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)
+        assert lam > 0
+        xs = _placements(p.client_allowed)
+        for k in range(units.shape[1]):
+            for row, (chain, loc) in enumerate(itertools.product((0, 1), (0, 1))):
+                u = int(units[chain, k, -1])
+                if u == n:  # a step that keeps its labels: no bound asked
+                    continue
+                here = xs[xs[:, u] == (loc == 0)]
+                if len(here) == 0:  # the unit cannot be there: no label needs the row
+                    continue
+                want = [min(_parts(p, x, u, price)[chain] for x in here) for price in (None, lam)]
+                got = p.deadline - room[k, row, 0], lam * p.deadline - cut[k, row, 0]
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_the_price_bounds_the_optimum_from_below():
     """The bound from the start at the chosen price never exceeds the least work (by
     exhaustive search), and is close to it on the benchmark's kind of chain."""
+
+    def lower(p: SplitProblem) -> float:
+        c = criteria_of([p], [p.deadline], p.server_work)
+        n = p.n_units
+        t, work = meet._costs(c)
+        blocks = meet._blocks(t, work, meet._units(n, 3))[..., 0]
+        ref = lagrange.reference(t[0, :n], work[:n], float(c.dn[0, n]), p.deadline)
+        return lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)[1]
+
     rng = np.random.default_rng(11)
     for _ in range(40):
-        n = int(rng.integers(2, 13))
-        p = _random(rng, n, float(rng.uniform(0.05, 0.95)))
+        p = _random(rng, int(rng.integers(2, 13)), float(rng.uniform(0.05, 0.95)))
         latency, work = evaluate_many(p, _placements(p.client_allowed))
         fits = latency <= p.deadline
-        if not fits.any():
-            continue
-        c = criteria_of([p], [p.deadline], p.server_work)
-        t, w = meet._costs(c)
-        lam, lower = lagrange.price(t[0, :n], w[:n], float(c.dn[0, n]), p.deadline)
-        assert lam >= 0
-        assert lower <= float(work[fits].min()) * (1 + 1e-12)
+        if fits.any():
+            assert lower(p) <= float(work[fits].min()) * (1 + 1e-12)
     p = _random(np.random.default_rng(0), 50, 0.5)
-    c = criteria_of([p], [p.deadline], p.server_work)
-    t, w = meet._costs(c)
-    _, lower = lagrange.price(t[0, :50], w[:50], float(c.dn[0, 50]), p.deadline)
-    assert lower >= 0.95 * solve_dp(p).server_work
+    assert lower(p) >= 0.95 * solve_dp(p).server_work

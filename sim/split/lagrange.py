@@ -3,15 +3,18 @@
 For any price lam >= 0 of latency, a completion of a label (latency t so far) that meets
 the limit has work >= min over completions of (work + lam x latency) - lam x (limit - t):
 its latency is at most limit - t. The minimum over completions is a shortest path over
-two locations per unit, `least_after` with each unit's cost lam x time + work. A label
-whose work plus this bound exceeds a guess G of the optimum cannot lead to a plan of work
-<= G: `meet.search` drops it, and proves its answer optimal when the answer's work is
-<= G (else it searches again with G = the answer's work, a plan that exists).
+two locations per unit (a min-plus product of 2 x 2 matrices). A label whose work plus
+this bound exceeds a guess G of the optimum cannot lead to a plan of work <= G:
+`meet.search` drops it, and proves its answer optimal when the answer's work is <= G
+(else it searches again with G = the answer's work, a plan that exists).
 
-The price: the lam of a grid that maximises the bound from the start (the Lagrangian
-dual), found for all lam of the grid at once by multiplying the units' 2 x 2 min-plus
-matrices pairwise (log2 L numpy steps over (2, 2, lam, units)), the grid around the
-knapsack ratio of `reference`.
+The chain is read as `meet` walks it, block by block: the forward half's blocks, the
+switch at the middle boundary, the backward half's blocks (each block a 2 x 2 matrix, the
+least cost over its options). The price: the one of a grid around a knapsack ratio
+(`reference`) whose bound from the start is the largest (the Lagrangian dual), all prices
+at once by multiplying the matrices pairwise (log2 of the blocks numpy steps). Then, for
+that price and for the latency alone, the least cost of what is left of the chain after
+each step of each half: prefix and suffix products by doubling.
 """
 
 from __future__ import annotations
@@ -23,41 +26,10 @@ GRID = np.exp2(np.linspace(-1.25, 1.25, 21))  # the prices tried, relative to `r
 _IDENTITY = np.array([[0.0, _INF], [_INF, 0.0]])[:, :, None, None]
 
 
-def least_after(cc, cs, up, dn, allowed, work=None) -> np.ndarray:
-    """(L + 1, 2): per boundary b and location of unit b - 1, the least cost of units b..
-    and the way back to the client (`labels.remaining` for one latency, on lists): the
-    latency, or with `work` (per unit, on the server) the cost of latencies + work."""
-    L = len(cc)
-    r_c, r_s = 0.0, dn[L]
-    col = [(r_c, r_s)]
-    for u in range(L - 1, -1, -1):
-        on_s = cs[u] + r_s if work is None else cs[u] + work[u] + r_s
-        if allowed[u]:
-            on_c = cc[u] + r_c
-            r_c, r_s = min(on_c, up[u] + on_s), min(dn[u] + on_c, on_s)
-        else:
-            r_c, r_s = up[u] + on_s, on_s
-        col.append((r_c, r_s))
-    return np.array(col[::-1])
-
-
 def _min_plus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Min-plus products of 2 x 2 matrices held as (2, 2, ...): the matrix axes first, so
     numpy's inner loops run over the long axes: (a x b)[i, k] = min_j a[i, j] + b[j, k]."""
     return np.minimum(a[:, :1] + b[None, 0], a[:, 1:] + b[None, 1])
-
-
-def _bounds(lam: np.ndarray, t: np.ndarray, work: np.ndarray, end: float, limit: float):
-    """The bound from the start for each price: the product of the units' matrices of cost
-    lam x latency + work, by pairs (units padded with identities to a power of two)."""
-    L = t.shape[2]
-    size = 1 << max(L - 1, 1).bit_length()
-    mats = np.empty((2, 2, lam.shape[0], size))
-    mats[:, :, :, L:] = _IDENTITY
-    np.add(lam[:, None] * t[:, :, None, :], work[:, :, None, :], out=mats[:, :, :, :L])
-    while mats.shape[3] > 1:
-        mats = _min_plus(mats[..., 0::2], mats[..., 1::2])
-    return np.minimum(mats[0, 0, :, 0], mats[0, 1, :, 0] + lam * end) - lam * limit
 
 
 def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> float:
@@ -77,51 +49,61 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
     return float(ratio[order[min(k, order.shape[0] - 1)]])
 
 
-def price(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> tuple[float, float]:
-    """The price with the best bound from the start, and that bound: `t` (L, 2, 2) the
-    latency of each unit from a location to one (switch included), `work` (L, 2) its work
-    at each location, `end` the way back from the server. A grid around `reference`
-    (within a factor 2 of the best on random chains); (0, 0) when there is no scale."""
-    ref = reference(t, work, end, limit)
+def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The chain as min-plus matrices [entry location, exit location] in its order, per
+    layer (2, 2, layers, 2S + 1): layer 0 the latency, one more per price in `lam` (lam x
+    latency + work). `blocks` (S, latency / work, chain, to, from, options): `meet`'s
+    steps; `cross` (from, to): the switch at the middle boundary."""
+    t, w = blocks[:, 0], blocks[:, 1]
+    S = t.shape[0]
+    vals = np.concatenate([t[None], w + lam[:, None, None, None, None, None] * t])
+    while vals.shape[-1] > 1:  # the least over the options (a power of two), by halves
+        half = vals.shape[-1] // 2
+        vals = np.minimum(vals[..., :half], vals[..., half:])
+    vals = vals[..., 0]  # (layer, step, chain, to, from)
+    seq = np.empty((2, 2, vals.shape[0], 2 * S + 1))
+    seq[:, :, :, :S] = vals[:, :, 0].transpose(3, 2, 0, 1)  # forward blocks: from -> to
+    seq[:, :, :, S] = cross[:, :, None] * np.r_[1.0, lam]
+    seq[:, :, :, S + 1 :] = vals[:, ::-1, 1].transpose(2, 3, 0, 1)  # backward, reversed
+    return seq
+
+
+def _product(seq: np.ndarray) -> np.ndarray:
+    """The min-plus product of a sequence of matrices (2, 2, layers, n), by pairs."""
+    n = seq.shape[3]
+    size = 1 << max(n - 1, 1).bit_length()
+    mats = np.empty(seq.shape[:3] + (size,))
+    mats[..., :n] = seq
+    mats[..., n:] = _IDENTITY
+    while mats.shape[3] > 1:
+        mats = _min_plus(mats[..., 0::2], mats[..., 1::2])
+    return mats[..., 0]
+
+
+def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
+    """The price with the largest bound from the start, that bound, and per step and row
+    (chain, location), (steps, 4, 1): `limit` less the least latency of the rest of the
+    chain, and lam x `limit` less its least lam x latency + work (forward half: what comes
+    after the step's block; backward half: what comes before it, from the input). The
+    price is 0 (and the last two None) when `ref` gives no scale."""
+    S = blocks.shape[0]
     if not (ref > 0 and np.isfinite(ref)):
-        return 0.0, 0.0  # a price of zero: a valid, weak bound, not used
-    lam = ref * GRID
-    bound = _bounds(lam, t.transpose(1, 2, 0), work.T[None, :, :], end, limit)
-    i = int(np.argmax(bound))
-    return float(lam[i]), float(bound[i])
-
-
-def scans(t, work, up, dn, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """The least latency (layer 0) and the least lam x latency + work (layer 1) around
-    each unit u, (2, L + 1, 2) each: `after[:, u, a]` of the units after u (u at a) and
-    the way back to the client; `before[:, u, a]` of the units before u from the client
-    and the switch into u (at a); row L is 0 (a step that keeps its labels).
-
-    `t` (L, 2, 2): each unit's latency from a location to one, the switch included;
-    `work` (L, 2); `up`, `dn` (L + 1,): the switches. All prefix and suffix min-plus
-    products at once, by doubling (log2 L numpy steps): `least_after`'s values, summed in
-    another order (equal up to float noise, which the callers' slack covers)."""
-    L = t.shape[0]
-    tm = t.transpose(1, 2, 0)  # (from, to, unit)
-    mats = np.empty((2, 2, 4, L))
-    mats[:, :, 0] = tm
-    priced = lam * tm if lam > 0 else np.where(np.isinf(tm), _INF, 0.0)  # never 0 x inf
-    np.add(priced, work.T[None], out=mats[:, :, 1])
-    mats[:, :, 2:] = mats[:, :, :2, ::-1].transpose(1, 0, 2, 3)  # suffixes: reversed, transposed
+        lam, lower = 0.0, 0.0
+        seq = _sequence(blocks, cross, np.zeros(0))
+    else:
+        grid = ref * GRID
+        full = _product(_sequence(blocks, cross, grid)[:, :, 1:])[0, 0]  # client to client
+        i = int(np.argmax(full - grid * limit))
+        lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
+        seq = _sequence(blocks, cross, grid[i : i + 1])
+    n, layers = seq.shape[3], seq.shape[2]
+    scan = np.concatenate([seq, seq[..., ::-1].transpose(1, 0, 2, 3)], axis=2)
     s = 1
-    while s < L:
-        mats[..., s:] = _min_plus(mats[..., :-s], mats[..., s:])
+    while s < n:  # prefixes (layers of seq) and suffixes (reversed, transposed) at once
+        scan[..., s:] = _min_plus(scan[..., :-s], scan[..., s:])
         s *= 2
-    scale = np.array([[1.0], [lam]])  # (layer, 1)
-    after = np.zeros((2, L + 1, 2))
-    suffix = mats[:, :, 2:, L - 2 :: -1]  # (to, from, layer, u): units u + 1.. (L - 1 of them)
-    back = scale * dn[L]
-    np.minimum(suffix[0].transpose(1, 0, 2), suffix[1].transpose(1, 0, 2) + back[:, :, None],
-               out=after[:, : L - 1].transpose(0, 2, 1))  # fmt: skip
-    after[:, L - 1, 1] = back[:, 0]
-    before = np.zeros((2, L + 1, 2))
-    before[:, 0, 1] = scale[:, 0] * up[0]
-    head_c, head_s = mats[0, 0, :2, : L - 1], mats[0, 1, :2, : L - 1]  # (layer, u - 1)
-    np.minimum(head_c, head_s + scale * dn[1:L], out=before[:, 1:L, 0])
-    np.minimum(head_c + scale * up[1:L], head_s, out=before[:, 1:L, 1])
-    return after, before
+    after = scan[0, :, layers:, n - 2 : n - 2 - S : -1]  # [client, a]: suffix k + 1, (2, l, S)
+    before = scan[0, :, :layers, 2 * S - 1 : S - 1 : -1]  # [client, r]: prefix 2S - k - 1
+    top = np.r_[limit, lam * limit][None, :layers, None]
+    rows = np.concatenate([top - after, top - before]).transpose(1, 2, 0)[..., None]
+    return lam, lower, rows[0], (rows[1] if layers > 1 else None)

@@ -92,17 +92,7 @@ def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
         step = t[chain, units[:, :, j]][:, :, None, None]
         tt = (tt[..., :, None] + step).reshape(2, S, 2, -1, 2)
         ww = (ww[..., :, None] + work[units[:, :, j]][:, :, None, None, None]).reshape(tt.shape)
-    return np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None]
-
-
-def _rows(after: np.ndarray, before: np.ndarray, units: np.ndarray, top: float) -> np.ndarray:
-    """Per step and row (chain, location), `top` less the least cost of the rest of the
-    chain's labels after the step's block (forward: the units after and the way back;
-    backward: the units before and the switch into the block's last unit), (steps, 4, 1)."""
-    out = np.empty((units.shape[1], 4, 1))
-    out[:, :2, 0] = top - after[units[0, :, -1]]
-    out[:, 2:, 0] = top - before[units[1, :, -1]]
-    return out
+    return np.ascontiguousarray(np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None])
 
 
 def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
@@ -115,13 +105,11 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     units = _units(L, block)
     t, work = _costs(c)
     add = _blocks(t, work, units)
-    lam, lower = lagrange.price(t[0, :L], work[:L], float(c.dn[0, L]), limit)
-    after, before = lagrange.scans(t[0, :L], work[:L], c.up[0], c.dn[0], lam)
-    room = _rows(after[0], before[0], units, limit)
-    cut = None
-    if lam > 0:
+    ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
+    lam, lower, room, cut = lagrange.bounds(add[..., 0], _cross(c), limit, ref)
+    if cut is not None:
         priced = np.concatenate([add, add[:, 1:] + lam * add[:, :1]], axis=1)  # + lam x t + w
-        cut = _rows(after[1], before[1], units, lam * limit * (1 + _CUT_SLACK))
+        cut += _CUT_SLACK * lam * limit  # the bounds' float noise never cuts
         guess = lower + GAP * abs(lower)
         found = _fronts(priced, room, cut + guess * (1 + _CUT_SLACK))
         best = None if found is None else _best(c, found[0], limit)
@@ -176,13 +164,18 @@ def _fronts(add, room, cut):
     return state, picks
 
 
+def _cross(c: Criteria) -> np.ndarray:
+    """The switch at the middle boundary, (from, to) locations."""
+    mid = c.work.shape[0] // 2
+    return np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])
+
+
 def _best(c: Criteria, state: np.ndarray, limit: float):
     """The best pair of a forward and a backward label within the limit (least work, then
     least latency) as (work, backward location, forward location, forward index, backward
     index), or None."""
-    mid = c.work.shape[0] // 2
     (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
-    cross = np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])  # (from, to) at mid
+    cross = _cross(c)
     lat, work, partner = [], [], []
     for r in (0, 1):
         head = ft + cross[:, r : r + 1]  # (2, m): to the boundary, switch included
