@@ -183,3 +183,27 @@ def test_the_price_bounds_the_optimum_from_below():
             assert lower(p) <= float(work[fits].min()) * (1 + 1e-12)
     p = _random(np.random.default_rng(0), 50, 0.5)
     assert lower(p) >= 0.95 * solve_dp(p).server_work
+
+
+def test_a_rejected_best_falls_back_to_the_forward_order():
+    """When the caller's exact check rejects the best plan (float noise at the limit),
+    the next best in the labels' order is returned, as the forward search does."""
+    rng = np.random.default_rng(5)
+    for n in (30, 50):
+        p = _random(rng, n, 0.5)
+        c = criteria_of([p], [p.deadline], p.server_work)
+        fits = _fits(p)
+        best = meet.search(c, fits)
+
+        def all_but_best(oc: np.ndarray, fits=fits, best=best) -> bool:
+            return fits(oc) and not np.array_equal(oc, best)
+
+        second = meet.search(c, all_but_best)
+        assert second is not None and not np.array_equal(second, best)
+        assert np.array_equal(second, front.search(c, all_but_best))
+        assert make_plan(p, second, "dp").server_work >= make_plan(p, best, "dp").server_work
+
+
+def _fits(p: SplitProblem):
+    """The exact check `dp` passes: the placement's plan meets the deadline."""
+    return lambda oc: make_plan(p, oc, "dp").feasible
