@@ -1,5 +1,6 @@
 """The exact DP's label search for one latency and no generation loop, in a few numpy calls
-per unit.
+per unit (`sim.split.meet` for chains of `meet.MIN_UNITS` units or more; this search below
+that, and where the caller's exact check rejects meet's best).
 
 The labels of `sim.split.labels` for the common case (K = 1, no loop tag): after each unit,
 the non-dominated (latency, server work) partial placements at the client and at the server,

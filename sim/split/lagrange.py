@@ -92,10 +92,11 @@ def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
         seq = _sequence(blocks, cross, np.zeros(0))
     else:
         grid = ref * GRID
-        full = _product(_sequence(blocks, cross, grid)[:, :, 1:])[0, 0]  # client to client
+        seq = _sequence(blocks, cross, grid)
+        full = _product(seq[:, :, 1:])[0, 0]  # client to client
         i = int(np.argmax(full - grid * limit))
         lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
-        seq = _sequence(blocks, cross, grid[i : i + 1])
+        seq = seq[:, :, [0, i + 1]]
     n, layers = seq.shape[3], seq.shape[2]
     scan = np.concatenate([seq, seq[..., ::-1].transpose(1, 0, 2, 3)], axis=2)
     s = 1
