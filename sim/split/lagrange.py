@@ -10,11 +10,12 @@ this bound exceeds a guess G of the optimum cannot lead to a plan of work <= G:
 
 The chain is read as `meet` walks it, block by block: the forward half's blocks, the
 switch at the middle boundary, the backward half's blocks (each block a 2 x 2 matrix, the
-least cost over its options). The price: the one of a grid around a knapsack ratio
-(`reference`) whose bound from the start is the largest (the Lagrangian dual), all prices
-at once by multiplying the matrices pairwise (log2 of the blocks numpy steps). Then, for
-that price and for the latency alone, the least cost of what is left of the chain after
-each step of each half: prefix and suffix products by doubling.
+least cost over its options). The price: of 0 (the least work whatever the latency: a
+deadline that does not bind) and a grid around a knapsack ratio (`reference`), the one
+whose bound from the start is the largest (the Lagrangian dual), all at once by
+multiplying the matrices pairwise (log2 of the blocks numpy steps). Then, for that price
+and for the latency alone, the least cost of what is left of the chain after each step of
+each half: prefix and suffix products by doubling.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndar
     steps; `cross` (from, to): the switch at the middle boundary."""
     t, w = blocks[:, 0], blocks[:, 1]
     S = t.shape[0]
-    vals = np.concatenate([t[None], w + lam[:, None, None, None, None, None] * t])
+    vals = np.empty((1 + lam.shape[0],) + t.shape)
+    vals[0] = t
+    zero = int(np.count_nonzero(lam == 0))  # prices of 0 lead the grid
+    vals[1 : 1 + zero] = priced(t, w, 0.0)
+    np.add(w, lam[zero:, None, None, None, None, None] * t, out=vals[1 + zero :])
     while vals.shape[-1] > 1:  # the least over the options (a power of two), by halves
         half = vals.shape[-1] // 2
         vals = np.minimum(vals[..., :half], vals[..., half:])
@@ -81,30 +86,34 @@ def _product(seq: np.ndarray) -> np.ndarray:
 
 
 def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
-    """The price with the largest bound from the start, that bound, and per step and row
-    (chain, location), (steps, 4, 1): `limit` less the least latency of the rest of the
-    chain, and lam x `limit` less its least lam x latency + work (forward half: what comes
-    after the step's block; backward half: what comes before it, from the input). The
-    price is 0 (and the last two None) when `ref` gives no scale."""
+    """The price with the largest bound from the start (0, the least work whatever the
+    latency, or one of the grid around `ref` when it gives a scale), that bound, and per
+    step and row (chain, location), (steps, 4, 1): `limit` less the least latency of the
+    rest of the chain, and lam x `limit` less its least lam x latency + work (forward half:
+    what comes after the step's block; backward half: what comes before it, from the
+    input)."""
     S = blocks.shape[0]
-    if not (ref > 0 and np.isfinite(ref)):
-        lam, lower = 0.0, 0.0
-        seq = _sequence(blocks, cross, np.zeros(0))
-    else:
-        grid = ref * GRID
-        seq = _sequence(blocks, cross, grid)
-        full = _product(seq[:, :, 1:])[0, 0]  # client to client
-        i = int(np.argmax(full - grid * limit))
-        lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
-        seq = seq[:, :, [0, i + 1]]
-    n, layers = seq.shape[3], seq.shape[2]
+    grid = np.r_[0.0, ref * GRID] if ref > 0 and np.isfinite(ref) else np.zeros(1)
+    seq = _sequence(blocks, cross, grid)
+    full = _product(seq[:, :, 1:])[0, 0]  # client to client
+    i = int(np.argmax(full - grid * limit))
+    lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
+    seq = seq[:, :, [0, i + 1]]
+    n = seq.shape[3]
     scan = np.concatenate([seq, seq[..., ::-1].transpose(1, 0, 2, 3)], axis=2)
     s = 1
     while s < n:  # prefixes (layers of seq) and suffixes (reversed, transposed) at once
         scan[..., s:] = _min_plus(scan[..., :-s], scan[..., s:])
         s *= 2
-    after = scan[0, :, layers:, n - 2 : n - 2 - S : -1]  # [client, a]: suffix k + 1, (2, l, S)
-    before = scan[0, :, :layers, 2 * S - 1 : S - 1 : -1]  # [client, r]: prefix 2S - k - 1
-    top = np.r_[limit, lam * limit][None, :layers, None]
+    after = scan[0, :, 2:, n - 2 : n - 2 - S : -1]  # [client, a]: suffix k + 1, (2, 2, S)
+    before = scan[0, :, :2, 2 * S - 1 : S - 1 : -1]  # [client, r]: prefix 2S - k - 1
+    top = np.array([limit, lam * limit])[None, :, None]
     rows = np.concatenate([top - after, top - before]).transpose(1, 2, 0)[..., None]
-    return lam, lower, rows[0], (rows[1] if layers > 1 else None)
+    return lam, lower, rows[0], rows[1]
+
+
+def priced(t: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
+    """w + lam x t, infinite where t is (a location a unit may not take), also at lam 0."""
+    if lam == 0:
+        return np.where(np.isinf(t), _INF, w)
+    return w + lam * t

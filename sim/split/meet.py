@@ -18,10 +18,12 @@ Least total work, then least latency, is the optimum, traced back through both h
 
 Cut (`sim.split.lagrange`): a label also goes when its work plus a lower bound on the work
 its completion needs exceeds a guess G of the optimum (the Lagrangian bound from the
-start plus `GAP`). If the best plan found has work <= G, every plan of work <= G survived
-the cut (its labels' bounds are at most its work), so it is the optimum; else the search
-runs again with G = the work of the plan found (it exists, so nothing better is cut), or,
-when none was found, without the cut.
+start plus `GAP` x the mean work of a unit: the duality gap is about a fraction of one
+unit's work). If the best plan found has work <= G, every plan of work <= G survived the
+cut (its labels' bounds are at most its work), so it is the optimum; else the search runs
+again with G = the work of the plan found (it exists, so nothing better is cut), or, when
+none was found, without the cut. The first guess holds for 59 of 60 of the benchmark's
+random chains (seeds 0-59).
 
 Exact: times are summed in floating point, never rounded; labels are dropped only when
 dominated, when they cannot meet the limit even with the least latency of the rest, or by
@@ -45,7 +47,7 @@ from sim.split.labels import _SLACK, Criteria
 
 _INF = np.inf
 BLOCK = 3  # units per step of each chain
-GAP = 0.015  # the first guess of the optimum: the bound from the start plus 1.5 %
+GAP = 0.3  # the first guess of the optimum: the bound from the start + 0.3 x mean unit work
 _CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
@@ -107,20 +109,20 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     add = _blocks(t, work, units)
     ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
     lam, lower, room, cut = lagrange.bounds(add[..., 0], _cross(c), limit, ref)
-    if cut is not None:
-        priced = np.concatenate([add, add[:, 1:] + lam * add[:, :1]], axis=1)  # + lam x t + w
-        cut += _CUT_SLACK * lam * limit  # the bounds' float noise never cuts
-        guess = lower + GAP * abs(lower)
-        found = _fronts(priced, room, cut + guess * (1 + _CUT_SLACK))
+    key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
+    with_key = np.concatenate([add, key], axis=1)
+    cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
+    guess = lower + GAP * float(c.work.mean())
+    found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
+    best = None if found is None else _best(c, found[0], limit)
+    if best is not None and best[0] <= guess:
+        return _finish(c, found, best, units, accept)
+    if best is not None:  # a plan of that work exists: nothing better is cut
+        found = _fronts(with_key, room, cut + best[0] * (1 + _CUT_SLACK))
         best = None if found is None else _best(c, found[0], limit)
-        if best is not None and best[0] <= guess:
+        if best is not None:  # (always: the plan found survives its own cut)
             return _finish(c, found, best, units, accept)
-        if best is not None:  # a plan of that work exists: nothing better is cut
-            found = _fronts(priced, room, cut + best[0] * (1 + _CUT_SLACK))
-            best = None if found is None else _best(c, found[0], limit)
-            if best is not None:  # (always: the plan found survives its own cut)
-                return _finish(c, found, best, units, accept)
-    found = _fronts(add, room, None)  # no price, or no plan near the bound: every label
+    found = _fronts(add, room, None)  # no plan near the bound: every label
     best = None if found is None else _best(c, found[0], limit)
     if best is None:
         return None
