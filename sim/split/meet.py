@@ -18,8 +18,8 @@ Least total work, then least latency, is the optimum, traced back through both h
 
 Cut (`sim.split.lagrange`): a label also goes when its work plus a lower bound on the work
 its completion needs exceeds a guess G of the optimum (the Lagrangian bound from the
-start plus `GAP` x the mean work of a unit: the duality gap is about a fraction of one
-unit's work). If the best plan found has work <= G, every plan of work <= G survived the
+start plus `GAP` of it, or `GAP_UNIT` x the mean work of a unit when more: the duality gap
+is about a fraction of one unit's work, which matters where the optimum is little work). If the best plan found has work <= G, every plan of work <= G survived the
 cut (its labels' bounds are at most its work), so it is the optimum; else the search runs
 again with G = the work of the plan found (it exists, so nothing better is cut), or, when
 none was found, without the cut. The first guess holds for 59 of 60 of the benchmark's
@@ -47,7 +47,8 @@ from sim.split.labels import _SLACK, Criteria
 
 _INF = np.inf
 BLOCK = 3  # units per step of each chain
-GAP = 0.3  # the first guess of the optimum: the bound from the start + 0.3 x mean unit work
+GAP = 0.015  # the first guess of the optimum: the bound from the start + 1.5 % of it,
+GAP_UNIT = 0.3  # or + 0.3 x the mean work of a unit if more (loose deadlines: little work)
 _CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
@@ -112,7 +113,7 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
     with_key = np.concatenate([add, key], axis=1)
     cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
-    guess = lower + GAP * float(c.work.mean())
+    guess = lower + max(GAP * abs(lower), GAP_UNIT * float(c.work.mean()))
     found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
     best = None if found is None else _best(c, found[0], limit)
     if best is not None and best[0] <= guess:
