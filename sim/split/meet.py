@@ -50,6 +50,7 @@ BLOCK = 3  # units per step of each chain
 GAP = 0.015  # the first guess of the optimum: the bound from the start + 1.5 % of it,
 GAP_UNIT = 0.3  # or + 0.3 x the mean work of a unit if more (loose deadlines: little work)
 _CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
+_ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
 
@@ -178,21 +179,21 @@ def _best(c: Criteria, state: np.ndarray, limit: float):
     least latency) as (work, backward location, forward location, forward index, backward
     index), or None."""
     (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
-    cross = _cross(c)
-    lat, work, partner = [], [], []
-    for r in (0, 1):
-        head = ft + cross[:, r : r + 1]  # (2, m): to the boundary, switch included
-        j = np.searchsorted(bt[r], limit - head, "right") - 1
-        lat.append(head + bt[r].take(j))
-        work.append(fw + bw[r].take(j))
-        partner.append(j)
-    lat, work, partner = np.array(lat), np.array(work), np.array(partner)  # (r, a, m)
-    ok = np.flatnonzero((partner >= 0) & (lat <= limit))
-    if ok.shape[0] == 0:
+    head = ft[:, None, :] + _cross(c)[:, :, None]  # (a, r, m): to the second half's first unit
+    room = limit - head
+    partner = np.empty(head.shape, np.int64)
+    for r in (0, 1):  # the backward label that fits with the least work: the slowest
+        partner[:, r] = np.searchsorted(bt[r], room[:, r], "right")
+    partner -= 1
+    lat = head + bt[_ROWS, partner]
+    work = fw[:, None, :] + bw[_ROWS, partner]
+    work[(partner < 0) | ~(lat <= limit)] = _INF
+    least = work.min()
+    if not least < _INF:
         return None
-    best = int(ok[np.lexsort((lat.flat[ok], work.flat[ok]))[0]])
-    r, a, i = np.unravel_index(best, lat.shape)
-    return float(work.flat[best]), int(r), int(a), int(i), int(partner.flat[best])
+    best = int(np.where(work == least, lat, _INF).argmin())  # ties: the least latency
+    a, r, i = np.unravel_index(best, lat.shape)
+    return float(least), int(r), int(a), int(i), int(partner.flat[best])
 
 
 def _finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
