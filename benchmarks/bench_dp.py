@@ -9,9 +9,11 @@ timed end to end (median of many calls after warm-up) and checked against
 scipy.optimize.milp on the same continuous instance; `dp_grid` (the paper's DP, default
 grid of 2000 steps) is timed beside it and checked against the MILP on its discretised
 instance (every time rounded up, the deadline down). A 34-unit layered model (embedding,
-32 equal layers, head), where runs compress, is timed too. Targets (issue 13): dp median
-<= 0.3 ms and >= 20x faster than the MILP. The process is pinned to one core and
-BLAS/OpenMP to one thread.
+32 equal layers, head), where runs compress, is timed too, and llama-3-8b at sublayer
+granularity (66 alternating units) on a laptop against an A100, for a forward pass (one
+latency, no loop: `sim.split.meet`) and generation (a loop: `sim.split.labels`).
+Targets (issue 13): dp median <= 0.3 ms and >= 20x faster than the MILP. The process is
+pinned to one core and BLAS/OpenMP to one thread.
 """
 
 from __future__ import annotations
@@ -142,6 +144,19 @@ def layered_instance() -> SplitProblem:
     return SplitProblem(client, server, server, link, link, deadline=4 * all_server)
 
 
+def sublayer_llama(task: str, output_tokens: int) -> SplitProblem:
+    """llama-3-8b at sublayer granularity, 512 prompt tokens, laptop-m2 and a100-80gb over
+    100 Mbit/s with 20 ms RTT; the deadline 1.5x the all-server latency."""
+    from sim.catalog import get_device, get_model
+    from sim.split.build import Link, build_problem
+
+    p = build_problem(
+        get_model("llama-3-8b"), task, 512, output_tokens, get_device("laptop-m2"),
+        get_device("a100-80gb"), Link(100.0, 100.0, 20.0), 1.0, granularity="sublayer",
+    )  # fmt: skip
+    return p.with_deadline(1.5 * evaluate(p, np.zeros(p.n_units, bool))[0])
+
+
 def main() -> int:
     profile = "--profile" in sys.argv
     p = make_instance(50)
@@ -173,6 +188,11 @@ def main() -> int:
         f"milp    median {milp_ms:8.3f} ms (min {milp_min:.3f}) over {MILP_REPEATS} calls (HiGHS)"
     )
     print(f"dp on a layered 34-unit model: median {lay_ms:.3f} ms (min {lay_min:.3f})")
+    for task, out in (("forward", 0), ("generate", 32)):
+        q = sublayer_llama(task, out)
+        ms, ms_min = timings_ms(lambda q=q: solve(q, "dp"), DP_REPEATS // 2)
+        print(f"dp on sublayer llama-3-8b ({q.n_units} units, {task}): median {ms:.3f} ms "
+              f"(min {ms_min:.3f})")  # fmt: skip
     print(f"ratio milp / dp: {milp_ms / dp_ms:.1f}x")
     print(f"objective: dp {plan.server_work:.9f}, milp {res.fun:.9f}; dp optimal: {agree}")
     print(f"dp_grid {grid_plan.server_work:.9f} (+{grid_plan.server_work / plan.server_work - 1:.2%}"

@@ -1,9 +1,11 @@
 """`dp` is exact on continuous (non-grid) times: checked against exhaustive search.
 
-Both of its searches are checked, the enumeration of run structures (`structural`, taken
-when the structures are few) and the label front (`labels`, forced here by allowing no
-structures), on random problems with generation loops, units the client may not hold,
-server waits per boundary, and chains of identical units (where runs are compressed); and
+Its searches are checked, the enumeration of run structures (`structural`, taken when the
+structures are few) and the label searches (forced here by allowing no structures: the
+label front of `labels`, or for one latency without a loop `meet`, which is `front` below
+its `MIN_UNITS`; `tests/test_dp_meet.py` checks `meet` on small chains too), on random
+problems with generation loops, units the client may not hold, server waits per boundary,
+and chains of identical units (where runs are compressed); and
 under token SLAs (TTFT, TPOT, end to end) against the exhaustive least work meeting all.
 dp never needs more server work than another policy's feasible plan, on random problems
 and on every problem of the paper's static studies; the batch planner's plans equal the
@@ -38,7 +40,7 @@ SEARCHES = pytest.mark.parametrize("search", ["structures", "labels"])
 
 @contextmanager
 def using(search: str):
-    """The exact DP with one of its two searches (labels: no structures allowed)."""
+    """The exact DP with one of its two kinds of search (labels: no structures allowed)."""
     with pytest.MonkeyPatch.context() as mp:
         if search == "labels":
             mp.setattr(structural, "MAX_STRUCTURES", 0)

@@ -1,11 +1,24 @@
 """The SplitLLM dynamic program, and the exact least-latency placement used as fallback.
 
-The DP runs over units in order; for each unit, location (client or server) and latency
-used so far (on a grid of `time_step`), it keeps the least server work. Every time is
-rounded *up* to the grid, so a placement that fits the discretised deadline also fits the
-real one. Work is vectorised over the latency axis. With a generation loop (see
-`problem.py`) the DP runs once per location of the loop's start unit, so the loop's
-refund or extra crossing is known at the end.
+Two DPs. `dp` (`solve_dp`) is exact on continuous times: the least server work within the
+deadline, ties broken by the least latency, no grid. Its search (`sim.split.exact`) is
+one of three over the same non-dominated (latency, work) labels, times summed in floating
+point and the chosen plan confirmed by the exact `evaluate` (never over the deadline):
+enumeration of the structures of runs of identical units when they are few (transformer
+layers, `sim.split.structural`); for one latency, no generation loop and mostly distinct
+units, both halves of the chain at once with a Lagrangian cut (`sim.split.meet`, the
+method and its proof of optimality there; `sim.split.front` below 24 units); else the
+label front over runs (`sim.split.labels`: generation loops, token SLAs). On a random
+50-unit chain with continuous times (`benchmarks/bench_dp.py`) it takes ~0.6-0.7 ms on
+one core, against ~7 ms for the label front alone and ~170 ms for a MILP (HiGHS).
+
+`dp_grid` (`solve_dp_grid`) is the paper's: it runs over units in order; for each unit,
+location (client or server) and latency used so far (on a grid of `time_step`), it keeps
+the least server work. Every time is rounded *up* to the grid, so a placement that fits
+the discretised deadline also fits the real one (and may lose to the exact optimum). Work
+is vectorised over the latency axis. With a generation loop (see `problem.py`) the DP
+runs once per location of the loop's start unit, so the loop's refund or extra crossing
+is known at the end.
 
 Nothing is searched where there is nothing to choose: when no unit may run on the client
 (`client_allowed` all false, e.g. `resident: none`) the only placement is all on the
@@ -191,13 +204,19 @@ def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = 
 def exact_search(problem: SplitProblem, name: str = "dp") -> Plan:
     """`solve_dp`'s search proper (no shortcut): the labels' least-work placement that
     `make_plan` confirms within the deadline, else the least-latency fallback."""
+    confirmed = []  # the plan `make_plan` confirmed, kept rather than made again
+
+    def accept(on_client: np.ndarray) -> bool:
+        plan = make_plan(problem, on_client, name)
+        confirmed.append(plan)
+        return plan.feasible
+
     found = exact.search(
-        labels.criteria_of([problem], [problem.deadline], problem.server_work),
-        lambda oc: make_plan(problem, oc, name).feasible,
+        labels.criteria_of([problem], [problem.deadline], problem.server_work), accept
     )
     if found is None:
         return fastest_plan(problem, name, reason=_NO_FIT)
-    return make_plan(problem, found, name)
+    return confirmed[-1]
 
 
 def solve_dp_grid(

@@ -1,10 +1,12 @@
-"""The exact DP's entry point: enumerate the structures when they are few, else labels.
+"""The exact DP's entry point: structures when they are few, else the fastest label search.
 
-Both find the least-work placement meeting every limit over the same candidates (the
+All find the least-work placement meeting every limit over the same candidates (the
 minimal-switch patterns of each run of identical units, `sim.split.labels`); enumeration
-(`sim.split.structural`) is faster for real models (a few runs), the label front for
-chains of many different units. `accept(on_client)` is the caller's exact check of a
-candidate (float noise can put the DP's best a hair over a limit): the next best is tried.
+(`sim.split.structural`) is fastest for real models (a few runs); for one latency, no
+generation loop and mostly distinct units (runs of one), the two-ended search with a
+Lagrangian cut (`sim.split.meet`); else the label front over runs. `accept(on_client)` is
+the caller's exact check of a candidate (float noise can put the DP's best a hair over a
+limit): the next best is tried.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sim.split import labels, structural
+from sim.split import front, labels, meet, structural
 from sim.split.labels import Criteria
 
 
@@ -22,6 +24,8 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
     spans = labels.runs_of(c)
     allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
     if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
+        if front.applies(c) and 2 * len(spans) > c.work.shape[0]:
+            return meet.search(c, accept)
         return labels.search(c, accept, spans)
     st = structural.structures(tuple(spans), allowed, c.loop_start, c.has_loop)
     order = structural.ranked(structural.BatchCriteria.of(c), st)[: labels.TRIES]

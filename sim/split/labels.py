@@ -1,6 +1,7 @@
 """The exact DP: non-dominated (latencies, server work) labels over runs of identical units.
 
-`dp`'s search. Units are walked in order; at each location (client or server) after a unit
+`dp`'s general search (token SLAs, generation loops, runs of identical units; for one
+latency without a loop over distinct units `sim.split.meet` is faster). Units are walked in order; at each location (client or server) after a unit
 it keeps every partial placement that no other beats on every latency criterion *and* on
 server work (a Pareto front of labels). A placement that meets the limits with the least
 work extends a label of that front, so the front's best feasible end is the optimum, with

@@ -1,0 +1,119 @@
+"""A lower bound on the server work a partial placement still needs: Lagrangian relaxation.
+
+For any price lam >= 0 of latency, a completion of a label (latency t so far) that meets
+the limit has work >= min over completions of (work + lam x latency) - lam x (limit - t):
+its latency is at most limit - t. The minimum over completions is a shortest path over
+two locations per unit (a min-plus product of 2 x 2 matrices). A label whose work plus
+this bound exceeds a guess G of the optimum cannot lead to a plan of work <= G:
+`meet.search` drops it, and proves its answer optimal when the answer's work is <= G
+(else it searches again with G = the answer's work, a plan that exists).
+
+The chain is read as `meet` walks it, block by block: the forward half's blocks, the
+switch at the middle boundary, the backward half's blocks (each block a 2 x 2 matrix, the
+least cost over its options). The price: of 0 (the least work whatever the latency: a
+deadline that does not bind) and a grid around a knapsack ratio (`reference`), the one
+whose bound from the start is the largest (the Lagrangian dual), all at once by
+multiplying the matrices pairwise (log2 of the blocks numpy steps). Then, for that price
+and for the latency alone, the least cost of what is left of the chain after each step of
+each half: prefix and suffix products by doubling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_INF = np.inf
+GRID = np.exp2(np.linspace(-1.25, 1.25, 21))  # the prices tried, relative to `reference`
+_IDENTITY = np.array([[0.0, _INF], [_INF, 0.0]])[:, :, None, None]
+
+
+def _min_plus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Min-plus products of 2 x 2 matrices held as (2, 2, ...): the matrix axes first, so
+    numpy's inner loops run over the long axes: (a x b)[i, k] = min_j a[i, j] + b[j, k]."""
+    return np.minimum(a[:, :1] + b[None, 0], a[:, 1:] + b[None, 1])
+
+
+def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> float:
+    """A price near the best one, as for a knapsack without switches: units moved from the
+    server to the client in order of work saved per second added, until the latency left
+    over the all-server placement is spent; the ratio of the unit that does not fit (0
+    when there is none)."""
+    cc, cs, w = t[:, 0, 0], t[:, 1, 1], work[:, 1]
+    extra = cc - cs
+    movable = np.flatnonzero(np.isfinite(extra) & (extra > 0))
+    if movable.shape[0] == 0:
+        return 0.0
+    ratio = w[movable] / extra[movable]
+    order = np.argsort(-ratio)
+    budget = limit - (t[0, 0, 1] - cs[0] + cs.sum() + end)
+    k = int(np.searchsorted(np.cumsum(extra[movable][order]), budget))
+    return float(ratio[order[min(k, order.shape[0] - 1)]])
+
+
+def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The chain as min-plus matrices [entry location, exit location] in its order, per
+    layer (2, 2, layers, 2S + 1): layer 0 the latency, one more per price in `lam` (lam x
+    latency + work). `blocks` (S, latency / work, chain, to, from, options): `meet`'s
+    steps; `cross` (from, to): the switch at the middle boundary."""
+    t, w = blocks[:, 0], blocks[:, 1]
+    S = t.shape[0]
+    vals = np.empty((1 + lam.shape[0],) + t.shape)
+    vals[0] = t
+    zero = int(np.count_nonzero(lam == 0))  # prices of 0 lead the grid
+    vals[1 : 1 + zero] = priced(t, w, 0.0)
+    np.add(w, lam[zero:, None, None, None, None, None] * t, out=vals[1 + zero :])
+    while vals.shape[-1] > 1:  # the least over the options (a power of two), by halves
+        half = vals.shape[-1] // 2
+        vals = np.minimum(vals[..., :half], vals[..., half:])
+    vals = vals[..., 0]  # (layer, step, chain, to, from)
+    seq = np.empty((2, 2, vals.shape[0], 2 * S + 1))
+    seq[:, :, :, :S] = vals[:, :, 0].transpose(3, 2, 0, 1)  # forward blocks: from -> to
+    seq[:, :, :, S] = cross[:, :, None] * np.r_[1.0, lam]
+    seq[:, :, :, S + 1 :] = vals[:, ::-1, 1].transpose(2, 3, 0, 1)  # backward, reversed
+    return seq
+
+
+def _product(seq: np.ndarray) -> np.ndarray:
+    """The min-plus product of a sequence of matrices (2, 2, layers, n), by pairs."""
+    n = seq.shape[3]
+    size = 1 << max(n - 1, 1).bit_length()
+    mats = np.empty(seq.shape[:3] + (size,))
+    mats[..., :n] = seq
+    mats[..., n:] = _IDENTITY
+    while mats.shape[3] > 1:
+        mats = _min_plus(mats[..., 0::2], mats[..., 1::2])
+    return mats[..., 0]
+
+
+def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
+    """The price with the largest bound from the start (0, the least work whatever the
+    latency, or one of the grid around `ref` when it gives a scale), that bound, and per
+    step and row (chain, location), (steps, 4, 1): `limit` less the least latency of the
+    rest of the chain, and lam x `limit` less its least lam x latency + work (forward half:
+    what comes after the step's block; backward half: what comes before it, from the
+    input)."""
+    S = blocks.shape[0]
+    grid = np.r_[0.0, ref * GRID] if ref > 0 and np.isfinite(ref) else np.zeros(1)
+    seq = _sequence(blocks, cross, grid)
+    full = _product(seq[:, :, 1:])[0, 0]  # client to client
+    i = int(np.argmax(full - grid * limit))
+    lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
+    seq = seq[:, :, [0, i + 1]]
+    n = seq.shape[3]
+    scan = np.concatenate([seq, seq[..., ::-1].transpose(1, 0, 2, 3)], axis=2)
+    s = 1
+    while s < n:  # prefixes (layers of seq) and suffixes (reversed, transposed) at once
+        scan[..., s:] = _min_plus(scan[..., :-s], scan[..., s:])
+        s *= 2
+    after = scan[0, :, 2:, n - 2 : n - 2 - S : -1]  # [client, a]: suffix k + 1, (2, 2, S)
+    before = scan[0, :, :2, 2 * S - 1 : S - 1 : -1]  # [client, r]: prefix 2S - k - 1
+    top = np.array([limit, lam * limit])[None, :, None]
+    rows = np.concatenate([top - after, top - before]).transpose(1, 2, 0)[..., None]
+    return lam, lower, rows[0], rows[1]
+
+
+def priced(t: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
+    """w + lam x t, infinite where t is (a location a unit may not take), also at lam 0."""
+    if lam == 0:
+        return np.where(np.isinf(t), _INF, w)
+    return w + lam * t

@@ -1,0 +1,229 @@
+"""The exact DP's label search for one latency and no loop: both halves at once, cut.
+
+Why: `sim.split.front` walks the units in order, a dozen numpy calls per unit; for 50
+units the calls, not the labels, cost most of its time, and its front holds every
+non-dominated label (~350 per location on the benchmark's chain).
+
+Two fronts grow in the same numpy calls: one forward over the first half of the units
+(from the input, on the client), one backward over the second half (from the output, back
+on the client: the reversed chain, where an uplink becomes a downlink). Each step adds a
+block of `BLOCK` units: a label extends by each placement of the block (the block's last
+unit at the row's location, the others at either: 2^(BLOCK - 1) options). Rows are
+(chain, location); per row one stable argsort by latency and a running minimum of the work
+keep the labels with less work than every faster one. The halves meet at the middle
+boundary: for each forward label (latency t) and location of the second half's first
+unit, the backward front's best completion is its slowest label that fits (t_b <= limit -
+t - switch), its work falling strictly with its latency: one `np.searchsorted` per location.
+Least total work, then least latency, is the optimum, traced back through both halves.
+
+Cut (`sim.split.lagrange`): a label also goes when its work plus a lower bound on the work
+its completion needs exceeds a guess G of the optimum (the Lagrangian bound from the
+start plus `GAP` of it, or `GAP_UNIT` x the mean work of a unit when more: the duality gap
+is about a fraction of one unit's work, which matters where the optimum is little work). If the best plan found has work <= G, every plan of work <= G survived the
+cut (its labels' bounds are at most its work), so it is the optimum; else the search runs
+again with G = the work of the plan found (it exists, so nothing better is cut), or, when
+none was found, without the cut. The first guess holds for 59 of 60 of the benchmark's
+random chains (seeds 0-59).
+
+Exact: times are summed in floating point, never rounded; labels are dropped only when
+dominated, when they cannot meet the limit even with the least latency of the rest, or by
+the cut (with a relative slack of 1e-9 for the bounds' float noise). Sums over the two
+halves and blocks round differently from one forward sum, so among plans of equal work
+(up to float noise) either may be returned. When the caller's exact check rejects the best
+(float noise at the limit), the forward search takes over, which tries the next best in
+the labels' order.
+
+Layout: a front is (plane, chain, location, M): planes latency, work and (with the cut)
+work + lam x latency; M the widest row's labels, shorter rows padded with an infinite
+latency (dropped at the next step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.split import front, lagrange
+from sim.split.labels import _SLACK, Criteria
+
+_INF = np.inf
+BLOCK = 3  # units per step of each chain
+GAP = 0.015  # the first guess of the optimum: the bound from the start + 1.5 % of it,
+GAP_UNIT = 0.3  # or + 0.3 x the mean work of a unit if more (loose deadlines: little work)
+_CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
+_ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
+MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
+
+
+def _units(L: int, block: int) -> np.ndarray:
+    """The units each chain adds at each step, (chain, steps, block): forward 0..mid-1,
+    backward L-1..mid, each led by steps that keep the labels (unit index L) to a whole
+    number of blocks of equal count."""
+    mid = L // 2
+    steps = -(-(L - mid) // block)
+    fwd = [L] * (steps * block - mid) + list(range(mid))
+    bwd = [L] * (steps * block - (L - mid)) + list(range(L - 1, mid - 1, -1))
+    return np.array([fwd, bwd]).reshape(2, steps, block)
+
+
+def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit (L + 1: the last keeps labels), what a label adds, (unit, from, to)
+    locations, in each direction (2, L + 1, 2, 2), and the work (L + 1, 2)."""
+    L = c.work.shape[0]
+    cc = np.where(c.allowed, c.cc[0], _INF)
+    cs, up, dn = c.cs[0], c.up[0], c.dn[0]
+    t = np.empty((2, L + 1, 2, 2))
+    t[:, :L, 0, 0] = cc
+    t[:, :L, 1, 1] = cs
+    t[0, :L, 1, 0] = dn[:L] + cc  # forward: the switch into unit u, at boundary u
+    t[0, :L, 0, 1] = up[:L] + cs
+    t[1, :L, 1, 0] = up[1:] + cc  # backward: the switch out of unit u, at boundary u + 1
+    t[1, :L, 0, 1] = dn[1:] + cs
+    t[:, L] = [[0.0, _INF], [_INF, 0.0]]
+    work = np.zeros((L + 1, 2))
+    work[:L, 1] = c.work
+    return t, work
+
+
+def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """What a label adds over each step's block of units in each chain (steps, latency /
+    work, chain, to, from, option, 1): an option is where the block's other units run
+    (the first most significant bit, 1 = server), `to` where its last unit runs."""
+    _, S, B = units.shape
+    chain = np.arange(2)[:, None]
+    tt = t[chain, units[:, :, 0]][:, :, :, None, :]  # (chain, S, from, options, location)
+    ww = np.broadcast_to(work[units[:, :, 0]][:, :, None, None, :], (2, S, 2, 1, 2))
+    for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
+        step = t[chain, units[:, :, j]][:, :, None, None]
+        tt = (tt[..., :, None] + step).reshape(2, S, 2, -1, 2)
+        ww = (ww[..., :, None] + work[units[:, :, j]][:, :, None, None, None]).reshape(tt.shape)
+    return np.ascontiguousarray(np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None])
+
+
+def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
+    """The least-work placement within the limit that `accept(on_client)` confirms, or None
+    (as `front.search`, for criteria where `front.applies`)."""
+    L = c.work.shape[0]
+    if L < MIN_UNITS:
+        return front.search(c, accept)
+    limit = float(c.limit[0]) * (1 + _SLACK)
+    units = _units(L, block)
+    t, work = _costs(c)
+    add = _blocks(t, work, units)
+    ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
+    lam, lower, room, cut = lagrange.bounds(add[..., 0], _cross(c), limit, ref)
+    key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
+    with_key = np.concatenate([add, key], axis=1)
+    cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
+    guess = lower + max(GAP * abs(lower), GAP_UNIT * float(c.work.mean()))
+    found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
+    best = None if found is None else _best(c, found[0], limit)
+    if best is not None and best[0] <= guess:
+        return _finish(c, found, best, units, accept)
+    if best is not None:  # a plan of that work exists: nothing better is cut
+        found = _fronts(with_key, room, cut + best[0] * (1 + _CUT_SLACK))
+        best = None if found is None else _best(c, found[0], limit)
+        if best is not None:  # (always: the plan found survives its own cut)
+            return _finish(c, found, best, units, accept)
+    found = _fronts(add, room, None)  # no plan near the bound: every label
+    best = None if found is None else _best(c, found[0], limit)
+    if best is None:
+        return None
+    return _finish(c, found, best, units, accept)
+
+
+def _fronts(add, room, cut):
+    """Both chains' fronts after the last step and each step's picks, or None when a
+    chain has no label left. `add` (steps, planes, ...): what a label's latency, work and
+    (with a `cut`, (steps, 4, 1)) its work + lam x latency gain, which must stay within
+    the cut."""
+    planes = add.shape[1]
+    width = 2 * add.shape[5]  # a row's candidates per label: from either location, options
+    state = np.full((planes, 2, 2, 1), _INF)  # (plane, chain, location, label)
+    state[:, :, 0, 0] = 0.0  # both chains start on the client
+    picks = []
+    less, minacc, copyto = np.less, np.minimum.accumulate, np.copyto
+    offsets = np.arange(4)[:, None]
+    for k in range(add.shape[0]):
+        m = state.shape[3]
+        n = width * m
+        rows = (state[:, :, None, :, None, :] + add[k]).reshape(planes, 4 * n)  # (chain, to)
+        order = rows[0].reshape(4, n).argsort(axis=1, kind="stable")
+        offset = offsets * n
+        order += offset
+        srt = rows.take(order, axis=1)  # (planes, 4, n): each row in latency order
+        ts, ws = srt[0], srt[1]
+        keep = ts <= room[k]
+        if cut is not None:
+            keep &= srt[2] <= cut[k]
+        keep[:, 1:] &= less(ws[:, 1:], minacc(ws, axis=1)[:, :-1])
+        count = keep.sum(axis=1).tolist()
+        if not (count[0] or count[1]) or not (count[2] or count[3]):
+            return None  # a half with no label left
+        drop = ~keep
+        copyto(ts, _INF, where=drop)
+        pos = drop.argsort(axis=1, kind="stable")[:, : max(count)]  # kept first, in order
+        pos += offset
+        picks.append((order.take(pos), m))
+        state = srt.reshape(planes, 4 * n).take(pos, axis=1).reshape(planes, 2, 2, -1)
+    return state, picks
+
+
+def _cross(c: Criteria) -> np.ndarray:
+    """The switch at the middle boundary, (from, to) locations."""
+    mid = c.work.shape[0] // 2
+    return np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])
+
+
+def _best(c: Criteria, state: np.ndarray, limit: float):
+    """The best pair of a forward and a backward label within the limit (least work, then
+    least latency) as (work, backward location, forward location, forward index, backward
+    index), or None."""
+    (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
+    head = ft[:, None, :] + _cross(c)[:, :, None]  # (a, r, m): to the second half's first unit
+    room = limit - head
+    partner = np.empty(head.shape, np.int64)
+    for r in (0, 1):  # the backward label that fits with the least work: the slowest
+        partner[:, r] = np.searchsorted(bt[r], room[:, r], "right")
+    partner -= 1
+    lat = head + bt[_ROWS, partner]
+    work = fw[:, None, :] + bw[_ROWS, partner]
+    work[(partner < 0) | ~(lat <= limit)] = _INF
+    least = work.min()
+    if not least < _INF:
+        return None
+    best = int(np.where(work == least, lat, _INF).argmin())  # ties: the least latency
+    a, r, i = np.unravel_index(best, lat.shape)
+    return float(least), int(r), int(a), int(i), int(partner.flat[best])
+
+
+def _finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
+    """The best pair's placement, traced back through both chains, if `accept` confirms
+    it; else the forward search (which tries the next best in the labels' order)."""
+    _, r, a, i, j = best
+    picks, (fwd, bwd) = found[1], units.tolist()
+    on_client = np.zeros(c.work.shape[0], bool)
+    _trace(on_client, picks, fwd, 0, a, i)
+    _trace(on_client, picks, bwd, 1, r, j)
+    if accept(on_client):
+        return on_client
+    return front.search(c, accept)
+
+
+def _trace(on_client: np.ndarray, picks: list, units: list, chain: int, loc: int, i: int):
+    """Set the locations of one chain's units (per step, a list) from its label (location,
+    index) at the end: a pick is a flat position in its step's (chain x location) rows of
+    (from, option, label) candidates; an option's bits are where the block's other units
+    ran."""
+    L = on_client.shape[0]
+    B = len(units[0])
+    P = 1 << (B - 1)
+    for k in range(len(picks) - 1, -1, -1):
+        pick, m = picks[k]
+        src_opt, i = divmod(int(pick[2 * chain + loc, i]) % (2 * P * m), m)
+        src, opt = divmod(src_opt, P)
+        block = units[k]
+        for j in range(B - 1, -1, -1):
+            if block[j] < L:
+                on_client[block[j]] = loc == 0
+            loc, opt = opt & 1, opt >> 1
+        loc = src
