@@ -45,15 +45,14 @@ class DecodeGroup:
     """Requests of one model whose decode-step coefficients agree (summed per unit)."""
 
     __slots__ = (
-        "model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active", "per_step", "per_ctx",
-        "coef", "extra",
+        "model", "f0", "f1", "b0", "b1", "n_diff", "c_diff", "active", "coef", "extra",
     )  # fmt: skip
 
     def __init__(self, model: int, f0, f1, b0_own, b1):
         self.model, self.f0, self.f1, self.b0, self.b1 = model, f0, f1, b0_own, b1
-        # rows (FLOPs, own bytes) per unit: per decode step and per cached token
-        self.per_step, self.per_ctx = np.array((f0, b0_own)), np.array((f1, b1))
-        self.coef = np.array((self.per_step, self.per_ctx))  # (per step, per token) x rows
+        # (per step, per token) x rows (FLOPs, own bytes, 0: the row of the fixed times)
+        zero = np.zeros(len(f0))
+        self.coef = np.array(((f0, b0_own, zero), (f1, b1, zero)))
         n = len(f0) + 1
         self.n_diff = [0.0] * n  # counts as floats: whole numbers, exact
         self.c_diff = [0.0] * n
@@ -86,8 +85,9 @@ class BatchCost:
         self._bytes: list[np.ndarray] = []
         self._used: list[np.ndarray] = []
         self._touched: set[int] = set()
-        self._rates = np.array([[flops_per_s], [bytes_per_s]])  # divide the rows by them
-        self._zero_weights: list[np.ndarray] = []  # per model: rows (0, weight bytes)
+        self._rates = np.array([[flops_per_s], [bytes_per_s], [1.0]])  # divide the rows by them
+        # per model: rows (0, weight bytes, fixed seconds) added to the summed steps' work
+        self._zero_weights: list[np.ndarray] = []
 
     def add_model(self, weights: np.ndarray, overheads_s: np.ndarray | None = None) -> int:
         """A model's units: their shared weight bytes and fixed seconds per run (default:
@@ -97,7 +97,7 @@ class BatchCost:
         if overheads_s is None:
             overheads_s = np.full(n, self.overhead_s)
         self.overheads.append(np.asarray(overheads_s, float))
-        self._zero_weights.append(np.array((np.zeros(n), weights)))
+        self._zero_weights.append(np.array((np.zeros(n), weights, self.overheads[-1])))
         self._flops.append(np.zeros(n))
         self._bytes.append(np.zeros(n))
         self._used.append(np.zeros(n, bool))
@@ -169,18 +169,20 @@ class BatchCost:
         """`close` of an iteration of one decode group's steps and nothing else: the same
         floats by the same elementwise operations (the model's zeroed accumulators added
         in as a row of zeros above the weights), with as few numpy calls as that allows:
-        FLOPs and bytes are the two rows of one array, both products (per step and per
-        cached token) one multiplication, both lines of `bound_s` one expression, and the
-        sum numpy's reduction itself (what `ndarray.sum` calls)."""
+        FLOPs, bytes and the units' fixed times are the three rows of one array (the last
+        0 + 0 + fixed, divided by 1: the fixed times themselves), both products (per step
+        and per cached token) one multiplication, both lines of `bound_s` one expression,
+        and the sum numpy's reduction itself (what `ndarray.sum` calls)."""
         size = len(g.n_diff)
         nc = g.summed()
         used = nc[0, :-1] > 0
-        p = nc[:, None, :-1] * g.coef  # [steps, context] x [FLOPs, bytes] per unit
+        p = nc[:, None, :-1] * g.coef  # [steps, context] x [FLOPs, bytes, 0] per unit
         work = (p[0] + p[1]) + self._zero_weights[g.model]
         x = work.compress(used, axis=1) / self._rates
+        xy = x[:2]
         if self.non_overlap:  # x + g*y and y + g*x (`bound_s`)
-            x = x + self.non_overlap * x[::-1]
-        t = np.maximum(x[0], x[1]) + self.overheads[g.model].compress(used)
+            xy = xy + self.non_overlap * xy[::-1]
+        t = np.maximum(xy[0], xy[1]) + x[2]
         g.n_diff = [0.0] * size
         g.c_diff = [0.0] * size
         g.active = False
