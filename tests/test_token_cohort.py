@@ -19,6 +19,7 @@ import random
 import pandas as pd
 import pytest
 import yaml
+from chat_scenario import chat_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,28 +28,18 @@ from sim.config import load_scenario
 from sim.engine.cohort import Cohort, _running_sum, _running_sum_of
 from sim.runner import simulate
 
-BASE = {
-    "name": "cohort",
-    "seed": 3,
-    "requests": 150,
-    "policies": ["server_only"],
-    "server": {"device": "a100-80gb"},
-    "simulation": {"granularity": "token", "max_batch_requests": 24},
-    "clients": [
-        {"name": "laptops", "count": 5, "device": "laptop-m2", "resident": "fit",
-         "link": {"uplink_mbps": 50, "downlink_mbps": 200, "rtt_ms": 20}},
-        {"name": "phones", "count": 5, "device": "phone-flagship", "resident": "none",
-         "link": {"uplink_mbps": 20, "downlink_mbps": 100, "rtt_ms": 40}},
-    ],
-    "workload": {
-        "arrival": {"kind": "poisson", "rate_per_s": 8.0},
-        "mix": [{"name": "chat", "model": "llama-3-8b", "task": "generate",
-                 "prompt_tokens": {"kind": "lognormal", "median": 600, "sigma": 0.6,
-                                   "max": 4000},
-                 "output_tokens": {"kind": "uniform", "low": 5, "high": 80},
-                 "ttft_deadline_s": 2.0, "tpot_deadline_s": 0.1}],
-    },
-}  # fmt: skip
+BASE = chat_scenario(
+    "cohort",
+    3,
+    150,
+    clients=5,
+    max_batch_requests=24,
+    rate_per_s=8.0,
+    prompt_median=600,
+    prompt_max=4000,
+    output=(5, 80),
+    policies=["server_only"],
+)
 
 
 def _tables(tmp_path, raw: dict, name: str) -> dict[str, pd.DataFrame]:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from chat_scenario import chat_scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,28 +30,18 @@ from sim.engine.token_program import (
 )
 from sim.runner import simulate
 
-CHAT = {
-    "name": "split_steps",
-    "seed": 5,
-    "requests": 120,
-    "policies": ["dp", "dp_queue_aware"],
-    "server": {"device": "a100-80gb"},
-    "simulation": {"granularity": "token", "max_batch_requests": 32},
-    "clients": [
-        {"name": "laptops", "count": 6, "device": "laptop-m2", "resident": "fit",
-         "link": {"uplink_mbps": 50, "downlink_mbps": 200, "rtt_ms": 20}},
-        {"name": "phones", "count": 6, "device": "phone-flagship", "resident": "none",
-         "link": {"uplink_mbps": 20, "downlink_mbps": 100, "rtt_ms": 40}},
-    ],
-    "workload": {
-        "arrival": {"kind": "poisson", "rate_per_s": 6.0},
-        "mix": [{"name": "chat", "model": "llama-3-8b", "task": "generate",
-                 "prompt_tokens": {"kind": "lognormal", "median": 1000, "sigma": 0.6,
-                                   "max": 6000},
-                 "output_tokens": {"kind": "uniform", "low": 10, "high": 60},
-                 "ttft_deadline_s": 2.0, "tpot_deadline_s": 0.1}],
-    },
-}  # fmt: skip
+CHAT = chat_scenario(
+    "split_steps",
+    5,
+    120,
+    clients=6,
+    max_batch_requests=32,
+    rate_per_s=6.0,
+    prompt_median=1000,
+    prompt_max=6000,
+    output=(10, 60),
+    policies=["dp", "dp_queue_aware"],
+)
 
 
 def _tables(tmp_path, raw: dict, name: str) -> dict[str, pd.DataFrame]:
