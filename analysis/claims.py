@@ -152,8 +152,10 @@ def claims_markdown(
         "",
         "- The paper publishes neither its greedy rule nor its hardware, link or SLA values. "
         "We report greedy as prefix offload from the input side that stops at the first unit "
-        "breaking the SLA, and show two other greedy variants (greedy_ratio, best_cut); devices "
-        "come from spec sheets and the link is an edge deployment (see scenarios/paper/).",
+        "breaking the SLA, and show two other greedy variants (greedy_ratio, best_cut); client "
+        "devices come from spec sheets, the server GPU's efficiencies and fixed time per kernel "
+        "from a fit to measured kernel times (results/calibration/gpu/), and the link is an "
+        "edge deployment (see scenarios/paper/).",
         "- Placements here are close to all-or-nothing at loose SLAs: running everything on "
         "the client avoids the network entirely, so once the client can meet the SLA alone "
         "every policy that tries client-only (dp, best_cut) removes the request from the "
