@@ -191,8 +191,8 @@ def register(book: ProblemBook, b: Batch) -> None:
     maker = _Maker(book, b)
     rows = np.flatnonzero(b.ok).tolist()
     k, g, prompts, outputs = b.klass, b.group, b.prompts, b.outputs
-    problems = {(k, g, prompts[i], outputs[i]): (maker.problem, i) for i in rows}
-    works = {(k, prompts[i], outputs[i]): (maker.work, i) for i in rows}
+    problems = {(k, g, prompts[i], outputs[i]): (maker, i) for i in rows}
+    works = {(k, prompts[i], outputs[i]): (maker, i) for i in rows}
     # the first registration of a key stands, and nothing made already is replaced
     for new, made, pending in ((problems, book._problems, book.pending),
                                (works, book._work, book.pending_work)):  # fmt: skip
@@ -212,6 +212,12 @@ class _Maker:
 
     def work(self, i: int):
         return self.b.whole.work.row(i)
+
+    def steps(self, i: int) -> int:
+        return int(self.b.whole.work.steps[i])
+
+    def deadline_s(self, i: int) -> float:
+        return float(self.b.deadline_s[i])
 
     def problem(self, i: int) -> RequestProblem:
         """Size i's problem with its deadline (and phases), sharing the book's work."""

@@ -127,7 +127,7 @@ class RunSetup:
                     p = SYNTHETIC
                 elif self.dynamic:
                     p = AT_ARRIVAL
-                    deadline_of[key] = self.planner.book.get(*key).deadline_s
+                    deadline_of[key] = self.planner.book.deadline_s(*key)
                 else:
                     p = len(plans)
                     plans.append((key[1], self.planner.get(*key)))

@@ -1,0 +1,102 @@
+"""The vectorised planning paths give the one-at-a-time path's plans bit for bit.
+
+- dp_queue_aware's plans at arrival read off a staircase without building the size's
+  problem (`Stairs.planned`) equal the staircase's plans judged on the waited problem
+  (`Planner._from_stairs`): placement, latency, work, feasibility, client units,
+  switches, deadline, server-only work and segments, for waits from none fitting to all.
+- Plans whose segments are derived on first use equal plans built with them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_batched_planning import SLAS, _same, _scenario
+
+from sim.engine.plan_batch import prefetch
+from sim.engine.plan_wait import _fast, fast_latency
+from sim.engine.planner import PlannedRequest, Planner, _planned, pass_waits, plan_segments
+from sim.split.problem import evaluate
+
+WAITS = (1e-5, 1e-4, 7e-4, 3e-3, 0.01, 0.03, 0.1, 0.4, 1.0)
+
+
+def _keys(rng: np.random.Generator, groups: tuple[int, ...], count: int) -> list[tuple]:
+    """Random sizes on the given client groups, with one-token and one-step edge cases."""
+    keys = [
+        (0, g, int(p), int(o))
+        for g in groups
+        for p, o in zip(rng.integers(1, 3000, count), rng.integers(2, 400, count), strict=True)
+    ]
+    return keys + [(0, g, 1, 2) for g in groups] + [(0, g, 2999, 2) for g in groups]
+
+
+@pytest.mark.parametrize("sla", ["token", "ttft_e2e"])
+def test_staircase_plan_at_arrival_equals_the_judged_plan(tmp_path, sla):
+    book = _scenario(tmp_path, "llama-2-7b", "generate", SLAS[sla], True)
+    planner = Planner(book, "dp_queue_aware", wait_per_pass=True, shed=False)
+    keys = _keys(np.random.default_rng(5), (0, 1, 2, 3), 25)
+    prefetch(planner, keys)
+    fast = slow = 0
+    for key in keys:
+        stairs = planner.stairs[key]
+        for wait in WAITS:
+            got = stairs.planned(book, key, np.float64(wait), planner.policy)
+            rp = book.get(*key)
+            want = planner._from_stairs(stairs, rp, wait)
+            if got is None:  # the staircase does not decide alone: judged or searched
+                found = stairs.pick(wait)
+                assert found is None or not found[1]
+                slow += 1
+                continue
+            fast += 1
+            assert want is not None and type(got.plan.latency) is float
+            ref = _planned(rp, want)
+            _same(got, ref)
+            assert (got.plan.client_units, got.plan.switches) == (
+                int(want.on_client.sum()), want.switches,
+            )  # fmt: skip
+    assert fast > slow and fast > 500
+
+
+def test_lazy_segments_equal_eager_ones(tmp_path):
+    book = _scenario(tmp_path, "gpt2", "generate", SLAS["e2e"], False)
+    planner = Planner(book, "dp")
+    for key in [(0, g, p, 30) for g in range(4) for p in (5, 300)]:
+        planned = planner.get(*key)
+        rp = book.get(*key)
+        segments = plan_segments(rp.problem, rp.work, planned.plan.on_client)
+        eager = PlannedRequest(
+            planned.plan, segments, planned.deadline_s, planned.server_only_work,
+            any(s[0] == 1 for s in segments), float(sum(s[2] for s in segments if s[0] == 2)),
+        )  # fmt: skip
+        _same(planned, eager)
+
+
+@pytest.mark.parametrize("model", ["llama-2-7b", "transformer-base"])
+def test_staircase_terms_give_evaluate_for_every_structure(tmp_path, model):
+    """Every structure's latency from its plain-float terms (at most two entries onto the
+    server and returns) or from `Stairs.evaluate` (any placement) equals `evaluate` on
+    the size's problem with the waits per pass, bit for bit."""
+    book = _scenario(tmp_path, model, "generate", SLAS["token"], True)
+    planner = Planner(book, "dp_queue_aware", wait_per_pass=True, shed=False)
+    keys = _keys(np.random.default_rng(9), (0, 2, 3), 6)
+    prefetch(planner, keys)
+    kinds = set()
+    for key in keys:
+        stairs = planner.stairs[key]
+        sh = stairs.shared
+        rp = book.get(*key)
+        q = np.arange(sh.on_client.shape[0])
+        terms = _fast(sh, np.full(q.shape[0], stairs.row), q)
+        for wait in (0.0, 1e-4, 0.02, 0.5):
+            whole = rp.problem.with_entry(pass_waits(rp.work, wait))
+            for n, t in enumerate(terms):
+                want = evaluate(whole, sh.on_client[n])
+                assert stairs.evaluate(n, wait) == want
+                if t is not None:
+                    assert fast_latency(t, wait) == want[0]
+                    kinds.add((t[6], t[4] > 0))
+                else:
+                    kinds.add("numpy")
+    assert (0, True) in kinds and {(1, False), (-1, False)} & kinds
