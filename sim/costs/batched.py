@@ -12,7 +12,7 @@ arrays exactly (tests/test_batched_planning.py). `WorkBatch.row(i)` is size i's
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +58,10 @@ class WorkBatch:
     loop_bytes: float
     weight_bytes: np.ndarray
     kv_bytes: np.ndarray
+    # each unit's (kind, stack) representative (`sim.costs.work._kinds`): units of one kind
+    # have equal columns in every per-unit cost array (FLOPs, bytes, runs), so their times
+    # are computed once per kind
+    kind_of: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -151,6 +155,7 @@ def _forward(model: ModelSpec, units, n: np.ndarray) -> WorkBatch:
         act_step=np.zeros((k, L + 1)), loop_start=0, loop_bytes=0.0,
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=np.broadcast_to(_kv_per_token(model, units) * 0.0, (k, L)).copy(),
+        kind_of=_kinds(units)[1],
     )  # fmt: skip
 
 
@@ -187,12 +192,29 @@ def _generate(model: ModelSpec, units, p: np.ndarray, o: np.ndarray) -> WorkBatc
         loop_start=loop_start, loop_bytes=float(TOKEN_ID_BYTES),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv_tok * np.where(is_dec, dec_tokens[:, None], 0) + cross_kv,
+        kind_of=_kinds(units)[1],
     )  # fmt: skip
 
 
 def unit_times_many(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
     """(K, L) seconds of each unit on `device`, as `sim.costs.roofline.unit_times_s` row by
-    row (sizes without decode steps skip the step terms, as there)."""
+    row (sizes without decode steps skip the step terms, as there). Computed once per unit
+    kind (`WorkBatch.kind_of`) and spread: elementwise, so every element is the same."""
+    if w.kind_of is None:
+        return _unit_times(w, device, compute_dtype)
+    kinds = w.kind_of
+    first = np.unique(kinds, return_index=True)[1]  # a column of each kind, in kind order
+    cols = {
+        name: getattr(w, name)[:, first]
+        for name in ("pass_flops", "pass_bytes", "pass_runs", "step_flops0", "step_flops1",
+                     "step_bytes0", "step_bytes1", "step_runs")
+    }  # fmt: skip
+    per_kind = _unit_times(replace(w, **cols, kind_of=None), device, compute_dtype)
+    return np.ascontiguousarray(per_kind[:, kinds])
+
+
+def _unit_times(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
+    """`unit_times_many` on every column."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
     g = device.non_overlap
     overhead_s = device.overhead_us * 1e-6

@@ -41,25 +41,50 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
     feasible = latency <= b.plan_deadline * _PLAN_FITS
     if planner.policy == "server_only":  # the placement itself must fit, else a search
         rows &= feasible
+    index = np.flatnonzero(rows)
+    if not index.size:
+        return
     ok = _judged(b, latency, feasible)
-    server_only_work = w.server_work.sum(axis=1).tolist()
-    ones = np.ones((1, w.server_t.shape[1]))
-    on_client = np.zeros(w.server_t.shape[1], bool)
+    server_only_work = w.server_work.sum(axis=1)
+    L = w.server_t.shape[1]
+    # `evaluate`'s (1, L) @ (L,) product per row: a stack of them runs the same kernel
+    work = stacked_dot(np.ones((index.size, L)), w.server_work[index])
+    on_client = np.zeros(L, bool)
     on_client.setflags(write=False)
-    lat, okl, dl = latency.tolist(), ok.tolist(), b.deadline_s.tolist()
-    segments, has_server, nbytes = _server_segments(b)
-    for i in np.flatnonzero(rows).tolist():
+    facts = _Facts(b)
+    columns = zip(
+        index.tolist(), latency[index].tolist(), work.tolist(), ok[index].tolist(),
+        b.deadline_s[index].tolist(), server_only_work[index].tolist(), strict=True,
+    )  # fmt: skip
+    plans, policy = planner._plans, planner.policy
+    for i, lat, wk, feas, dl, only in columns:
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
-        if key in planner._plans:
+        if key in plans:
             continue
-        work = float((ones @ w.server_work[i])[0])
-        plan = Plan(on_client, lat[i], work, okl[i], planner.policy, {})
+        plan = Plan(on_client, lat, wk, feas, policy, {})
         plan.__dict__.update(client_units=0, switches=2)  # all on the server: known
-        planner._plans[key] = PlannedRequest(
-            plan=plan, segments=segments[i], deadline_s=dl[i],
-            server_only_work=server_only_work[i], has_server=has_server[i],
-            transfer_bytes=nbytes[i],
-        )  # fmt: skip
+        plans[key] = PlannedRequest.lazy(plan, dl, only, facts, i)
+
+
+def stacked_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(K,) row-by-row products of two (K, n) arrays as `a[k][None, :] @ b[k]` computes
+    each (`evaluate`'s products): one matmul over the stack runs the same (1, n) @ (n, 1)
+    kernel per row, unlike `(a * b).sum(axis=1)`, whose summation order differs."""
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+class _Facts:
+    """Each size's all-server segments, built for the whole batch when first asked for
+    (`PlannedRequest.lazy`: only the request engine reads them)."""
+
+    def __init__(self, b: Batch):
+        self.b, self.made = b, None
+
+    def __call__(self, i: int) -> tuple:
+        if self.made is None:
+            self.made = _server_segments(self.b)
+        segments, has_server, nbytes = self.made
+        return segments[i], has_server[i], nbytes[i]
 
 
 def _judged(b: Batch, latency: np.ndarray, feasible: np.ndarray) -> np.ndarray:

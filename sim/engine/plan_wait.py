@@ -19,7 +19,7 @@ import numpy as np
 
 from sim.engine.plan_batch import Batch
 from sim.engine.plan_dp import _criteria, _structures_of
-from sim.engine.planner import PlannedRequest, Planner, ProblemBook, segment_facts
+from sim.engine.planner import PlannedRequest, Planner, ProblemBook, book_segment_facts
 from sim.split import Plan
 from sim.split.labels import patterns
 from sim.split.phased import _FITS
@@ -197,7 +197,7 @@ class Stairs:
         plan = Plan(on_client, latency, work, latency <= e2e * _FITS, policy)
         plan.__dict__.update(client_units=sh.client_units[q], switches=sh.switches[q])
         return PlannedRequest.lazy(
-            plan, float(sh.batch.deadline_s[i]), sh.server_only_work[i], _facts, book, key,
+            plan, float(sh.batch.deadline_s[i]), sh.server_only_work[i], book_segment_facts, book, key,
             on_client,
         )  # fmt: skip
 
@@ -211,12 +211,6 @@ def fast_latency(terms: tuple, wait_s: float) -> float:
     if sign:
         latency = latency + loop if sign > 0 else latency - loop
     return latency
-
-
-def _facts(book: ProblemBook, key: tuple, on_client: np.ndarray) -> tuple:
-    """The segments of a placement on a size's nominal problem (`segment_facts`)."""
-    rp = book.get(*key)
-    return segment_facts(rp.problem, rp.work, on_client)
 
 
 def prepare_waits(planner: Planner, b: Batch) -> None:
@@ -257,7 +251,7 @@ def groups_of(allowed: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
 
 
 def _entries(b: Batch, c: BatchCriteria, st: Structures, sizes: np.ndarray) -> np.ndarray:
-    """(S, Q, K) entries onto the server each structure pays per criterion for a wait of
+    """(K, S, Q) entries onto the server each structure pays per criterion for a wait of
     one per pass: prefill every entry, step from the loop start on, whole once per pass."""
     ls = c.loop_start
     after = np.zeros(st.pattern.shape[0])
@@ -272,20 +266,20 @@ def _entries(b: Batch, c: BatchCriteria, st: Structures, sizes: np.ndarray) -> n
     per = {0: np.broadcast_to(before + after, (steps.shape[0], after.shape[0])),
            1: np.broadcast_to(after, (steps.shape[0], after.shape[0])),
            2: before + after * (1 + steps)}  # fmt: skip
-    return np.stack([per[k] for k in c.kinds], axis=2)
+    return np.stack([per[k] for k in c.kinds], axis=0)
 
 
 def _store(
     planner: Planner, b: Batch, sizes, c: BatchCriteria, st: Structures, rows, sh: Shared
 ) -> None:
     """Keep, per size of `rows`, the structures that are least-work feasible at some wait."""
-    t0, work = latencies(c, st, rows)
+    t0, work = latencies(c, st, rows)  # (K, S, Q), (S, Q)
     a = _entries(b, c, st, sizes)
-    limit = c.limit[rows, None, :] * (1 + _SLACK)
+    limit = c.limit[rows].T[:, :, None] * (1 + _SLACK)
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(a > 0, (limit - t0) / a, np.where(t0 <= limit, np.inf, -np.inf))
-    wmax = room.min(axis=2)  # (S, Q)
-    keys = [t0[:, :, k] for k in range(t0.shape[2] - 1, -1, -1)]
+    wmax = room.min(axis=0)  # (S, Q)
+    keys = [t0[k] for k in range(t0.shape[0] - 1, -1, -1)]
     order = np.lexsort((*keys, work), axis=-1)  # per size: least work, then latency
     w_sorted = np.take_along_axis(work, order, axis=1)
     m_sorted = np.take_along_axis(wmax, order, axis=1)
@@ -300,7 +294,8 @@ def _store(
     n_of, at = np.nonzero(keep)  # per size in order, its kept structures in sorted order
     chosen = order[n_of, at]
     works, wmaxs = work[n_of, chosen].tolist(), wmax[n_of, chosen].tolist()
-    t0s, entries, qs = t0[n_of, chosen].tolist(), a[n_of, chosen].tolist(), chosen.tolist()
+    t0s, entries = t0[:, n_of, chosen].T.tolist(), a[:, n_of, chosen].T.tolist()
+    qs = chosen.tolist()
     fast = _fast(sh, sizes[n_of], chosen)
     ends = np.cumsum(keep.sum(axis=1)).tolist()
     limits = c.limit[rows].tolist()

@@ -304,6 +304,12 @@ def segment_facts(problem: SplitProblem, work: RequestWork, on_client: np.ndarra
     return segments, has_server, float(sum(s[2] for s in segments if s[0] == XFER))
 
 
+def book_segment_facts(book: ProblemBook, key: tuple, on_client: np.ndarray) -> tuple:
+    """`segment_facts` of a placement on a size's nominal problem, built when asked."""
+    rp = book.get(*key)
+    return segment_facts(rp.problem, rp.work, on_client)
+
+
 def _planned(rp: RequestProblem, plan: Plan) -> PlannedRequest:
     """The plan with its request's deadline and server-only work; segments when asked."""
     work = float(rp.problem.server_work.sum())
