@@ -15,7 +15,13 @@ import numpy as np
 
 from sim.engine.plan_batch import Batch
 from sim.engine.plan_fixed import stacked_dot
-from sim.engine.planner import PlannedRequest, Planner, _planned, book_segment_facts
+from sim.engine.planner import (
+    PlannedRequest,
+    Planner,
+    _planned,
+    book_segment_facts,
+    counted_plan,
+)
 from sim.split import Plan
 from sim.split.labels import runs_from
 from sim.split.phased import _FITS, judge
@@ -106,8 +112,7 @@ def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
             continue
         oc = on_client[n]
         if clr:
-            plan = Plan(oc, lat, wk, feas, planner.policy)
-            plan.__dict__.update(client_units=cu, switches=sw)
+            plan = counted_plan(oc, lat, wk, feas, planner.policy, cu, sw)
             if feas:
                 planner._plans[key] = PlannedRequest.lazy(
                     plan, float(b.deadline_s[i]), only[n], book_segment_facts, book, key, oc

@@ -16,8 +16,7 @@ import numpy as np
 
 from sim.engine.network import DOWN, UP
 from sim.engine.plan_batch import Batch, server_only_latency
-from sim.engine.planner import SERVER, XFER, PlannedRequest, Planner
-from sim.split import Plan
+from sim.engine.planner import SERVER, XFER, PlannedRequest, Planner, counted_plan
 from sim.split.phased import DEADLINE_POLICIES
 
 _PLAN_FITS = 1 + 1e-12  # make_plan's slack
@@ -61,8 +60,7 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
         if key in plans:
             continue
-        plan = Plan(on_client, lat, wk, feas, policy, {})
-        plan.__dict__.update(client_units=0, switches=2)  # all on the server: known
+        plan = counted_plan(on_client, lat, wk, feas, policy, 0, 2)  # all on the server
         plans[key] = PlannedRequest.lazy(plan, dl, only, facts, i)
 
 

@@ -19,8 +19,14 @@ import numpy as np
 
 from sim.engine.plan_batch import Batch
 from sim.engine.plan_dp import _criteria, _structures_of
-from sim.engine.planner import PlannedRequest, Planner, ProblemBook, book_segment_facts
-from sim.split import Plan
+from sim.engine.plan_fixed import stacked_dot
+from sim.engine.planner import (
+    PlannedRequest,
+    Planner,
+    ProblemBook,
+    book_segment_facts,
+    counted_plan,
+)
 from sim.split.labels import patterns
 from sim.split.phased import _FITS
 from sim.split.structural import (
@@ -110,11 +116,18 @@ class Stairs:
     each fits, latencies without waits and entries paid per criterion (K each), their
     structure indices into the shared placements, the K criteria's limits (s)."""
 
-    __slots__ = ("work", "wmax", "t0", "entries", "structure", "fast", "limit", "shared", "row")
+    __slots__ = (
+        "work", "wmax", "t0", "entries", "structure", "fast", "server_work", "limit", "shared",
+        "row",
+    )  # fmt: skip
 
-    def __init__(self, work, wmax, t0, entries, structure, fast, limit, shared: Shared, row: int):
+    def __init__(
+        self, work, wmax, t0, entries, structure, fast, server_work, limit, shared: Shared,
+        row: int,
+    ):  # fmt: skip
         self.work, self.wmax, self.t0, self.entries = work, wmax, t0, entries
         self.structure, self.fast, self.limit = structure, fast, limit
+        self.server_work = server_work  # `evaluate`'s work of each candidate
         self.shared, self.row = shared, row
 
     def placement(self, wait_s: float) -> tuple[np.ndarray, bool] | None:
@@ -190,12 +203,13 @@ class Stairs:
         if fast is None:
             latency, work = self.evaluate(q, wait_s)
         else:
-            latency = fast_latency(fast, wait_s)
-            work = float((sh.on_server[q][None, :] @ sh.batch.whole.server_work[i])[0])
+            latency, work = fast_latency(fast, wait_s), self.server_work[k]
         e2e = sh.batch.limits[2] or np.inf
         on_client = sh.on_client[q]
-        plan = Plan(on_client, latency, work, latency <= e2e * _FITS, policy)
-        plan.__dict__.update(client_units=sh.client_units[q], switches=sh.switches[q])
+        feasible = latency <= e2e * _FITS
+        plan = counted_plan(
+            on_client, latency, work, feasible, policy, sh.client_units[q], sh.switches[q]
+        )
         return PlannedRequest.lazy(
             plan, float(sh.batch.deadline_s[i]), sh.server_only_work[i], book_segment_facts, book, key,
             on_client,
@@ -297,6 +311,7 @@ def _store(
     t0s, entries = t0[:, n_of, chosen].T.tolist(), a[:, n_of, chosen].T.tolist()
     qs = chosen.tolist()
     fast = _fast(sh, sizes[n_of], chosen)
+    works_exact = stacked_dot(sh.on_server[chosen], b.whole.server_work[sizes[n_of]]).tolist()
     ends = np.cumsum(keep.sum(axis=1)).tolist()
     limits = c.limit[rows].tolist()
     first = 0
@@ -305,6 +320,6 @@ def _store(
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
         planner.stairs[key] = Stairs(
             works[first:end], wmaxs[first:end], t0s[first:end], entries[first:end],
-            qs[first:end], fast[first:end], limits[n], sh, i,
+            qs[first:end], fast[first:end], works_exact[first:end], limits[n], sh, i,
         )  # fmt: skip
         first = end

@@ -304,6 +304,25 @@ def segment_facts(problem: SplitProblem, work: RequestWork, on_client: np.ndarra
     return segments, has_server, float(sum(s[2] for s in segments if s[0] == XFER))
 
 
+def counted_plan(
+    on_client: np.ndarray,
+    latency: float,
+    work: float,
+    feasible: bool,
+    policy: str,
+    client_units: int,
+    switches: int,
+) -> Plan:
+    """A `Plan` whose client units and switches are counted already (for a batch): its
+    fields set in one go, as its constructor and cached properties would set them."""
+    plan = object.__new__(Plan)
+    plan.__dict__.update(
+        on_client=on_client, latency=latency, server_work=work, feasible=feasible,
+        policy=policy, notes={}, client_units=client_units, switches=switches,
+    )  # fmt: skip
+    return plan
+
+
 def book_segment_facts(book: ProblemBook, key: tuple, on_client: np.ndarray) -> tuple:
     """`segment_facts` of a placement on a size's nominal problem, built when asked."""
     rp = book.get(*key)
