@@ -15,7 +15,9 @@ fail validation) is left to the one-at-a-time path, which stays the reference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,6 +248,22 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int)
     ttft, tpot, e2e = b.limits
     inf = float("inf")
     return Phases(prefill.with_deadline(np.inf), step, steps, ttft or inf, tpot or inf, e2e or inf)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cycle collector paused while a run's plans are built (restored after, if it
+    was on). Planning makes tens of thousands of long-lived objects and no garbage cycles;
+    with the collector on, each of its collections scans the objects made so far again,
+    which costs about as much as building them (the run then freezes them:
+    `sim.engine.heap`)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:

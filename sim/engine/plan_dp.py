@@ -115,7 +115,7 @@ def _plan_group(planner: Planner, b: Batch, rows: np.ndarray) -> None:
             plan = counted_plan(oc, lat, wk, feas, planner.policy, cu, sw)
             if feas:
                 planner._plans[key] = PlannedRequest.lazy(
-                    plan, float(b.deadline_s[i]), only[n], book_segment_facts, book, key, oc
+                    plan, float(b.deadline_s[i]), only[n], book_segment_facts, (book, key, oc)
                 )
             continue
         rp = book.get(*key)

@@ -61,7 +61,7 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
         if key in plans:
             continue
         plan = counted_plan(on_client, lat, wk, feas, policy, 0, 2)  # all on the server
-        plans[key] = PlannedRequest.lazy(plan, dl, only, facts, i)
+        plans[key] = PlannedRequest.lazy(plan, dl, only, facts, (i,))
 
 
 def stacked_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -62,6 +62,8 @@ class Shared:
     n_down: np.ndarray  # (Q,)
     passes: np.ndarray  # (K, L + 1) per size of the batch
     server_only_work: list[float]  # per size of the batch
+    views: list[np.ndarray]  # each structure's placement (rows of `on_client`), made once
+    e2e_fits: float  # the end-to-end limit with `judge`'s slack (inf: none)
 
 
 def _shared(b: Batch, st: Structures, passes: np.ndarray, only: list[float]) -> Shared:
@@ -79,6 +81,7 @@ def _shared(b: Batch, st: Structures, passes: np.ndarray, only: list[float]) -> 
     return Shared(
         b, oc, up, down, (~oc).astype(float), oc.sum(axis=1).tolist(), switches.tolist(),
         first_up, (up > 0).sum(axis=1), first_down, (down > 0).sum(axis=1), passes, only,
+        list(oc), (b.limits[2] or np.inf) * _FITS,
     )  # fmt: skip
 
 
@@ -118,17 +121,19 @@ class Stairs:
 
     __slots__ = (
         "work", "wmax", "t0", "entries", "structure", "fast", "server_work", "limit", "shared",
-        "row",
+        "row", "deadline_s", "quantum_s",
     )  # fmt: skip
 
     def __init__(
         self, work, wmax, t0, entries, structure, fast, server_work, limit, shared: Shared,
-        row: int,
+        row: int, deadline_s: float, quantum_s: float,
     ):  # fmt: skip
         self.work, self.wmax, self.t0, self.entries = work, wmax, t0, entries
         self.structure, self.fast, self.limit = structure, fast, limit
         self.server_work = server_work  # `evaluate`'s work of each candidate
         self.shared, self.row = shared, row
+        self.deadline_s = deadline_s  # the size's SLA (s)
+        self.quantum_s = quantum_s  # `Planner.get_at`'s wait bucket for the size (s)
 
     def placement(self, wait_s: float) -> tuple[np.ndarray, bool] | None:
         """The least-work placement that fits at `wait_s` and whether its latencies are
@@ -204,15 +209,14 @@ class Stairs:
             latency, work = self.evaluate(q, wait_s)
         else:
             latency, work = fast_latency(fast, wait_s), self.server_work[k]
-        e2e = sh.batch.limits[2] or np.inf
-        on_client = sh.on_client[q]
-        feasible = latency <= e2e * _FITS
+        on_client = sh.views[q]
+        feasible = latency <= sh.e2e_fits
         plan = counted_plan(
             on_client, latency, work, feasible, policy, sh.client_units[q], sh.switches[q]
         )
         return PlannedRequest.lazy(
-            plan, float(sh.batch.deadline_s[i]), sh.server_only_work[i], book_segment_facts, book, key,
-            on_client,
+            plan, self.deadline_s, sh.server_only_work[i], book_segment_facts,
+            (book, key, on_client),
         )  # fmt: skip
 
 
@@ -314,6 +318,10 @@ def _store(
     works_exact = stacked_dot(sh.on_server[chosen], b.whole.server_work[sizes[n_of]]).tolist()
     ends = np.cumsum(keep.sum(axis=1)).tolist()
     limits = c.limit[rows].tolist()
+    deadline = b.deadline_s[sizes]
+    # `Planner.get_at`'s bucket: the same float operations, elementwise
+    quantum = (planner.bucket * deadline / (1 + np.maximum(b.whole.work.steps[sizes], 0))).tolist()
+    deadline = deadline.tolist()
     first = 0
     for n, i in enumerate(sizes.tolist()):
         end = ends[n]
@@ -321,5 +329,6 @@ def _store(
         planner.stairs[key] = Stairs(
             works[first:end], wmaxs[first:end], t0s[first:end], entries[first:end],
             qs[first:end], fast[first:end], works_exact[first:end], limits[n], sh, i,
+            deadline[n], quantum[n],
         )  # fmt: skip
         first = end

@@ -58,7 +58,7 @@ class PlannedRequest:
     (`derive(*args)` gives the three), so token-mode planning never builds them.
     """
 
-    __slots__ = ("plan", "deadline_s", "server_only_work", "_segments", "_derive")
+    __slots__ = ("plan", "deadline_s", "server_only_work", "_segments", "_derive", "_args")
 
     def __init__(
         self,
@@ -71,22 +71,22 @@ class PlannedRequest:
     ):
         self.plan, self.deadline_s, self.server_only_work = plan, deadline_s, server_only_work
         self._segments = (segments, has_server, transfer_bytes)
-        self._derive = None
+        self._derive = self._args = None
 
     @classmethod
     def lazy(
-        cls, plan: Plan, deadline_s: float, server_only_work: float, derive: Callable, *args
+        cls, plan: Plan, deadline_s: float, server_only_work: float, derive: Callable, args: tuple
     ) -> PlannedRequest:
         """A plan whose segments `derive(*args)` builds when first asked for."""
         out = cls.__new__(cls)
         out.plan, out.deadline_s, out.server_only_work = plan, deadline_s, server_only_work
-        out._segments, out._derive = None, (derive, args)
+        out._segments, out._derive, out._args = None, derive, args
         return out
 
     def _derived(self) -> tuple:
         if self._segments is None:
-            derive, args = self._derive  # type: ignore[misc]
-            self._segments, self._derive = derive(*args), None
+            self._segments = self._derive(*self._args)  # type: ignore[misc]
+            self._derive = self._args = None
         return self._segments
 
     @property
@@ -333,7 +333,7 @@ def _planned(rp: RequestProblem, plan: Plan) -> PlannedRequest:
     """The plan with its request's deadline and server-only work; segments when asked."""
     work = float(rp.problem.server_work.sum())
     return PlannedRequest.lazy(
-        plan, rp.deadline_s, work, segment_facts, rp.problem, rp.work, plan.on_client
+        plan, rp.deadline_s, work, segment_facts, (rp.problem, rp.work, plan.on_client)
     )
 
 
@@ -418,10 +418,14 @@ class Planner:
         cfg = self.book.ld.scenario.clients[group].link
         up = bucket_log(up_mbps, cfg.uplink_mbps, self.bucket)
         down = bucket_log(down_mbps, cfg.downlink_mbps, self.bucket)
+        stairs = self.stairs.get(key)
         if self.load_aware and server_wait_s > 0:
-            quantum = self.bucket * self.book.deadline_s(*key)
-            if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
-                quantum /= 1 + max(self.book.steps(klass, key[2], key[3]), 0)
+            if stairs is not None:  # prepared with the size's staircase
+                quantum = stairs.quantum_s
+            else:
+                quantum = self.bucket * self.book.deadline_s(*key)
+                if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
+                    quantum /= 1 + max(self.book.steps(klass, key[2], key[3]), 0)
             wait = bucket_linear(server_wait_s, quantum)
         else:
             wait = 0.0
@@ -434,8 +438,7 @@ class Planner:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 # the staircase's plan when it decides alone: what `_solve` would return
-                stairs = self.stairs.get(key) if nominal and not self.shed else None
-                if stairs is not None:
+                if stairs is not None and nominal and not self.shed:
                     planned = stairs.planned(self.book, key, wait, self.policy)
                 if planned is None:
                     rp = self.book.get_link(klass, group, key[2], key[3], up, down)

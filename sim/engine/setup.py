@@ -20,7 +20,7 @@ from sim.config import LoadedScenario
 # prefetch's planners, imported (compiled) with the engine rather than in the first run
 from sim.engine import plan_dp, plan_fixed, plan_wait  # noqa: F401
 from sim.engine.network import DOWN, UP, LinkModel, Medium
-from sim.engine.plan_batch import prefetch
+from sim.engine.plan_batch import collector_paused, prefetch
 from sim.engine.planner import PlannedRequest, Planner
 from sim.engine.recorder import RequestRecorder
 from sim.engine.workload import Arrivals
@@ -108,6 +108,11 @@ class RunSetup:
         column goes to the recorder now. Each request's key (class, group, prompt, output)
         is kept in `keys` when asked, or when plans are made at arrival.
         """
+        with collector_paused():  # tens of thousands of long-lived objects, no cycles
+            return self._index_plans(keep_keys)
+
+    def _index_plans(self, keep_keys: bool) -> list[tuple[int, PlannedRequest]]:
+        """`index_plans`' body."""
         mix = self.ld.scenario.workload.mix
         arr = self.arr
         if keep_keys or self.dynamic:  # a list of n tuples: kept only when asked for
