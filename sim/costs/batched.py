@@ -179,21 +179,39 @@ def _generate(model: ModelSpec, units, p: np.ndarray, o: np.ndarray) -> WorkBatc
         memory, ctx_first, dec_tokens, loop_start = 0.0, p + 1, p + o, 0
         cross_kv = np.zeros((k, L))
     pass_flops, pass_bytes = _costs(model, units, prefill, k)
-    f0, b0 = _costs(model, units, step, k)
-    f1, b1 = _costs(model, units, _with_context(step, 1), k)
-    act_step = _boundary_bytes(model, units, step, 0.0, k)
+    # a decode step of a decoder costs the same for every size: one row, shared (read-only)
+    n = 1 if _scalar(step) else k
+    f0, b0 = _costs(model, units, step, n)
+    f1, b1 = _costs(model, units, _with_context(step, 1), n)
+    act_step = _boundary_bytes(model, units, step, 0.0, n)
     act_step[:, loop_start] = 0.0  # the generated token arrives through the loop
     return WorkBatch(
         units=units, pass_flops=pass_flops, pass_bytes=pass_bytes,
-        pass_runs=np.ones((k, L), bool), step_flops0=f0, step_flops1=f1 - f0,
-        step_bytes0=b0, step_bytes1=b1 - b0, step_runs=np.broadcast_to(is_dec, (k, L)).copy(),
+        pass_runs=np.ones((k, L), bool), step_flops0=_spread(f0, k),
+        step_flops1=_spread(f1 - f0, k), step_bytes0=_spread(b0, k),
+        step_bytes1=_spread(b1 - b0, k), step_runs=np.broadcast_to(is_dec, (k, L)),
         ctx_first=ctx_first, steps=o - 1,
-        act_pass=_boundary_bytes(model, units, prefill, memory, k), act_step=act_step,
+        act_pass=_boundary_bytes(model, units, prefill, memory, k), act_step=_spread(act_step, k),
         loop_start=loop_start, loop_bytes=float(TOKEN_ID_BYTES),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv_tok * np.where(is_dec, dec_tokens[:, None], 0) + cross_kv,
         kind_of=_kinds(units)[1],
     )  # fmt: skip
+
+
+def _spread(x: np.ndarray, k: int) -> np.ndarray:
+    """`x` as k rows: itself, or its one row shared by all k (a read-only broadcast)."""
+    return x if x.shape[0] == k else np.broadcast_to(x, (k, x.shape[1]))
+
+
+def _scalar(passes: dict[str, Pass]) -> bool:
+    """Whether no field of the passes is an array (every size's costs are then the same)."""
+    return not any(isinstance(v, np.ndarray) for p in passes.values() for v in vars(p).values())
+
+
+def _shared_rows(a: np.ndarray) -> bool:
+    """Whether every row of `a` is one shared row (a read-only broadcast)."""
+    return a.ndim == 2 and a.shape[0] > 0 and a.strides[0] == 0
 
 
 def unit_times_many(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
@@ -236,8 +254,8 @@ def transfer_times_many(w: WorkBatch, mbps: float, rtt_ms: float) -> np.ndarray:
     t = crossing_s(w.act_pass, mbps, rtt_ms) * (w.act_pass > 0)
     rows = np.flatnonzero(w.steps > 0)
     if rows.size:
-        act = w.act_step[rows]
-        per_step = crossing_s(act, mbps, rtt_ms) * (act > 0)
+        act = w.act_step[:1] if _shared_rows(w.act_step) else w.act_step[rows]
+        per_step = crossing_s(act, mbps, rtt_ms) * (act > 0)  # elementwise: one row will do
         t[rows] = t[rows] + w.steps[rows, None] * per_step
     return t
 

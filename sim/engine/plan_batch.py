@@ -31,6 +31,7 @@ from sim.costs.batched import (
     unit_times_many,
     work_batch,
 )
+from sim.engine.heap import freeze_now
 from sim.engine.planner import Planner, ProblemBook, RequestProblem
 from sim.split import Link, SplitProblem
 from sim.split.phased import Phases
@@ -255,13 +256,15 @@ def collector_paused() -> Iterator[None]:
     """The cycle collector paused while a run's plans are built (restored after, if it
     was on). Planning makes tens of thousands of long-lived objects and no garbage cycles;
     with the collector on, each of its collections scans the objects made so far again,
-    which costs about as much as building them (the run then freezes them:
-    `sim.engine.heap`)."""
+    which costs about as much as building them. Inside a `frozen_heap` block (a run) the
+    plans are frozen when the block ends, as the run freezes them before it starts
+    (`freeze_now`), so re-enabling the collector does not scan them all at once."""
     was_on = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        freeze_now()
         if was_on:
             gc.enable()
 
