@@ -9,13 +9,26 @@
 
 from __future__ import annotations
 
+import gc
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from test_batched_planning import SLAS, _same, _scenario
 
-from sim.engine.plan_batch import prefetch
+from sim.engine.heap import frozen_heap
+from sim.engine.plan_batch import collector_paused, prefetch
+from sim.engine.plan_fixed import stacked_dot
 from sim.engine.plan_wait import _fast, fast_latency
-from sim.engine.planner import PlannedRequest, Planner, _planned, pass_waits, plan_segments
+from sim.engine.planner import (
+    PlannedRequest,
+    Planner,
+    ProblemBook,
+    _planned,
+    pass_waits,
+    plan_segments,
+)
+from sim.engine.setup import RunSetup
 from sim.split.problem import evaluate
 
 WAITS = (1e-5, 1e-4, 7e-4, 3e-3, 0.01, 0.03, 0.1, 0.4, 1.0)
@@ -100,3 +113,91 @@ def test_staircase_terms_give_evaluate_for_every_structure(tmp_path, model):
                 else:
                     kinds.add("numpy")
     assert (0, True) in kinds and {(1, False), (-1, False)} & kinds
+
+
+def test_stacked_dot_equals_one_product_per_row():
+    """The stack of (1, n) @ (n,) products is each row's product bit for bit (an
+    elementwise sum is not: its summation order differs), for lengths around the kernels'
+    unrolling and 0/1 rows as `evaluate` has them."""
+    rng = np.random.default_rng(3)
+    for n in (1, 3, 8, 9, 16, 33, 34, 35, 67, 130):
+        a = (rng.random((400, n)) < 0.6).astype(float)
+        b = rng.random((400, n)) * 10.0 ** rng.uniform(-6, 3, (400, n))
+        want = [float((a[i][None, :] @ b[i])[0]) for i in range(400)]
+        assert stacked_dot(a, b).tolist() == want
+
+
+SIZES = {"e2e": (2, 400), "relative": (2, 400), "token": (2, 500), "ttft_e2e": (2, 500)}
+
+
+@pytest.mark.parametrize("policy", ["server_only", "dp"])
+@pytest.mark.parametrize("sla", list(SLAS))
+def test_batched_plans_equal_one_at_a_time_on_many_random_sizes(tmp_path, policy, sla):
+    """Plans of many random sizes (with one output token, so no loop, and one decode step)
+    from the batch (`plan_fixed`, `plan_dp`: vectorised evaluation) equal a fresh
+    planner's one at a time: placement, latency, work, feasibility, counts, segments;
+    sizes the batch leaves (a fixed placement missing its deadline, a plan near a limit)
+    are planned one at a time and equal too."""
+    token = sla.startswith("t")
+    book = _scenario(tmp_path, "llama-2-7b", "generate", SLAS[sla], token)
+    rng = np.random.default_rng(hash((policy, sla)) % 2**32)
+    low, high = SIZES[sla]
+    keys = [
+        (0, g, int(p), int(o))
+        for g in range(4)
+        for p, o in zip(rng.integers(1, 4000, 40), rng.integers(low - 1, high, 40), strict=True)
+    ] + [(0, g, p, o) for g in range(4) for p, o in ((1, 1), (1, 2), (3999, 1), (3999, 2))]
+    batched = Planner(book, policy, wait_per_pass=token, shed=not token)
+    prefetch(batched, keys)
+    from_batch = sum(key in batched._plans for key in set(keys))
+    ref = Planner(ProblemBook(book.ld), policy, wait_per_pass=token, shed=not token)
+    for key in keys:
+        got, want = batched.get(*key), ref.get(*key)
+        _same(got, want)
+        assert (got.plan.client_units, got.plan.switches) == (
+            int(want.plan.on_client.sum()), want.plan.switches,
+        )  # fmt: skip
+    if policy == "server_only" or token:  # dp plans a batch under token SLAs only
+        # a relative SLA's batch takes the sizes whose server-only latency fits 1 s
+        assert from_batch >= len(set(keys)) // (4 if sla == "relative" else 2)
+
+
+def test_index_plans_maps_requests_to_plans_in_order_of_first_arrival():
+    """The distinct keys (sorted), their order of first arrival and each request's key, as
+    a dictionary walk over the arrivals finds them."""
+    rng = np.random.default_rng(4)
+    n = 500
+    cols = {
+        "klass": rng.integers(0, 2, n), "group": rng.integers(0, 3, n),
+        "prompt_tokens": rng.integers(1, 6, n), "output_tokens": rng.integers(1, 4, n),
+    }  # fmt: skip
+    arrivals = type("Arrivals", (), {"__len__": lambda self: n, **cols})()
+    distinct, first_order, of_request = RunSetup._distinct_keys(SimpleNamespace(arr=arrivals))
+    keys = list(zip(*(c.tolist() for c in cols.values()), strict=True))
+    assert distinct == sorted(set(keys))
+    seen: dict[tuple, int] = {}
+    for key in keys:
+        seen.setdefault(key, len(seen))
+    assert [distinct[d] for d in first_order] == list(seen)
+    assert [distinct[d] for d in of_request] == keys
+
+
+def test_collector_paused_restores_the_collector_and_freezes_only_inside_a_run():
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+        made = [[] for _ in range(50)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # outside a run: nothing frozen
+    with frozen_heap():
+        before = gc.get_freeze_count()
+        with collector_paused():
+            made += [[] for _ in range(50)]
+        assert gc.isenabled() and gc.get_freeze_count() >= before + 50
+    assert gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()
