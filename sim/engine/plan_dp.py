@@ -43,11 +43,19 @@ def plan_dp(planner: Planner, b: Batch) -> None:
     rows = b.ok & b.phased & b.whole.allowed.any(axis=1)
     if not rows.any():
         return
-    allowed = b.whole.allowed
-    _, group_of = np.unique(allowed[rows], axis=0, return_inverse=True)
+    for sizes in groups_of(b.whole.allowed, rows):
+        _plan_group(planner, b, sizes)
+
+
+def groups_of(allowed: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+    """The indices of `rows` (a mask) grouped by their row of `allowed` (equal rows
+    together, in index order; groups in order of first appearance)."""
     index = np.flatnonzero(rows)
-    for g in range(int(group_of.max()) + 1):
-        _plan_group(planner, b, index[group_of.reshape(-1) == g])
+    packed = np.packbits(allowed[index], axis=1)
+    groups: dict[bytes, list[int]] = {}
+    for n, r in enumerate(packed):
+        groups.setdefault(r.tobytes(), []).append(n)
+    return [index[np.array(g)] for g in groups.values()]
 
 
 def _criteria(b: Batch, rows: np.ndarray) -> BatchCriteria:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.engine.plan_batch import Batch
-from sim.engine.plan_dp import _criteria, _structures_of
+from sim.engine.plan_dp import _criteria, _structures_of, groups_of
 from sim.engine.plan_fixed import stacked_dot
 from sim.engine.planner import (
     PlannedRequest,
@@ -255,17 +255,6 @@ def prepare_waits(planner: Planner, b: Batch) -> None:
         for a in range(0, sizes.shape[0], _CHUNK):
             part = sizes[a : a + _CHUNK]
             _store(planner, b, part, c, st, slice(a, a + part.shape[0]), sh)
-
-
-def groups_of(allowed: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
-    """The indices of `rows` (a mask) grouped by their row of `allowed` (equal rows
-    together; groups in order of first appearance)."""
-    index = np.flatnonzero(rows)
-    packed = np.packbits(allowed[index], axis=1)
-    groups: dict[bytes, list[int]] = {}
-    for n, r in enumerate(packed):
-        groups.setdefault(r.tobytes(), []).append(n)
-    return [index[np.array(g)] for g in groups.values()]
 
 
 def _entries(b: Batch, c: BatchCriteria, st: Structures, sizes: np.ndarray) -> np.ndarray:

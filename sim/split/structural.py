@@ -138,9 +138,13 @@ def latencies(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray
             run_t = (run_t + pat.n_up[None, None, :] * _column(b.up, rows, s + 1)
                      + pat.n_down[None, None, :] * _column(b.dn, rows, s + 1))  # fmt: skip
         idx = st.pattern[:, r]
-        hop = (np.where(st.hop_up[None, None, :, r], _column(b.up, rows, s), 0.0)
-               + np.where(st.hop_down[None, None, :, r], _column(b.dn, rows, s), 0.0))  # fmt: skip
-        t = t + (run_t[:, :, idx] + hop)
+        # the switch into the run: its uplink or downlink at s, or none (+ 0.0 is exact)
+        hop = np.where(
+            st.hop_up[None, None, :, r], _column(b.up, rows, s),
+            np.where(st.hop_down[None, None, :, r], _column(b.dn, rows, s), 0.0),
+        )  # fmt: skip
+        part = run_t[:, :, idx] + hop
+        t = part if r == 0 else t + part  # 0.0 + x is x: times are never -0.0
         w = w + ((k - pat.j) * b.work[rows, None, s])[:, idx]
     tag = st.tag[None, None, :].astype(float)
     L = b.work.shape[1]
