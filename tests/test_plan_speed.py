@@ -18,8 +18,9 @@ from test_batched_planning import SLAS, _same, _scenario
 
 from sim.engine.heap import frozen_heap
 from sim.engine.plan_batch import collector_paused, prefetch
+from sim.engine.plan_dp import _criteria, _structures_of, groups_of
 from sim.engine.plan_fixed import stacked_dot
-from sim.engine.plan_wait import _fast, fast_latency
+from sim.engine.plan_wait import _entries, _fast, fast_latency
 from sim.engine.planner import (
     PlannedRequest,
     Planner,
@@ -30,6 +31,7 @@ from sim.engine.planner import (
 )
 from sim.engine.setup import RunSetup
 from sim.split.problem import evaluate
+from sim.split.structural import latencies
 
 WAITS = (1e-5, 1e-4, 7e-4, 3e-3, 0.01, 0.03, 0.1, 0.4, 1.0)
 
@@ -201,3 +203,38 @@ def test_collector_paused_restores_the_collector_and_freezes_only_inside_a_run()
         assert not gc.isenabled()  # left as it was
     finally:
         gc.enable()
+
+
+def test_staircase_keeps_what_fits_where_less_work_does_not_in_rank_order(tmp_path):
+    """Each size's staircase, from first principles: the structures that fit at some wait
+    (largest wait >= 0) larger than any structure of less work fits, least work first,
+    then least latency criterion by criterion, then structure order."""
+    book = _scenario(tmp_path, "llama-2-7b", "generate", SLAS["ttft_e2e"], True)
+    planner = Planner(book, "dp_queue_aware", wait_per_pass=True, shed=False)
+    keys = _keys(np.random.default_rng(8), (0, 2, 3), 8)
+    prefetch(planner, keys)
+    for key in keys:
+        stairs = planner.stairs[key]
+        sh = stairs.shared
+        b = sh.batch
+        group = next(g for g in groups_of(b.whole.allowed, b.ok & b.phased) if stairs.row in g)
+        n = int(np.flatnonzero(group == stairs.row)[0])  # the size's place in its group
+        c = _criteria(b, group)
+        st = _structures_of(c)
+        t0, work = latencies(c, st, slice(n, n + 1))
+        t0, work = t0[:, 0, :].T, work[0]  # (Q, K), (Q,)
+        entries = _entries(b, c, st, group[n : n + 1])[:, 0, :].T
+        limit = c.limit[n] * (1 + 1e-9)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(entries > 0, (limit - t0) / entries,
+                            np.where(t0 <= limit, np.inf, -np.inf))  # fmt: skip
+        wmax = room.min(axis=1)
+        kept = [
+            q for q in range(work.shape[0])
+            if wmax[q] >= 0 and all(wmax[q] > wmax[p] for p in range(work.shape[0])
+                                    if work[p] < work[q])
+        ]  # fmt: skip
+        kept.sort(key=lambda q: (work[q], *t0[q], q))
+        assert stairs.structure == kept
+        assert stairs.work == work[kept].tolist() and stairs.wmax == wmax[kept].tolist()
+        assert stairs.t0 == t0[kept].tolist() and stairs.entries == entries[kept].tolist()

@@ -286,8 +286,7 @@ def _store(
     with np.errstate(divide="ignore", invalid="ignore"):
         room = np.where(a > 0, (limit - t0) / a, np.where(t0 <= limit, np.inf, -np.inf))
     wmax = room.min(axis=0)  # (S, Q)
-    keys = [t0[k] for k in range(t0.shape[0] - 1, -1, -1)]
-    order = np.lexsort((*keys, work), axis=-1)  # per size: least work, then latency
+    order = np.argsort(work, axis=1, kind="stable")  # per size by work: what keeping needs
     w_sorted = np.take_along_axis(work, order, axis=1)
     m_sorted = np.take_along_axis(wmax, order, axis=1)
     S, Q = order.shape
@@ -298,8 +297,13 @@ def _store(
     start = np.maximum.accumulate(np.where(new_group, np.arange(Q), 0), axis=1)
     # kept: it fits at some wait where nothing of less work does
     keep = (m_sorted >= 0) & (m_sorted > np.take_along_axis(best_before, start, axis=1))
-    n_of, at = np.nonzero(keep)  # per size in order, its kept structures in sorted order
+    n_of, at = np.nonzero(keep)
     chosen = order[n_of, at]
+    # per size, its kept structures least work first, then least latency criterion by
+    # criterion, then in structure order
+    latency_keys = [t0[k, n_of, chosen] for k in range(t0.shape[0] - 1, -1, -1)]
+    ranked = np.lexsort((chosen, *latency_keys, work[n_of, chosen], n_of))
+    n_of, chosen = n_of[ranked], chosen[ranked]
     works, wmaxs = work[n_of, chosen].tolist(), wmax[n_of, chosen].tolist()
     t0s, entries = t0[:, n_of, chosen].T.tolist(), a[:, n_of, chosen].T.tolist()
     qs = chosen.tolist()
