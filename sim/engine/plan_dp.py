@@ -6,7 +6,10 @@ plans of all sizes are one numpy evaluation over (sizes, structures, criteria) i
 one search each. Each size's chosen placement is then judged on its own problem exactly as
 `solve_dp_phased` judges it (`judge`), and stored; a size whose structures are too many,
 that no structure fits, or whose judged plan misses a limit (float noise at the edge) is
-left to the one-at-a-time path, which stays the reference.
+left to the one-at-a-time path, which stays the reference. A placement inside its TTFT and
+TPOT limits by more than float noise is judged by its whole latency alone, evaluated for
+all sizes at once (`evaluate_rows`: `evaluate`'s row sums and, per row, its (1, n) @ (n,)
+products as one stacked matmul, so the same floats); the others one at a time.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ client holds no unit and the request has token SLAs (`Planner._solve`'s one plac
 Their plans need no search: latency, server work, feasibility and segments are the
 placement's, computed here for all sizes of a (class, group) with numpy, each element as
 the one-at-a-time path computes it (`evaluate`: the units' row sum, one entry and one exit
-term; the work as the same (1, L) @ (L,) product per row; segments' sums in unit order).
-A size whose placement misses its own deadline (the policy would fall back to the
-least-latency search) is left to the one-at-a-time path.
+term; the work as the same (1, L) @ (L,) product per row, run as one stacked matmul
+(`stacked_dot`); segments' sums in unit order, built only if read). A size whose
+placement misses its own deadline (the policy would fall back to the least-latency
+search) is left to the one-at-a-time path.
 """
 
 from __future__ import annotations

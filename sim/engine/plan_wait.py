@@ -9,6 +9,12 @@ request once per pass through them). A structure stays feasible while w is at mo
 one at some wait are kept (a "staircase", a handful per size); at arrival the plan for
 the wait is read off it and judged on the waited problems exactly as the search's plan
 would be. A wait the staircase cannot decide (float noise at a limit) goes to the search.
+
+Arrival is cheap: a candidate whose latencies are inside the TTFT and TPOT limits for sure
+is judged by its whole latency alone, computed from terms prepared per candidate (`_fast`:
+`evaluate`'s sums, whose wait-dependent part adds at most two non-zero terms, in plain
+floats) and its work prepared before the run; no problem object is built, and the plan's
+segments are derived only if read (`PlannedRequest.lazy`).
 """
 
 from __future__ import annotations

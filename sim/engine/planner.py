@@ -18,7 +18,9 @@ exactly (tests/test_planning_speed_paths.py).
 
 Before a run the distinct sizes are built as a batch (`sim.engine.plan_batch`): their
 problems are registered in `ProblemBook.pending` and made into objects when first asked
-for; fixed placements are planned there without objects (`sim.engine.plan_fixed`).
+for; fixed placements are planned there without objects (`sim.engine.plan_fixed`). A
+plan's segments are only read by the request engine: plans made in bulk derive them on
+first use (`PlannedRequest.lazy`).
 """
 
 from __future__ import annotations
