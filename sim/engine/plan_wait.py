@@ -40,11 +40,10 @@ from sim.split.structural import (
     _SLACK,
     BatchCriteria,
     Structures,
+    chunk_sizes,
     latencies,
     placements,
 )
-
-_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -258,8 +257,9 @@ def prepare_waits(planner: Planner, b: Batch) -> None:
         if st is None:
             continue
         sh = _shared(b, st, passes, only)
-        for a in range(0, sizes.shape[0], _CHUNK):
-            part = sizes[a : a + _CHUNK]
+        chunk = chunk_sizes(st)
+        for a in range(0, sizes.shape[0], chunk):
+            part = sizes[a : a + chunk]
             _store(planner, b, part, c, st, slice(a, a + part.shape[0]), sh)
 
 

@@ -25,7 +25,7 @@ from sim.split.labels import CLIENT, SERVER, Criteria, patterns
 MAX_STRUCTURES = 4096  # above it the label search is cheaper
 _SLACK = 1e-9  # as the labels': candidates within it of a limit go to the exact check
 _CLEAR = 1e-12  # latencies this far inside a limit meet it however they are summed
-_CHUNK = 256  # sizes per block: (sizes, structures, criteria) floats stay a few MB
+_BLOCK = 40_000  # sizes x structures per block: (criteria, sizes, structures) floats stay a few MB
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,9 @@ def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray, np.n
     chosen = np.zeros(S, np.int64)
     found = np.zeros(S, bool)
     clear = np.zeros(S, bool)
-    for a in range(0, S, _CHUNK):
-        rows = slice(a, min(a + _CHUNK, S))
+    chunk = chunk_sizes(st)
+    for a in range(0, S, chunk):
+        rows = slice(a, min(a + chunk, S))
         t, w = latencies(b, st, rows)  # (K, S, Q), (S, Q)
         limit = b.limit[rows].T[:, :, None]  # (K, S, 1)
         ok = (t <= limit * (1 + _SLACK)).all(axis=0)
@@ -192,6 +193,12 @@ def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray, np.n
         t_pick = t[:, np.arange(pick.shape[0]), pick].T  # (rows, K)
         clear[rows] = (t_pick <= b.limit[rows] * (1 - _CLEAR)).all(axis=1)
     return placements(st, chosen, L), found, clear
+
+
+def chunk_sizes(st: Structures) -> int:
+    """How many sizes to evaluate at once: blocks of about `_BLOCK` (size, structure) pairs
+    (the results are elementwise per size, so any blocking gives the same floats)."""
+    return max(1, _BLOCK // st.pattern.shape[0])
 
 
 def placements(st: Structures, chosen: np.ndarray, n_units: int) -> np.ndarray:
