@@ -383,6 +383,10 @@ class Planner:
         self.load_aware = policy in LOAD_AWARE
         self.dynamic = self.load_aware or book.split.link_estimate != "nominal"
         self.bucket = book.split.plan_bucket_fraction
+        # each client group's nominal link (uplink, downlink Mb/s)
+        self._nominal = [
+            (g.link.uplink_mbps, g.link.downlink_mbps) for g in book.ld.scenario.clients
+        ]
         self._plans: dict[tuple, PlannedRequest] = {}
         self._dynamic: dict[tuple, PlannedRequest] = {}
         # per size: dp_queue_aware's plans by wait, prepared before the run
@@ -417,9 +421,13 @@ class Planner:
         steps of (1 + `plan_bucket_fraction`) around nominal.
         """
         klass, group = key[0], key[1]
-        cfg = self.book.ld.scenario.clients[group].link
-        up = bucket_log(up_mbps, cfg.uplink_mbps, self.bucket)
-        down = bucket_log(down_mbps, cfg.downlink_mbps, self.bucket)
+        nominal_up, nominal_down = self._nominal[group]
+        up = up_mbps if up_mbps == nominal_up else bucket_log(up_mbps, nominal_up, self.bucket)
+        down = (
+            down_mbps
+            if down_mbps == nominal_down
+            else bucket_log(down_mbps, nominal_down, self.bucket)
+        )
         stairs = self.stairs.get(key)
         if self.load_aware and server_wait_s > 0:
             if stairs is not None:  # prepared with the size's staircase
@@ -435,7 +443,7 @@ class Planner:
         full = (*key, wait, up, down, busy)
         planned = self._dynamic.get(full)
         if planned is None:
-            nominal = up == cfg.uplink_mbps and down == cfg.downlink_mbps
+            nominal = up == nominal_up and down == nominal_down
             if wait == 0.0 and nominal:
                 planned = self.get(*key)  # exactly the static plan
             else:
