@@ -17,7 +17,7 @@ import pytest
 from test_batched_planning import SLAS, _same, _scenario
 
 from sim.engine.heap import frozen_heap
-from sim.engine.plan_batch import collector_paused, prefetch
+from sim.engine.plan_batch import Arrays, collector_paused, prefetch
 from sim.engine.plan_dp import _criteria, _structures_of, groups_of
 from sim.engine.plan_fixed import stacked_dot
 from sim.engine.plan_wait import _entries, _fast, fast_latency
@@ -30,7 +30,7 @@ from sim.engine.planner import (
     plan_segments,
 )
 from sim.engine.setup import RunSetup
-from sim.split.problem import evaluate
+from sim.split.problem import SplitProblem, evaluate
 from sim.split.structural import latencies
 
 WAITS = (1e-5, 1e-4, 7e-4, 3e-3, 0.01, 0.03, 0.1, 0.4, 1.0)
@@ -238,3 +238,37 @@ def test_staircase_keeps_what_fits_where_less_work_does_not_in_rank_order(tmp_pa
         assert stairs.structure == kept
         assert stairs.work == work[kept].tolist() and stairs.wmax == wmax[kept].tolist()
         assert stairs.t0 == t0[kept].tolist() and stairs.entries == entries[kept].tolist()
+
+
+def test_batch_rows_valid_as_split_problem_would_accept_them():
+    """`Arrays.valid` with every row fine (checked at once) and with bad rows (NaN, inf, a
+    negative time, a loop beyond the downlink: checked row by row) agrees with
+    constructing each row's `SplitProblem`."""
+    rng = np.random.default_rng(6)
+    K, L = 40, 7
+    fields = {n: rng.random((K, L)) for n in ("server_t", "client_t", "server_work")}
+    fields |= {n: rng.random((K, L + 1)) + 0.5 for n in ("up", "down")}
+    loop_up, loop_down = rng.random(K) * 0.4, rng.random(K) * 0.4
+    allowed = np.ones((K, L), bool)
+
+    def rows_ok(f) -> list[bool]:
+        out = []
+        for i in range(K):
+            try:
+                SplitProblem(f["client_t"][i], f["server_t"][i], f["server_work"][i],
+                             f["up"][i], f["down"][i], 1.0, allowed[i], 0,
+                             float(loop_up[i]), float(loop_down[i]))  # fmt: skip
+                out.append(True)
+            except ValueError:
+                out.append(False)
+        return out
+
+    a = Arrays(None, **fields, allowed=allowed, loop_up=loop_up, loop_down=loop_down)
+    assert a.valid().tolist() == rows_ok(fields) == [True] * K
+    fields["client_t"][3, 2] = np.nan
+    fields["up"][7, 0] = np.inf
+    fields["server_work"][9, 5] = -1e-9
+    loop_down[11] = fields["down"][11, -1] + 1e-6
+    a = Arrays(None, **fields, allowed=allowed, loop_up=loop_up, loop_down=loop_down)
+    want = rows_ok(fields)
+    assert a.valid().tolist() == want and want.count(False) == 4

@@ -55,7 +55,8 @@ class Arrays:
         """Rows `SplitProblem` would accept: finite non-negative arrays, loop within down."""
         ok = self.loop_down <= self.down[:, -1] + 1e-12
         for a in (self.server_t, self.client_t, self.server_work, self.up, self.down):
-            ok &= (a.min(axis=1) >= 0) & (a.max(axis=1) < np.inf)
+            if not (a.size and a.min() >= 0 and a.max() < np.inf):  # else all rows pass
+                ok &= (a.min(axis=1) >= 0) & (a.max(axis=1) < np.inf)
         return ok
 
     def problem(self, i: int, deadline: float) -> SplitProblem:
@@ -158,7 +159,21 @@ def build_batch(book: ProblemBook, klass: int, group: int, sizes: list[tuple[int
     return batch
 
 
-_TIMES = ("client_t", "server_t", "up", "down", "loop_up", "loop_down")
+class _StepArrays(dict):
+    """The mean decode step's arrays by name (`client_t`, `server_t`, `server_work`, `up`,
+    `down`, `loop_up`, `loop_down`): the whole request's less the prefill's, per step,
+    never below 0 (as `split_phases`), each computed when first asked for (a fixed
+    placement reads only a few of them)."""
+
+    def __init__(self, whole: Arrays, prefill: Arrays):
+        super().__init__()
+        self.whole, self.prefill = whole, prefill
+        self.k = np.maximum(whole.work.steps, 1).astype(float)
+
+    def __missing__(self, name: str) -> np.ndarray:
+        x, y = getattr(self.whole, name), getattr(self.prefill, name)
+        value = self[name] = np.maximum((x - y) / (self.k[:, None] if x.ndim == 2 else self.k), 0.0)
+        return value
 
 
 def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
@@ -173,13 +188,7 @@ def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
     b.prefill = pre
     b.phased = w.work.steps > 0
     b.ok &= ~b.phased | pre.valid()
-    k = np.maximum(w.work.steps, 1).astype(float)
-    col = k[:, None]
-    step = {}
-    for name in _TIMES:
-        x, y = getattr(w, name), getattr(pre, name)
-        step[name] = np.maximum((x - y) / (col if x.ndim == 2 else k), 0.0)
-    step["server_work"] = np.maximum((w.server_work - pre.server_work) / col, 0.0)
+    step = _StepArrays(w, pre)
     b.ok &= ~b.phased | (step["loop_down"] <= step["down"][:, -1] + 1e-12)
     b.step = step
     b.limits = tuple(
