@@ -12,7 +12,7 @@ arrays exactly (tests/test_batched_planning.py). `WorkBatch.row(i)` is size i's
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,6 +61,10 @@ class WorkBatch:
     weight_bytes: np.ndarray
     kv_bytes: np.ndarray
     kernels: np.ndarray  # (L,) kernels per unit, as `RequestWork.kernels`
+    # each unit's (kind, stack) representative (`sim.costs.work._kinds`): units of one kind
+    # have equal columns in every per-unit cost array (FLOPs, bytes, runs), so their times
+    # are computed once per kind
+    kind_of: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -156,6 +160,7 @@ def _forward(model: ModelSpec, units, n: np.ndarray) -> WorkBatch:
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=np.broadcast_to(_kv_per_token(model, units) * 0.0, (k, L)).copy(),
         kernels=_kernels(model, units),
+        kind_of=_kinds(units)[1],
     )  # fmt: skip
 
 
@@ -179,26 +184,62 @@ def _generate(model: ModelSpec, units, p: np.ndarray, o: np.ndarray) -> WorkBatc
         memory, ctx_first, dec_tokens, loop_start = 0.0, p + 1, p + o, 0
         cross_kv = np.zeros((k, L))
     pass_flops, pass_bytes = _costs(model, units, prefill, k)
-    f0, b0 = _costs(model, units, step, k)
-    f1, b1 = _costs(model, units, _with_context(step, 1), k)
-    act_step = _boundary_bytes(model, units, step, 0.0, k)
+    # a decode step of a decoder costs the same for every size: one row, shared (read-only)
+    n = 1 if _scalar(step) else k
+    f0, b0 = _costs(model, units, step, n)
+    f1, b1 = _costs(model, units, _with_context(step, 1), n)
+    act_step = _boundary_bytes(model, units, step, 0.0, n)
     act_step[:, loop_start] = 0.0  # the generated token arrives through the loop
     return WorkBatch(
         units=units, pass_flops=pass_flops, pass_bytes=pass_bytes,
-        pass_runs=np.ones((k, L), bool), step_flops0=f0, step_flops1=f1 - f0,
-        step_bytes0=b0, step_bytes1=b1 - b0, step_runs=np.broadcast_to(is_dec, (k, L)).copy(),
+        pass_runs=np.ones((k, L), bool), step_flops0=_spread(f0, k),
+        step_flops1=_spread(f1 - f0, k), step_bytes0=_spread(b0, k),
+        step_bytes1=_spread(b1 - b0, k), step_runs=np.broadcast_to(is_dec, (k, L)),
         ctx_first=ctx_first, steps=o - 1,
-        act_pass=_boundary_bytes(model, units, prefill, memory, k), act_step=act_step,
+        act_pass=_boundary_bytes(model, units, prefill, memory, k), act_step=_spread(act_step, k),
         loop_start=loop_start, loop_bytes=float(TOKEN_ID_BYTES),
         weight_bytes=_weight_bytes(model, units),
         kv_bytes=kv_tok * np.where(is_dec, dec_tokens[:, None], 0) + cross_kv,
         kernels=_kernels(model, units),
+        kind_of=_kinds(units)[1],
     )  # fmt: skip
+
+
+def _spread(x: np.ndarray, k: int) -> np.ndarray:
+    """`x` as k rows: itself, or its one row shared by all k (a read-only broadcast)."""
+    return x if x.shape[0] == k else np.broadcast_to(x, (k, x.shape[1]))
+
+
+def _scalar(passes: dict[str, Pass]) -> bool:
+    """Whether no field of the passes is an array (every size's costs are then the same)."""
+    return not any(isinstance(v, np.ndarray) for p in passes.values() for v in vars(p).values())
+
+
+def _shared_rows(a: np.ndarray) -> bool:
+    """Whether every row of `a` is one shared row (a read-only broadcast)."""
+    return a.ndim == 2 and a.shape[0] > 0 and a.strides[0] == 0
 
 
 def unit_times_many(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
     """(K, L) seconds of each unit on `device`, as `sim.costs.roofline.unit_times_s` row by
-    row (sizes without decode steps skip the step terms, as there)."""
+    row (sizes without decode steps skip the step terms, as there). Computed once per unit
+    kind (`WorkBatch.kind_of`) and spread: elementwise, so every element is the same."""
+    if w.kind_of is None:
+        return _unit_times(w, device, compute_dtype)
+    kinds = w.kind_of
+    first = np.unique(kinds, return_index=True)[1]  # a column of each kind, in kind order
+    cols = {
+        name: getattr(w, name)[:, first]
+        for name in ("pass_flops", "pass_bytes", "pass_runs", "step_flops0", "step_flops1",
+                     "step_bytes0", "step_bytes1", "step_runs")
+    }  # fmt: skip
+    cols["kernels"] = w.kernels[first]
+    per_kind = _unit_times(replace(w, **cols, kind_of=None), device, compute_dtype)
+    return np.ascontiguousarray(per_kind[:, kinds])
+
+
+def _unit_times(w: WorkBatch, device: DeviceSpec, compute_dtype: str) -> np.ndarray:
+    """`unit_times_many` on every column."""
     f, b = device.flops_per_s(compute_dtype), device.bytes_per_s
     g = device.non_overlap
     overhead_s = overheads_s(w.kernels, device)
@@ -220,8 +261,8 @@ def transfer_times_many(w: WorkBatch, mbps: float, rtt_ms: float) -> np.ndarray:
     t = crossing_s(w.act_pass, mbps, rtt_ms) * (w.act_pass > 0)
     rows = np.flatnonzero(w.steps > 0)
     if rows.size:
-        act = w.act_step[rows]
-        per_step = crossing_s(act, mbps, rtt_ms) * (act > 0)
+        act = w.act_step[:1] if _shared_rows(w.act_step) else w.act_step[rows]
+        per_step = crossing_s(act, mbps, rtt_ms) * (act > 0)  # elementwise: one row will do
         t[rows] = t[rows] + w.steps[rows, None] * per_step
     return t
 

@@ -15,7 +15,9 @@ fail validation) is left to the one-at-a-time path, which stays the reference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,7 @@ from sim.costs.batched import (
     unit_times_many,
     work_batch,
 )
+from sim.engine.heap import freeze_now
 from sim.engine.planner import Planner, ProblemBook, RequestProblem
 from sim.split import Link, SplitProblem
 from sim.split.phased import Phases
@@ -52,7 +55,8 @@ class Arrays:
         """Rows `SplitProblem` would accept: finite non-negative arrays, loop within down."""
         ok = self.loop_down <= self.down[:, -1] + 1e-12
         for a in (self.server_t, self.client_t, self.server_work, self.up, self.down):
-            ok &= (a.min(axis=1) >= 0) & (a.max(axis=1) < np.inf)
+            if not (a.size and a.min() >= 0 and a.max() < np.inf):  # else all rows pass
+                ok &= (a.min(axis=1) >= 0) & (a.max(axis=1) < np.inf)
         return ok
 
     def problem(self, i: int, deadline: float) -> SplitProblem:
@@ -155,7 +159,21 @@ def build_batch(book: ProblemBook, klass: int, group: int, sizes: list[tuple[int
     return batch
 
 
-_TIMES = ("client_t", "server_t", "up", "down", "loop_up", "loop_down")
+class _StepArrays(dict):
+    """The mean decode step's arrays by name (`client_t`, `server_t`, `server_work`, `up`,
+    `down`, `loop_up`, `loop_down`): the whole request's less the prefill's, per step,
+    never below 0 (as `split_phases`), each computed when first asked for (a fixed
+    placement reads only a few of them)."""
+
+    def __init__(self, whole: Arrays, prefill: Arrays):
+        super().__init__()
+        self.whole, self.prefill = whole, prefill
+        self.k = np.maximum(whole.work.steps, 1).astype(float)
+
+    def __missing__(self, name: str) -> np.ndarray:
+        x, y = getattr(self.whole, name), getattr(self.prefill, name)
+        value = self[name] = np.maximum((x - y) / (self.k[:, None] if x.ndim == 2 else self.k), 0.0)
+        return value
 
 
 def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
@@ -170,13 +188,7 @@ def _add_phases(book: ProblemBook, b: Batch, link: Link, keep: float) -> None:
     b.prefill = pre
     b.phased = w.work.steps > 0
     b.ok &= ~b.phased | pre.valid()
-    k = np.maximum(w.work.steps, 1).astype(float)
-    col = k[:, None]
-    step = {}
-    for name in _TIMES:
-        x, y = getattr(w, name), getattr(pre, name)
-        step[name] = np.maximum((x - y) / (col if x.ndim == 2 else k), 0.0)
-    step["server_work"] = np.maximum((w.server_work - pre.server_work) / col, 0.0)
+    step = _StepArrays(w, pre)
     b.ok &= ~b.phased | (step["loop_down"] <= step["down"][:, -1] + 1e-12)
     b.step = step
     b.limits = tuple(
@@ -191,8 +203,8 @@ def register(book: ProblemBook, b: Batch) -> None:
     maker = _Maker(book, b)
     rows = np.flatnonzero(b.ok).tolist()
     k, g, prompts, outputs = b.klass, b.group, b.prompts, b.outputs
-    problems = {(k, g, prompts[i], outputs[i]): (maker.problem, i) for i in rows}
-    works = {(k, prompts[i], outputs[i]): (maker.work, i) for i in rows}
+    problems = {(k, g, prompts[i], outputs[i]): (maker, i) for i in rows}
+    works = {(k, prompts[i], outputs[i]): (maker, i) for i in rows}
     # the first registration of a key stands, and nothing made already is replaced
     for new, made, pending in ((problems, book._problems, book.pending),
                                (works, book._work, book.pending_work)):  # fmt: skip
@@ -212,6 +224,12 @@ class _Maker:
 
     def work(self, i: int):
         return self.b.whole.work.row(i)
+
+    def steps(self, i: int) -> int:
+        return int(self.b.whole.work.steps[i])
+
+    def deadline_s(self, i: int) -> float:
+        return float(self.b.deadline_s[i])
 
     def problem(self, i: int) -> RequestProblem:
         """Size i's problem with its deadline (and phases), sharing the book's work."""
@@ -240,6 +258,24 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int)
     ttft, tpot, e2e = b.limits
     inf = float("inf")
     return Phases(prefill.with_deadline(np.inf), step, steps, ttft or inf, tpot or inf, e2e or inf)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cycle collector paused while a run's plans are built (restored after, if it
+    was on). Planning makes tens of thousands of long-lived objects and no garbage cycles;
+    with the collector on, each of its collections scans the objects made so far again,
+    which costs about as much as building them. Inside a `frozen_heap` block (a run) the
+    plans are frozen when the block ends, as the run freezes them before it starts
+    (`freeze_now`), so re-enabling the collector does not scan them all at once."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        freeze_now()
+        if was_on:
+            gc.enable()
 
 
 def prefetch(planner: Planner, keys: Iterable[tuple]) -> None:

@@ -5,9 +5,10 @@ client holds no unit and the request has token SLAs (`Planner._solve`'s one plac
 Their plans need no search: latency, server work, feasibility and segments are the
 placement's, computed here for all sizes of a (class, group) with numpy, each element as
 the one-at-a-time path computes it (`evaluate`: the units' row sum, one entry and one exit
-term; the work as the same (1, L) @ (L,) product per row; segments' sums in unit order).
-A size whose placement misses its own deadline (the policy would fall back to the
-least-latency search) is left to the one-at-a-time path.
+term; the work as the same (1, L) @ (L,) product per row, run as one stacked matmul
+(`stacked_dot`); segments' sums in unit order, built only if read). A size whose
+placement misses its own deadline (the policy would fall back to the least-latency
+search) is left to the one-at-a-time path.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import numpy as np
 
 from sim.engine.network import DOWN, UP
 from sim.engine.plan_batch import Batch, server_only_latency
-from sim.engine.planner import SERVER, XFER, PlannedRequest, Planner
-from sim.split import Plan
+from sim.engine.planner import SERVER, XFER, PlannedRequest, Planner, counted_plan
 from sim.split.phased import DEADLINE_POLICIES
 
 _PLAN_FITS = 1 + 1e-12  # make_plan's slack
@@ -41,25 +41,49 @@ def plan_fixed(planner: Planner, b: Batch) -> None:
     feasible = latency <= b.plan_deadline * _PLAN_FITS
     if planner.policy == "server_only":  # the placement itself must fit, else a search
         rows &= feasible
+    index = np.flatnonzero(rows)
+    if not index.size:
+        return
     ok = _judged(b, latency, feasible)
-    server_only_work = w.server_work.sum(axis=1).tolist()
-    ones = np.ones((1, w.server_t.shape[1]))
-    on_client = np.zeros(w.server_t.shape[1], bool)
+    server_only_work = w.server_work.sum(axis=1)
+    L = w.server_t.shape[1]
+    # `evaluate`'s (1, L) @ (L,) product per row: a stack of them runs the same kernel
+    work = stacked_dot(np.ones((index.size, L)), w.server_work[index])
+    on_client = np.zeros(L, bool)
     on_client.setflags(write=False)
-    lat, okl, dl = latency.tolist(), ok.tolist(), b.deadline_s.tolist()
-    segments, has_server, nbytes = _server_segments(b)
-    for i in np.flatnonzero(rows).tolist():
+    facts = _Facts(b)
+    columns = zip(
+        index.tolist(), latency[index].tolist(), work.tolist(), ok[index].tolist(),
+        b.deadline_s[index].tolist(), server_only_work[index].tolist(), strict=True,
+    )  # fmt: skip
+    plans, policy = planner._plans, planner.policy
+    for i, lat, wk, feas, dl, only in columns:
         key = (b.klass, b.group, b.prompts[i], b.outputs[i])
-        if key in planner._plans:
+        if key in plans:
             continue
-        work = float((ones @ w.server_work[i])[0])
-        plan = Plan(on_client, lat[i], work, okl[i], planner.policy, {})
-        plan.__dict__.update(client_units=0, switches=2)  # all on the server: known
-        planner._plans[key] = PlannedRequest(
-            plan=plan, segments=segments[i], deadline_s=dl[i],
-            server_only_work=server_only_work[i], has_server=has_server[i],
-            transfer_bytes=nbytes[i],
-        )  # fmt: skip
+        plan = counted_plan(on_client, lat, wk, feas, policy, 0, 2)  # all on the server
+        plans[key] = PlannedRequest.lazy(plan, dl, only, facts, (i,))
+
+
+def stacked_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(K,) row-by-row products of two (K, n) arrays as `a[k][None, :] @ b[k]` computes
+    each (`evaluate`'s products): one matmul over the stack runs the same (1, n) @ (n, 1)
+    kernel per row, unlike `(a * b).sum(axis=1)`, whose summation order differs."""
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+class _Facts:
+    """Each size's all-server segments, built for the whole batch when first asked for
+    (`PlannedRequest.lazy`: only the request engine reads them)."""
+
+    def __init__(self, b: Batch):
+        self.b, self.made = b, None
+
+    def __call__(self, i: int) -> tuple:
+        if self.made is None:
+            self.made = _server_segments(self.b)
+        segments, has_server, nbytes = self.made
+        return segments[i], has_server[i], nbytes[i]
 
 
 def _judged(b: Batch, latency: np.ndarray, feasible: np.ndarray) -> np.ndarray:

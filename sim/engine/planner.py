@@ -18,11 +18,14 @@ exactly (tests/test_planning_speed_paths.py).
 
 Before a run the distinct sizes are built as a batch (`sim.engine.plan_batch`): their
 problems are registered in `ProblemBook.pending` and made into objects when first asked
-for; fixed placements are planned there without objects (`sim.engine.plan_fixed`).
+for; fixed placements are planned there without objects (`sim.engine.plan_fixed`). A
+plan's segments are only read by the request engine: plans made in bulk derive them on
+first use (`PlannedRequest.lazy`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,16 +52,56 @@ from sim.split.problem import evaluate
 CLIENT, SERVER, XFER = 0, 1, 2
 
 
-@dataclass(frozen=True)
 class PlannedRequest:
-    """What the engine needs to run one request class on one client group."""
+    """What the engine needs to run one request class on one client group.
 
-    plan: Plan
-    segments: tuple[tuple, ...]
-    deadline_s: float
-    server_only_work: float
-    has_server: bool
-    transfer_bytes: float = 0.0  # bytes sent and received by the client over the request
+    The segments (and whether one is on the server, and the bytes the client moves) are
+    only read by the request engine: a plan made by `lazy` derives them on first use
+    (`derive(*args)` gives the three), so token-mode planning never builds them.
+    """
+
+    __slots__ = ("plan", "deadline_s", "server_only_work", "_segments", "_derive", "_args")
+
+    def __init__(
+        self,
+        plan: Plan,
+        segments: tuple[tuple, ...],
+        deadline_s: float,
+        server_only_work: float,
+        has_server: bool,
+        transfer_bytes: float = 0.0,  # bytes sent and received by the client over the request
+    ):
+        self.plan, self.deadline_s, self.server_only_work = plan, deadline_s, server_only_work
+        self._segments = (segments, has_server, transfer_bytes)
+        self._derive = self._args = None
+
+    @classmethod
+    def lazy(
+        cls, plan: Plan, deadline_s: float, server_only_work: float, derive: Callable, args: tuple
+    ) -> PlannedRequest:
+        """A plan whose segments `derive(*args)` builds when first asked for."""
+        out = cls.__new__(cls)
+        out.plan, out.deadline_s, out.server_only_work = plan, deadline_s, server_only_work
+        out._segments, out._derive, out._args = None, derive, args
+        return out
+
+    def _derived(self) -> tuple:
+        if self._segments is None:
+            self._segments = self._derive(*self._args)  # type: ignore[misc]
+            self._derive = self._args = None
+        return self._segments
+
+    @property
+    def segments(self) -> tuple[tuple, ...]:
+        return self._derived()[0]
+
+    @property
+    def has_server(self) -> bool:
+        return self._derived()[1]
+
+    @property
+    def transfer_bytes(self) -> float:
+        return self._derived()[2]
 
 
 def _crossing(work: RequestWork, b: int) -> tuple[float, float]:
@@ -121,7 +164,8 @@ class ProblemBook:
         self._times: dict[tuple, np.ndarray] = {}  # (class, prompt, output, device id) -> s
         self._prefill: dict[tuple, SplitProblem] = {}  # (class, group, prompt, link) -> problem
         # built by a batch (`sim.engine.plan_batch`), made into objects when first asked:
-        # key -> (maker, row)
+        # key -> (maker, row); the maker's `problem(row)`, `work(row)`, `deadline_s(row)`
+        # and `steps(row)` give the size's
         self.pending: dict[tuple, tuple] = {}
         self.pending_work: dict[tuple, tuple] = {}
 
@@ -172,7 +216,7 @@ class ProblemBook:
         if w is None:
             batched = self.pending_work.pop(key, None)
             if batched is not None:
-                w = batched[0](batched[1])
+                w = batched[0].work(batched[1])
             else:
                 cls = self.ld.scenario.workload.mix[klass]
                 model = self.ld.models[cls.model]
@@ -186,11 +230,26 @@ class ProblemBook:
         if found is None:
             batched = self.pending.pop(key, None)
             if batched is not None:
-                found = batched[0](batched[1])
+                found = batched[0].problem(batched[1])
             else:
                 found = self._build(klass, group, prompt, output)
             self._problems[key] = found
         return found
+
+    def deadline_s(self, klass: int, group: int, prompt: int, output: int) -> float:
+        """A size's SLA (s), read off its batch when its problem is not built yet."""
+        key = (klass, group, prompt, output)
+        batched = self.pending.get(key)
+        if batched is not None:
+            return batched[0].deadline_s(batched[1])
+        return self.get(*key).deadline_s
+
+    def steps(self, klass: int, prompt: int, output: int) -> int:
+        """A size's decode steps, read off its batch when its work is not built yet."""
+        batched = self.pending_work.get((klass, prompt, output))
+        if batched is not None:
+            return batched[0].steps(batched[1])
+        return self.work(klass, prompt, output).steps
 
     def get_link(
         self, klass: int, group: int, prompt: int, output: int, up_mbps: float, down_mbps: float
@@ -240,15 +299,43 @@ class ProblemBook:
         return RequestProblem(problem, work, float(deadline), phases)
 
 
+def segment_facts(problem: SplitProblem, work: RequestWork, on_client: np.ndarray) -> tuple:
+    """(segments, whether one is on the server, bytes the client moves) of a placement."""
+    segments = plan_segments(problem, work, on_client)
+    has_server = any(s[0] == SERVER for s in segments)
+    return segments, has_server, float(sum(s[2] for s in segments if s[0] == XFER))
+
+
+def counted_plan(
+    on_client: np.ndarray,
+    latency: float,
+    work: float,
+    feasible: bool,
+    policy: str,
+    client_units: int,
+    switches: int,
+) -> Plan:
+    """A `Plan` whose client units and switches are counted already (for a batch): its
+    fields set in one go, as its constructor and cached properties would set them."""
+    plan = object.__new__(Plan)
+    plan.__dict__.update(
+        on_client=on_client, latency=latency, server_work=work, feasible=feasible,
+        policy=policy, notes={}, client_units=client_units, switches=switches,
+    )  # fmt: skip
+    return plan
+
+
+def book_segment_facts(book: ProblemBook, key: tuple, on_client: np.ndarray) -> tuple:
+    """`segment_facts` of a placement on a size's nominal problem, built when asked."""
+    rp = book.get(*key)
+    return segment_facts(rp.problem, rp.work, on_client)
+
+
 def _planned(rp: RequestProblem, plan: Plan) -> PlannedRequest:
-    segments = plan_segments(rp.problem, rp.work, plan.on_client)
-    return PlannedRequest(
-        plan=plan,
-        segments=segments,
-        deadline_s=rp.deadline_s,
-        server_only_work=float(rp.problem.server_work.sum()),
-        has_server=any(s[0] == SERVER for s in segments),
-        transfer_bytes=float(sum(s[2] for s in segments if s[0] == XFER)),
+    """The plan with its request's deadline and server-only work; segments when asked."""
+    work = float(rp.problem.server_work.sum())
+    return PlannedRequest.lazy(
+        plan, rp.deadline_s, work, segment_facts, (rp.problem, rp.work, plan.on_client)
     )
 
 
@@ -296,6 +383,10 @@ class Planner:
         self.load_aware = policy in LOAD_AWARE
         self.dynamic = self.load_aware or book.split.link_estimate != "nominal"
         self.bucket = book.split.plan_bucket_fraction
+        # each client group's nominal link (uplink, downlink Mb/s)
+        self._nominal = [
+            (g.link.uplink_mbps, g.link.downlink_mbps) for g in book.ld.scenario.clients
+        ]
         self._plans: dict[tuple, PlannedRequest] = {}
         self._dynamic: dict[tuple, PlannedRequest] = {}
         # per size: dp_queue_aware's plans by wait, prepared before the run
@@ -330,13 +421,21 @@ class Planner:
         steps of (1 + `plan_bucket_fraction`) around nominal.
         """
         klass, group = key[0], key[1]
-        cfg = self.book.ld.scenario.clients[group].link
-        up = bucket_log(up_mbps, cfg.uplink_mbps, self.bucket)
-        down = bucket_log(down_mbps, cfg.downlink_mbps, self.bucket)
+        nominal_up, nominal_down = self._nominal[group]
+        up = up_mbps if up_mbps == nominal_up else bucket_log(up_mbps, nominal_up, self.bucket)
+        down = (
+            down_mbps
+            if down_mbps == nominal_down
+            else bucket_log(down_mbps, nominal_down, self.bucket)
+        )
+        stairs = self.stairs.get(key)
         if self.load_aware and server_wait_s > 0:
-            quantum = self.bucket * self.book.get(*key).deadline_s
-            if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
-                quantum /= 1 + max(self.book.work(klass, key[2], key[3]).steps, 0)
+            if stairs is not None:  # prepared with the size's staircase
+                quantum = stairs.quantum_s
+            else:
+                quantum = self.bucket * self.book.deadline_s(*key)
+                if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
+                    quantum /= 1 + max(self.book.steps(klass, key[2], key[3]), 0)
             wait = bucket_linear(server_wait_s, quantum)
         else:
             wait = 0.0
@@ -344,12 +443,16 @@ class Planner:
         full = (*key, wait, up, down, busy)
         planned = self._dynamic.get(full)
         if planned is None:
-            if wait == 0.0 and up == cfg.uplink_mbps and down == cfg.downlink_mbps:
+            nominal = up == nominal_up and down == nominal_down
+            if wait == 0.0 and nominal:
                 planned = self.get(*key)  # exactly the static plan
             else:
-                rp = self.book.get_link(klass, group, key[2], key[3], up, down)
-                nominal = up == cfg.uplink_mbps and down == cfg.downlink_mbps
-                planned = _planned(rp, self._solve(rp, wait, busy, key if nominal else None))
+                # the staircase's plan when it decides alone: what `_solve` would return
+                if stairs is not None and nominal and not self.shed:
+                    planned = stairs.planned(self.book, key, wait, self.policy)
+                if planned is None:
+                    rp = self.book.get_link(klass, group, key[2], key[3], up, down)
+                    planned = _planned(rp, self._solve(rp, wait, busy, key if nominal else None))
             self._dynamic[full] = planned
         return planned
 

@@ -16,8 +16,11 @@ import numpy as np
 import simpy
 
 from sim.config import LoadedScenario
+
+# prefetch's planners, imported (compiled) with the engine rather than in the first run
+from sim.engine import plan_dp, plan_fixed, plan_wait  # noqa: F401
 from sim.engine.network import DOWN, UP, LinkModel, Medium
-from sim.engine.plan_batch import prefetch
+from sim.engine.plan_batch import collector_paused, prefetch
 from sim.engine.planner import PlannedRequest, Planner
 from sim.engine.recorder import RequestRecorder
 from sim.engine.workload import Arrivals
@@ -105,56 +108,60 @@ class RunSetup:
         column goes to the recorder now. Each request's key (class, group, prompt, output)
         is kept in `keys` when asked, or when plans are made at arrival.
         """
+        with collector_paused():  # tens of thousands of long-lived objects, no cycles
+            return self._index_plans(keep_keys)
+
+    def _index_plans(self, keep_keys: bool) -> list[tuple[int, PlannedRequest]]:
+        """`index_plans`' body."""
         mix = self.ld.scenario.workload.mix
-        synthetic = [c.task == "synthetic" for c in mix]
-        index: dict[tuple, int] = {}
-        plans: list[tuple[int, PlannedRequest]] = []
-        deadline_of: dict[tuple, float] = {}
         arr = self.arr
-        keys = zip(
-            arr.klass.tolist(), arr.group.tolist(),
-            arr.prompt_tokens.tolist(), arr.output_tokens.tolist(), strict=True,
-        )  # fmt: skip
         if keep_keys or self.dynamic:  # a list of n tuples: kept only when asked for
-            keys = self.keys = list(keys)
+            self.keys = list(zip(
+                arr.klass.tolist(), arr.group.tolist(),
+                arr.prompt_tokens.tolist(), arr.output_tokens.tolist(), strict=True,
+            ))  # fmt: skip
+        distinct, first_order, of_request = self._distinct_keys()
         if isinstance(self.planner, Planner):  # all distinct sizes' problems at once
-            prefetch(self.planner, self._distinct_keys())
-        plan_of = [0] * len(arr)
-        for i, key in enumerate(keys):
-            p = index.get(key)
-            if p is None:
-                if synthetic[key[0]]:
-                    p = SYNTHETIC
-                elif self.dynamic:
-                    p = AT_ARRIVAL
-                    deadline_of[key] = self.planner.book.get(*key).deadline_s
-                else:
-                    p = len(plans)
-                    plans.append((key[1], self.planner.get(*key)))
-                index[key] = p
-            plan_of[i] = p
-        self.plan_of = plan_of
-        pid = np.array(plan_of, np.intp)
+            prefetch(self.planner, distinct)
+        plans: list[tuple[int, PlannedRequest]] = []
+        plan_of_key = np.empty(len(distinct), np.intp)
+        deadline_of_key = np.zeros(len(distinct))
+        for d in first_order.tolist():  # as the arrivals would ask for them
+            key = distinct[d]
+            if mix[key[0]].task == "synthetic":
+                plan_of_key[d] = SYNTHETIC
+            elif self.dynamic:
+                plan_of_key[d] = AT_ARRIVAL
+                deadline_of_key[d] = self.planner.book.deadline_s(*key)
+            else:
+                plan_of_key[d] = len(plans)
+                plans.append((key[1], self.planner.get(*key)))
+        pid = plan_of_key[of_request]
+        self.plan_of = pid.tolist()
         if self.dynamic:
-            at_arrival = np.flatnonzero(pid == AT_ARRIVAL)
-            self.rec.deadline_s[at_arrival] = [deadline_of[self.keys[i]] for i in at_arrival]
+            at_arrival = pid == AT_ARRIVAL
+            self.rec.deadline_s[at_arrival] = deadline_of_key[of_request[at_arrival]]
         self._record_static(pid, [planned for _, planned in plans])
         self._record_synthetic(pid)
         self.deadline = self.rec.deadline_s.tolist()
         return plans
 
-    def _distinct_keys(self) -> list[tuple]:
-        """The distinct (class, group, prompt, output) of the arrivals."""
+    def _distinct_keys(self) -> tuple[list[tuple], np.ndarray, np.ndarray]:
+        """The distinct (class, group, prompt, output) of the arrivals (sorted as np.unique
+        sorts them), their indices in order of first arrival, and each request's index."""
         arr = self.arr
         if len(arr) == 0:
-            return []
+            return [], np.zeros(0, np.intp), np.zeros(0, np.intp)
         cols = [np.asarray(c, np.int64) for c in (arr.klass, arr.group, arr.prompt_tokens,
                                                    arr.output_tokens)]  # fmt: skip
-        order = np.lexsort(cols[::-1])  # by class, then group, prompt, output (as np.unique)
+        order = np.lexsort(cols[::-1])  # by class, then group, prompt, output; stable
         rows = np.stack([c[order] for c in cols], axis=1)
         new = np.ones(len(rows), bool)
         new[1:] = (rows[1:] != rows[:-1]).any(axis=1)
-        return [tuple(r) for r in rows[new].tolist()]
+        of_request = np.empty(len(rows), np.intp)
+        of_request[order] = np.cumsum(new) - 1
+        first_order = np.argsort(order[new], kind="stable")  # first arrivals: a group's first
+        return [tuple(r) for r in rows[new].tolist()], first_order, of_request
 
     def _record_static(self, pid: np.ndarray, plans: list[PlannedRequest]) -> None:
         """Plan columns of the requests with a static plan."""

@@ -25,7 +25,7 @@ from sim.split.labels import CLIENT, SERVER, Criteria, patterns
 MAX_STRUCTURES = 4096  # above it the label search is cheaper
 _SLACK = 1e-9  # as the labels': candidates within it of a limit go to the exact check
 _CLEAR = 1e-12  # latencies this far inside a limit meet it however they are summed
-_CHUNK = 256  # sizes per block: (sizes, structures, criteria) floats stay a few MB
+_BLOCK = 40_000  # sizes x structures per block: (criteria, sizes, structures) floats stay a few MB
 
 
 @dataclass(frozen=True)
@@ -124,37 +124,48 @@ def _undominated(pats, pattern, hop_up, hop_down, ends, tag) -> np.ndarray:
 
 
 def latencies(b: BatchCriteria, st: Structures, rows: slice) -> tuple[np.ndarray, np.ndarray]:
-    """End latencies (S, Q, K) and work (S, Q) of every structure for the sizes `rows`,
-    summed run by run as the labels sum them."""
+    """End latencies (K, S, Q) and work (S, Q) of every structure for the sizes `rows`,
+    summed run by run as the labels sum them. Criteria first: every elementwise step
+    then runs over the structures (the last axis), not over a handful of criteria."""
     t = w = 0.0
     for r, (s, e) in enumerate(st.spans):
         pat = patterns(e - s, st.allowed[r])
         k = e - s
-        j = pat.j[:, None].astype(float)
-        cc, cs = b.cc[rows, None, :, s], b.cs[rows, None, :, s]  # (S, 1, K)
-        run_t = j * cc + (k - j) * cs  # (S, P, K)
+        j = pat.j[None, None, :].astype(float)
+        cc, cs = _column(b.cc, rows, s), _column(b.cs, rows, s)  # (K, S, 1)
+        run_t = j * cc + (k - j) * cs  # (K, S, P)
         if k > 1:
-            run_t = (run_t + pat.n_up[:, None] * b.up[rows, None, :, s + 1]
-                     + pat.n_down[:, None] * b.dn[rows, None, :, s + 1])  # fmt: skip
+            run_t = (run_t + pat.n_up[None, None, :] * _column(b.up, rows, s + 1)
+                     + pat.n_down[None, None, :] * _column(b.dn, rows, s + 1))  # fmt: skip
         idx = st.pattern[:, r]
-        hop = (np.where(st.hop_up[:, r, None], b.up[rows, None, :, s], 0.0)
-               + np.where(st.hop_down[:, r, None], b.dn[rows, None, :, s], 0.0))  # fmt: skip
-        t = t + (run_t[:, idx, :] + hop)
+        # the switch into the run: its uplink or downlink at s, or none (+ 0.0 is exact)
+        hop = np.where(
+            st.hop_up[None, None, :, r], _column(b.up, rows, s),
+            np.where(st.hop_down[None, None, :, r], _column(b.dn, rows, s), 0.0),
+        )  # fmt: skip
+        part = run_t[:, :, idx] + hop
+        t = part if r == 0 else t + part  # 0.0 + x is x: times are never -0.0
         w = w + ((k - pat.j) * b.work[rows, None, s])[:, idx]
-    tag = st.tag[None, :, None].astype(float)
+    tag = st.tag[None, None, :].astype(float)
     L = b.work.shape[1]
-    on_client_end = t + tag * b.loop_up[rows, None, :]
-    on_server_end = t + b.dn[rows, None, :, L] - tag * b.loop_down[rows, None, :]
-    return np.where(st.ends_server[None, :, None], on_server_end, on_client_end), w
+    loop_up, loop_down = b.loop_up[rows].T[:, :, None], b.loop_down[rows].T[:, :, None]
+    on_client_end = t + tag * loop_up
+    on_server_end = t + _column(b.dn, rows, L) - tag * loop_down
+    return np.where(st.ends_server[None, None, :], on_server_end, on_client_end), w
+
+
+def _column(a: np.ndarray, rows: slice, u: int) -> np.ndarray:
+    """(K, S, 1) the sizes' values at unit or boundary u of an (S, K, n) criteria array."""
+    return np.ascontiguousarray(a[rows, :, u].T)[:, :, None]
 
 
 def ranked(b: BatchCriteria, st: Structures) -> np.ndarray:
     """One size's structures that meet every limit, best first: least work, then least
     latency criterion by criterion, then structure order (as `best` picks)."""
     t, w = latencies(b, st, slice(0, 1))
-    t, w = t[0], w[0]
-    ok = np.flatnonzero((t <= b.limit[0] * (1 + _SLACK)).all(axis=1))
-    keys = [t[ok, c] for c in range(t.shape[1] - 1, -1, -1)]
+    t, w = t[:, 0, :], w[0]  # (K, Q), (Q,)
+    ok = np.flatnonzero((t <= b.limit[0][:, None] * (1 + _SLACK)).all(axis=0))
+    keys = [t[c, ok] for c in range(t.shape[0] - 1, -1, -1)]
     return ok[np.lexsort((ok, *keys, w[ok]))]
 
 
@@ -166,20 +177,28 @@ def best(b: BatchCriteria, st: Structures) -> tuple[np.ndarray, np.ndarray, np.n
     chosen = np.zeros(S, np.int64)
     found = np.zeros(S, bool)
     clear = np.zeros(S, bool)
-    for a in range(0, S, _CHUNK):
-        rows = slice(a, min(a + _CHUNK, S))
-        t, w = latencies(b, st, rows)
-        ok = (t <= b.limit[rows, None, :] * (1 + _SLACK)).all(axis=2)
+    chunk = chunk_sizes(st)
+    for a in range(0, S, chunk):
+        rows = slice(a, min(a + chunk, S))
+        t, w = latencies(b, st, rows)  # (K, S, Q), (S, Q)
+        limit = b.limit[rows].T[:, :, None]  # (K, S, 1)
+        ok = (t <= limit * (1 + _SLACK)).all(axis=0)
         cand = ok & (np.where(ok, w, np.inf) == np.where(ok, w, np.inf).min(axis=1)[:, None])
-        for c in range(t.shape[2]):
-            tc = np.where(cand, t[:, :, c], np.inf)
+        for c in range(t.shape[0]):
+            tc = np.where(cand, t[c], np.inf)
             cand &= tc == tc.min(axis=1)[:, None]
         pick = cand.argmax(axis=1)
         chosen[rows] = pick
         found[rows] = ok.any(axis=1)
-        t_pick = t[np.arange(pick.shape[0]), pick]  # (rows, K)
+        t_pick = t[:, np.arange(pick.shape[0]), pick].T  # (rows, K)
         clear[rows] = (t_pick <= b.limit[rows] * (1 - _CLEAR)).all(axis=1)
     return placements(st, chosen, L), found, clear
+
+
+def chunk_sizes(st: Structures) -> int:
+    """How many sizes to evaluate at once: blocks of about `_BLOCK` (size, structure) pairs
+    (the results are elementwise per size, so any blocking gives the same floats)."""
+    return max(1, _BLOCK // st.pattern.shape[0])
 
 
 def placements(st: Structures, chosen: np.ndarray, n_units: int) -> np.ndarray:
