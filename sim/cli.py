@@ -113,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"splitsim: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`splitsim catalog devices | head`)
+        _silence_stdout()
+        return 141  # as a process killed by SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C: partial results were discarded on the way out
         print("splitsim: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -128,6 +131,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(internal_error_line(err), file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that flushing it at exit does not fail
+    again on the closed pipe (Python's documented recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):  # no real file behind stdout
+        pass
 
 
 def _save_traceback(err: BaseException) -> str:

@@ -541,3 +541,20 @@ def test_interrupt_and_memory_exhaustion_are_one_line(error, status, words, tmp_
     assert err.count("\n") == 1 and "Traceback" not in err and words in err
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.")]
     assert not leftovers  # no temporary folder left behind
+
+
+class _ClosedPipe:
+    """A standard output whose reader has gone away (`splitsim ... | head`)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """Output piped into a reader that stops early: no internal error, SIGPIPE's status."""
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(["catalog", "devices"]) == 141
+    assert "internal error" not in capsys.readouterr().err
