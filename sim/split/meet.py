@@ -89,14 +89,15 @@ def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
     work, chain, to, from, option, 1): an option is where the block's other units run
     (the first most significant bit, 1 = server), `to` where its last unit runs."""
     _, S, B = units.shape
-    chain = np.arange(2)[:, None]
-    tt = t[chain, units[:, :, 0]][:, :, :, None, :]  # (chain, S, from, options, location)
-    ww = np.broadcast_to(work[units[:, :, 0]][:, :, None, None, :], (2, S, 2, 1, 2))
+    table = np.empty(t.shape[:2] + (2, 2, 2))  # (chain, unit, latency / work, from, to)
+    table[:, :, 0] = t
+    table[:, :, 1] = work[None, :, None, :]
+    picked = table[np.arange(2)[:, None, None], units]  # (chain, S, B, plane, from, to)
+    acc = picked[:, :, 0, :, :, None, :]  # (chain, S, plane, from, options, location)
     for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
-        step = t[chain, units[:, :, j]][:, :, None, None]
-        tt = (tt[..., :, None] + step).reshape(2, S, 2, -1, 2)
-        ww = (ww[..., :, None] + work[units[:, :, j]][:, :, None, None, None]).reshape(tt.shape)
-    return np.ascontiguousarray(np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None])
+        step = picked[:, :, j, :, None, None]
+        acc = (acc[..., None] + step).reshape(2, S, 2, 2, -1, 2)
+    return np.ascontiguousarray(acc.transpose(1, 2, 0, 5, 3, 4)[..., None])
 
 
 def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
