@@ -111,22 +111,23 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     t, work = _costs(c)
     add = _blocks(t, work, units)
     ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
-    lam, lower, room, cut = lagrange.bounds(add[..., 0], _cross(c), limit, ref)
+    cross = _cross(c)
+    lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
     key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
     with_key = np.concatenate([add, key], axis=1)
     cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
     guess = lower + max(GAP * abs(lower), GAP_UNIT * float(c.work.mean()))
     found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
-    best = None if found is None else _best(c, found[0], limit)
+    best = None if found is None else _best(cross, found[0], limit)
     if best is not None and best[0] <= guess:
         return _finish(c, found, best, units, accept)
     if best is not None:  # a plan of that work exists: nothing better is cut
         found = _fronts(with_key, room, cut + best[0] * (1 + _CUT_SLACK))
-        best = None if found is None else _best(c, found[0], limit)
+        best = None if found is None else _best(cross, found[0], limit)
         if best is not None:  # (always: the plan found survives its own cut)
             return _finish(c, found, best, units, accept)
     found = _fronts(add, room, None)  # no plan near the bound: every label
-    best = None if found is None else _best(c, found[0], limit)
+    best = None if found is None else _best(cross, found[0], limit)
     if best is None:
         return None
     return _finish(c, found, best, units, accept)
@@ -189,19 +190,20 @@ def _cross(c: Criteria) -> np.ndarray:
     return np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])
 
 
-def _best(c: Criteria, state: np.ndarray, limit: float):
+def _best(cross: np.ndarray, state: np.ndarray, limit: float):
     """The best pair of a forward and a backward label within the limit (least work, then
     least latency) as (work, backward location, forward location, forward index, backward
-    index), or None."""
+    index), or None. `cross`: the switch at the middle boundary (`_cross`)."""
     (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
-    head = ft[:, None, :] + _cross(c)[:, :, None]  # (a, r, m): to the second half's first unit
+    head = ft[:, None, :] + cross[:, :, None]  # (a, r, m): to the second half's first unit
     room = limit - head
     partner = np.empty(head.shape, np.int64)
     for r in (0, 1):  # the backward label that fits with the least work: the slowest
         partner[:, r] = np.searchsorted(bt[r], room[:, r], "right")
     partner -= 1
-    lat = head + bt[_ROWS, partner]
-    work = fw[:, None, :] + bw[_ROWS, partner]
+    flat = partner + _ROWS * bt.shape[1]  # in the flat (r, m) backward front
+    lat = head + bt.take(flat)
+    work = fw[:, None, :] + bw.take(flat)
     work[(partner < 0) | ~(lat <= limit)] = _INF
     least = work.min()
     if not least < _INF:
