@@ -40,6 +40,8 @@ latency (dropped at the next step).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from sim.split import front, lagrange
@@ -54,15 +56,19 @@ _ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
 
+@lru_cache(maxsize=32)
 def _units(L: int, block: int) -> np.ndarray:
     """The units each chain adds at each step, (chain, steps, block): forward 0..mid-1,
     backward L-1..mid, each led by steps that keep the labels (unit index L) to a whole
-    number of blocks of equal count."""
+    number of blocks of equal count. Cached (the same for every chain of L units): read
+    only."""
     mid = L // 2
     steps = -(-(L - mid) // block)
     fwd = [L] * (steps * block - mid) + list(range(mid))
     bwd = [L] * (steps * block - (L - mid)) + list(range(L - 1, mid - 1, -1))
-    return np.array([fwd, bwd]).reshape(2, steps, block)
+    units = np.array([fwd, bwd]).reshape(2, steps, block)
+    units.flags.writeable = False
+    return units
 
 
 def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +121,9 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
     key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
     with_key = np.concatenate([add, key], axis=1)
-    cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
-    guess = lower + max(GAP * abs(lower), GAP_UNIT * float(c.work.mean()))
+    total = float(c.work.sum())
+    cut += _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
+    guess = lower + max(GAP * abs(lower), GAP_UNIT * total / L)
     found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
     best = None if found is None else _best(cross, found[0], limit)
     if best is not None and best[0] <= guess:
