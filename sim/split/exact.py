@@ -39,9 +39,9 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
 
 def _all_distinct(c: Criteria) -> bool:
     """Whether every unit is a run of its own with more structures than enumeration takes
-    (`search`'s test for `meet`, decided without listing the runs): each unit's server time
-    differs from its predecessor's (one latency), and more than log2(`structural.MAX_STRUCTURES`) units
-    may run on the client (2 structures each)."""
+    (`search`'s test for `meet`, decided without listing the runs): each unit's server
+    time differs from its predecessor's (one latency), and more than
+    log2(`structural.MAX_STRUCTURES`) units may run on the client (2 structures each)."""
     cs = c.cs[0]  # one latency (`front.applies`)
     if not (cs[1:] != cs[:-1]).all():
         return False
