@@ -21,6 +21,8 @@ from sim.split.labels import Criteria
 
 def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | None:
     """The least-work placement meeting every limit that `accept` confirms, or None."""
+    if front.applies(c) and _all_distinct(c):
+        return meet.search(c, accept)
     spans = labels.runs_of(c)
     allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
     if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
@@ -33,3 +35,14 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
         if accept(on_client):
             return on_client
     return None
+
+
+def _all_distinct(c: Criteria) -> bool:
+    """Whether every unit is a run of its own with more structures than enumeration takes
+    (`search`'s test for `meet`, decided without listing the runs): each unit's server
+    time differs from its predecessor's (one latency), and more than
+    log2(`structural.MAX_STRUCTURES`) units may run on the client (2 structures each)."""
+    cs = c.cs[0]  # one latency (`front.applies`)
+    if not (cs[1:] != cs[:-1]).all():
+        return False
+    return int(np.count_nonzero(c.allowed)) > structural.MAX_STRUCTURES.bit_length() - 1

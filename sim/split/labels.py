@@ -84,20 +84,34 @@ def criteria_of(problems: list, limits: list[float], work: np.ndarray) -> Criter
     )  # fmt: skip
 
 
+def same_units(c: Criteria) -> np.ndarray:
+    """Per unit after the first, whether it equals its predecessor in every parameter (its
+    times, work and whether the client may hold it): (L - 1,) bools."""
+    unit = np.concatenate([c.cc, c.cs, c.work[None, :], c.allowed[None, :]])  # (rows, L)
+    return (unit[:, 1:] == unit[:, :-1]).all(axis=0)
+
+
 def runs_of(c: Criteria) -> list[tuple[int, int]]:
     """Maximal runs [s, e) of identical units whose inner boundaries are identical too;
     the loop's start unit is a run of its own (its location sets the tag)."""
     n = c.work.shape[0]
-    unit = np.vstack([c.cc, c.cs, c.work[None, :], c.allowed[None, :]])
-    return runs_from(unit, np.vstack([c.up[:, :n], c.dn[:, :n]]), c.loop_start)
+    same = same_units(c)
+    bound = np.concatenate([c.up[:, :n], c.dn[:, :n]])
+    same_bound = (bound[:, 1:] == bound[:, :-1]).all(axis=0)
+    return _runs(same.tolist(), same_bound.tolist(), c.loop_start, n)
 
 
 def runs_from(unit: np.ndarray, bound: np.ndarray, loop_start: int) -> list[tuple[int, int]]:
     """`runs_of` from the units' parameters (rows, L) and the boundaries' (rows, L): a
     unit joins its predecessor's run when every row is equal at both."""
-    n = unit.shape[1]
     same_unit = (unit[:, 1:] == unit[:, :-1]).all(axis=0).tolist()
     same_bound = (bound[:, 1:] == bound[:, :-1]).all(axis=0).tolist()
+    return _runs(same_unit, same_bound, loop_start, unit.shape[1])
+
+
+def _runs(same_unit: list, same_bound: list, loop_start: int, n: int) -> list[tuple[int, int]]:
+    """The runs of n units from whether each unit and each inner boundary equals its
+    predecessor (`runs_from`)."""
     out, s = [], 0
     for u in range(1, n):
         joins = same_unit[u - 1] and loop_start not in (u, u - 1)

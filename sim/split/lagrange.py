@@ -55,20 +55,21 @@ def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndar
     layer (2, 2, layers, 2S + 1): layer 0 the latency, one more per price in `lam` (lam x
     latency + work). `blocks` (S, latency / work, chain, to, from, options): `meet`'s
     steps; `cross` (from, to): the switch at the middle boundary."""
-    t, w = blocks[:, 0], blocks[:, 1]
-    S = t.shape[0]
-    vals = np.empty((1 + lam.shape[0],) + t.shape)
-    vals[0] = t
+    # a copy with the options first and the rest flat: numpy's inner loops then run over
+    # all of it (over the options last, or a few axes of 2, they are a few elements long)
+    S, options = blocks.shape[0], blocks.shape[-1]
+    tw = np.ascontiguousarray(np.moveaxis(blocks, -1, 0).swapaxes(1, 2))
+    t, w = tw[:, 0].reshape(options, -1), tw[:, 1].reshape(options, -1)  # (option, rest)
+    vals = np.empty((options, 1 + lam.shape[0], t.shape[1]))
+    vals[:, 0] = t
     zero = int(np.count_nonzero(lam == 0))  # prices of 0 lead the grid
-    vals[1 : 1 + zero] = priced(t, w, 0.0)
-    np.add(w, lam[zero:, None, None, None, None, None] * t, out=vals[1 + zero :])
-    while vals.shape[-1] > 1:  # the least over the options (a power of two), by halves
-        half = vals.shape[-1] // 2
-        vals = np.minimum(vals[..., :half], vals[..., half:])
-    vals = vals[..., 0]  # (layer, step, chain, to, from)
+    vals[:, 1 : 1 + zero] = priced(t, w, 0.0)[:, None]
+    np.multiply(lam[zero:, None], t[:, None], out=vals[:, 1 + zero :])
+    vals[:, 1 + zero :] += w[:, None]
+    vals = vals.min(axis=0).reshape((1 + lam.shape[0], S) + blocks.shape[2:5])
     seq = np.empty((2, 2, vals.shape[0], 2 * S + 1))
     seq[:, :, :, :S] = vals[:, :, 0].transpose(3, 2, 0, 1)  # forward blocks: from -> to
-    seq[:, :, :, S] = cross[:, :, None] * np.r_[1.0, lam]
+    seq[:, :, :, S] = cross[:, :, None] * np.concatenate(([1.0], lam))
     seq[:, :, :, S + 1 :] = vals[:, ::-1, 1].transpose(2, 3, 0, 1)  # backward, reversed
     return seq
 
@@ -93,7 +94,7 @@ def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     what comes after the step's block; backward half: what comes before it, from the
     input)."""
     S = blocks.shape[0]
-    grid = np.r_[0.0, ref * GRID] if ref > 0 and np.isfinite(ref) else np.zeros(1)
+    grid = np.concatenate(([0.0], ref * GRID)) if ref > 0 and np.isfinite(ref) else np.zeros(1)
     seq = _sequence(blocks, cross, grid)
     full = _product(seq[:, :, 1:])[0, 0]  # client to client
     i = int(np.argmax(full - grid * limit))

@@ -40,6 +40,8 @@ latency (dropped at the next step).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from sim.split import front, lagrange
@@ -54,15 +56,19 @@ _ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
 
 
+@lru_cache(maxsize=32)
 def _units(L: int, block: int) -> np.ndarray:
     """The units each chain adds at each step, (chain, steps, block): forward 0..mid-1,
     backward L-1..mid, each led by steps that keep the labels (unit index L) to a whole
-    number of blocks of equal count."""
+    number of blocks of equal count. Cached (the same for every chain of L units): read
+    only."""
     mid = L // 2
     steps = -(-(L - mid) // block)
     fwd = [L] * (steps * block - mid) + list(range(mid))
     bwd = [L] * (steps * block - (L - mid)) + list(range(L - 1, mid - 1, -1))
-    return np.array([fwd, bwd]).reshape(2, steps, block)
+    units = np.array([fwd, bwd]).reshape(2, steps, block)
+    units.flags.writeable = False
+    return units
 
 
 def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +95,15 @@ def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
     work, chain, to, from, option, 1): an option is where the block's other units run
     (the first most significant bit, 1 = server), `to` where its last unit runs."""
     _, S, B = units.shape
-    chain = np.arange(2)[:, None]
-    tt = t[chain, units[:, :, 0]][:, :, :, None, :]  # (chain, S, from, options, location)
-    ww = np.broadcast_to(work[units[:, :, 0]][:, :, None, None, :], (2, S, 2, 1, 2))
+    table = np.empty(t.shape[:2] + (2, 2, 2))  # (chain, unit, latency / work, from, to)
+    table[:, :, 0] = t
+    table[:, :, 1] = work[None, :, None, :]
+    picked = table[np.arange(2)[:, None, None], units]  # (chain, S, B, plane, from, to)
+    acc = picked[:, :, 0, :, :, None, :]  # (chain, S, plane, from, options, location)
     for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
-        step = t[chain, units[:, :, j]][:, :, None, None]
-        tt = (tt[..., :, None] + step).reshape(2, S, 2, -1, 2)
-        ww = (ww[..., :, None] + work[units[:, :, j]][:, :, None, None, None]).reshape(tt.shape)
-    return np.ascontiguousarray(np.stack([tt, ww]).transpose(2, 0, 1, 5, 3, 4)[..., None])
+        step = picked[:, :, j, :, None, None]
+        acc = (acc[..., None] + step).reshape(2, S, 2, 2, -1, 2)
+    return np.ascontiguousarray(acc.transpose(1, 2, 0, 5, 3, 4)[..., None])
 
 
 def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
@@ -110,22 +117,24 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     t, work = _costs(c)
     add = _blocks(t, work, units)
     ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
-    lam, lower, room, cut = lagrange.bounds(add[..., 0], _cross(c), limit, ref)
+    cross = _cross(c)
+    lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
     key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
     with_key = np.concatenate([add, key], axis=1)
-    cut += _CUT_SLACK * (lam * limit + float(c.work.sum()))  # bounds' float noise never cuts
-    guess = lower + max(GAP * abs(lower), GAP_UNIT * float(c.work.mean()))
+    total = float(c.work.sum())
+    cut += _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
+    guess = lower + max(GAP * abs(lower), GAP_UNIT * total / L)
     found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
-    best = None if found is None else _best(c, found[0], limit)
+    best = None if found is None else _best(cross, found[0], limit)
     if best is not None and best[0] <= guess:
         return _finish(c, found, best, units, accept)
     if best is not None:  # a plan of that work exists: nothing better is cut
         found = _fronts(with_key, room, cut + best[0] * (1 + _CUT_SLACK))
-        best = None if found is None else _best(c, found[0], limit)
+        best = None if found is None else _best(cross, found[0], limit)
         if best is not None:  # (always: the plan found survives its own cut)
             return _finish(c, found, best, units, accept)
     found = _fronts(add, room, None)  # no plan near the bound: every label
-    best = None if found is None else _best(c, found[0], limit)
+    best = None if found is None else _best(cross, found[0], limit)
     if best is None:
         return None
     return _finish(c, found, best, units, accept)
@@ -138,12 +147,10 @@ def _fronts(add, room, cut):
     the cut."""
     planes = add.shape[1]
     width = 2 * add.shape[5]  # a row's candidates per label: from either location, options
-    state = np.full((planes, 2, 2, 1), _INF)  # (plane, chain, location, label)
-    state[:, :, 0, 0] = 0.0  # both chains start on the client
-    picks = []
+    state, picks = _start(add)
     less, minacc, copyto = np.less, np.minimum.accumulate, np.copyto
     offsets = np.arange(4)[:, None]
-    for k in range(add.shape[0]):
+    for k in range(len(picks), add.shape[0]):
         m = state.shape[3]
         n = width * m
         rows = (state[:, :, None, :, None, :] + add[k]).reshape(planes, 4 * n)  # (chain, to)
@@ -168,25 +175,42 @@ def _fronts(add, room, cut):
     return state, picks
 
 
+def _start(add: np.ndarray) -> tuple[np.ndarray, list]:
+    """Both chains' fronts before the search's first step: one label on the client, or,
+    when there is more than one step, every option of the first block from there (at most
+    one label per option and row: nothing to prune but by the bounds, which the next step
+    applies to their extensions; any label left is a real partial placement). Saves a
+    step's dozen numpy calls."""
+    planes, options = add.shape[1], add.shape[5]
+    if add.shape[0] < 2:
+        state = np.full((planes, 2, 2, 1), _INF)  # (plane, chain, location, label)
+        state[:, :, 0, 0] = 0.0  # both chains start on the client
+        return state, []
+    state = np.ascontiguousarray(add[0, :, :, :, 0, :, 0])  # from the client, per option
+    pick = np.broadcast_to(np.arange(options), (4, options))  # (from 0, option, label 0)
+    return state, [(pick, 1)]
+
+
 def _cross(c: Criteria) -> np.ndarray:
     """The switch at the middle boundary, (from, to) locations."""
     mid = c.work.shape[0] // 2
     return np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])
 
 
-def _best(c: Criteria, state: np.ndarray, limit: float):
+def _best(cross: np.ndarray, state: np.ndarray, limit: float):
     """The best pair of a forward and a backward label within the limit (least work, then
     least latency) as (work, backward location, forward location, forward index, backward
-    index), or None."""
+    index), or None. `cross`: the switch at the middle boundary (`_cross`)."""
     (ft, bt), (fw, bw) = state[0], state[1]  # (2, m) each: per location
-    head = ft[:, None, :] + _cross(c)[:, :, None]  # (a, r, m): to the second half's first unit
+    head = ft[:, None, :] + cross[:, :, None]  # (a, r, m): to the second half's first unit
     room = limit - head
     partner = np.empty(head.shape, np.int64)
     for r in (0, 1):  # the backward label that fits with the least work: the slowest
         partner[:, r] = np.searchsorted(bt[r], room[:, r], "right")
     partner -= 1
-    lat = head + bt[_ROWS, partner]
-    work = fw[:, None, :] + bw[_ROWS, partner]
+    flat = partner + _ROWS * bt.shape[1]  # in the flat (r, m) backward front
+    lat = head + bt.take(flat)
+    work = fw[:, None, :] + bw.take(flat)
     work[(partner < 0) | ~(lat <= limit)] = _INF
     least = work.min()
     if not least < _INF:
