@@ -8,24 +8,24 @@ batch price (one more step over the request's units, its context one token longe
 in the last iteration), the iteration's duration is added to the request's server time,
 and the token goes down the fixed link. The cohort keeps them as a *block* that every
 iteration takes whole, at the place the carried requests would have in the batch (after
-the other ready visits, before admissions), and:
+the other ready visits, or before the first visit sequenced after them in the last
+iteration; before admissions), and:
 
 - prices them as aggregate per-unit sums per decode group (steps and summed context, in
   the difference form `BatchCost` accumulates; whole numbers, so their float sums are
   exact in any order and the iteration's price is the same float as stepping them);
-- records every iteration's duration and end on a shared timeline, and brings a
-  member's own state (server time, token times, transfer time and bytes, step, context)
-  up to date only when it is needed: at its last step, which it leaves the server
-  through as a stepped request does, or when the block must be dissolved. The updates
-  are the stepped ones, one addition at a time in the same order, so the results are the
-  same floats.
+- records every iteration's duration and end on a shared timeline (a decode span's
+  silent iterations as one entry, applied as `TokenServer._apply_silent` applies them),
+  and brings a member's own state (server time, token times, transfer time and bytes,
+  step, context) up to date only when it is needed: at its last step, which it leaves
+  the server through as a stepped request does, or when the block is dissolved. The
+  updates are the stepped ones, one addition at a time in the same order, so the results
+  are the same floats. Entries no member still needs are dropped.
 
-The block is dissolved (every member made explicit again, in the order stepping would
-have them) wherever stepping would treat members apart: a visit due at the very time the
-block is carried (the heap's sequence numbers interleave them), a token budget the block
-does not fit in whole, and a decode span about to start. It is never used with KV
-preemption, chunked prefill, more than one activation dtype or `coalesce: false` (the
-per-iteration stepper, which stays the reference).
+The block is dissolved (every member made explicit again, in block order) where stepping
+would treat members apart: a token budget the block does not fit in whole, and the end of
+the run. It is never used with KV preemption, chunked prefill, more than one activation
+dtype or `coalesce: false` (the per-iteration stepper, which stays the reference).
 """
 
 from __future__ import annotations
