@@ -199,11 +199,10 @@ class Cohort:
         r.t_ready = self._ends[i1 - 1]
         r.c_from = upto
 
-    def dissolve(self) -> tuple[list, list]:
-        """Every member, up to date and out of the block, in block order, with the
-        sequence numbers their carried steps got in the last iteration."""
+    def dissolve(self) -> list:
+        """Every member, up to date and out of the block, in block order."""
         if not self.members:
-            return [], []
+            return []
         j = len(self._durations)
         block = sorted(self.members, key=_block_order)
         for r in block:
@@ -213,8 +212,7 @@ class Cohort:
         self.members.clear()
         self._groups.clear()
         self._leaving.clear()
-        seqs = list(range(self.seq0 + 1, self.seq0 + 1 + len(block)))
-        return block, seqs
+        return block
 
 
 _NUMPY_FROM = 24  # entries from which numpy brings a member up to date faster

@@ -456,7 +456,7 @@ class TokenServer:
         if n <= budget:
             self._block_at = len(batch)
             return budget - n
-        block, _ = cohort.dissolve()
+        block = cohort.dissolve()
         return self._take_each(block, budget, batch)
 
     def _take_each(self, order: list, budget: int, batch: list) -> int:
