@@ -233,20 +233,22 @@ def _csv(ld: LoadedScenario, rel: str, where: str) -> tuple[pd.DataFrame, Path]:
 
 
 def read_csv_file(path: Path, where: str) -> pd.DataFrame:
-    """A CSV file with at least one row, or one line naming `where` and what is wrong."""
+    """A CSV file with at least one row, or one line naming `where` (the field that names
+    the file, or the file itself) and what is wrong."""
+    named = "" if where == str(path) else f" ({path})"  # the path once in the line
     if path.is_dir():
-        raise UserError(f"{where}: {path} is a folder; expected a CSV file")
+        raise UserError(f"{where}: a folder{named}; expected a CSV file")
     if not path.is_file():
-        raise UserError(f"{where}: file not found: {path}")
+        raise UserError(f"{where}: file not found{named}")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0] if str(err) else "unreadable"
-        raise UserError(f"{where}: not a readable CSV file ({path}): {reason}") from None
+        raise UserError(f"{where}: not a readable CSV file{named}: {reason}") from None
     except OSError as err:
-        raise UserError(f"{where}: cannot read {path} ({err.strerror or err})") from None
+        raise UserError(f"{where}: cannot read the file{named} ({err.strerror or err})") from None
     if frame.empty:
-        raise UserError(f"{where}: CSV file has no rows: {path}")
+        raise UserError(f"{where}: CSV file has no rows{named}")
     return frame
 
 

@@ -33,6 +33,7 @@ import pandas as pd
 
 from sim import limits as lim
 from sim.catalog import ModelSpec, models
+from sim.config.load import read_csv_file
 from sim.errors import UserError
 
 CONFIG = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp")
@@ -96,13 +97,7 @@ def find_files(path: Path) -> list[Path]:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else "unreadable"
-        raise UserError(f"{path}: not a readable CSV file: {reason}") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    frame = read_csv_file(path, str(path))
     missing = [c for c in (*CONFIG, TOKENS_COL, TP_COL) if c not in frame.columns]
     if missing:
         raise UserError(
