@@ -39,6 +39,14 @@ def _scenario(tmp_path, granularity: str, extra: dict | None = None):
     return load_scenario(path)
 
 
+def _generation(prompt_high: int, output_high: int) -> list[dict]:
+    """A one-class generation mix of gpt2-medium (uniform sizes from 50 and 2 tokens)."""
+    return [{"name": "g", "model": "gpt2-medium", "task": "generate",
+             "prompt_tokens": {"kind": "uniform", "low": 50, "high": prompt_high},
+             "output_tokens": {"kind": "uniform", "low": 2, "high": output_high},
+             "deadline_factor": 6.0}]  # fmt: skip
+
+
 @pytest.mark.parametrize(("granularity", "log"), [("request", None), ("request", [])])
 def test_server_time_and_waiting_are_conserved_with_rejections(tmp_path, granularity, log):
     """Both request-engine paths: the fast one and the one with the event log."""
@@ -64,10 +72,7 @@ def test_token_mode_conserves_server_time_and_waiting_without_batching(tmp_path)
     used before reaching the server. Waiting is conserved too: the queue counts every
     visit from its ready time to the iteration it joins, admitted or not (a visit that
     becomes ready during an iteration waits for the next one)."""
-    mix = [{"name": "g", "model": "gpt2-medium", "task": "generate",
-            "prompt_tokens": {"kind": "uniform", "low": 50, "high": 200},
-            "output_tokens": {"kind": "uniform", "low": 2, "high": 8},
-            "deadline_factor": 6.0}]  # fmt: skip
+    mix = _generation(prompt_high=200, output_high=8)
     extra = {
         # half the server-only capacity (was 400 req/s, fixed, before the A100's fit): dp's
         # split plans hold the one-request iterations long enough that most are turned away
@@ -103,10 +108,7 @@ def test_token_mode_conserves_waiting_with_batching(tmp_path, policy, simulation
     """Batched iterations (split and server-kept decode steps, admissions, rejections for a
     full queue; chunked prefill; KV preemption): the requests' waits add up to the queue's
     integral."""
-    mix = [{"name": "g", "model": "gpt2-medium", "task": "generate",
-            "prompt_tokens": {"kind": "uniform", "low": 50, "high": 400},
-            "output_tokens": {"kind": "uniform", "low": 2, "high": 40},
-            "deadline_factor": 6.0}]  # fmt: skip
+    mix = _generation(prompt_high=400, output_high=40)
     extra = {
         "workload": {"arrival": {"kind": "poisson", "load": 20.0}, "mix": mix},
         "simulation": simulation,

@@ -54,9 +54,6 @@ class Cohort:
         self.seq0 = 0  # the sequence number before the block's carried steps (last iteration)
         self.cost: BatchCost | None = None  # the members' batch-cost accumulator
 
-    def __len__(self) -> int:
-        return len(self.members)
-
     def join(self, carried: list) -> None:
         """Carried requests (in their carry order) join at the front of the block: their
         next decode step runs in the coming iteration with their explicit state."""
