@@ -12,10 +12,11 @@ The chain is read as `meet` walks it, block by block: the forward half's blocks,
 switch at the middle boundary, the backward half's blocks (each block a 2 x 2 matrix, the
 least cost over its options). The price: of 0 (the least work whatever the latency: a
 deadline that does not bind) and a grid around a knapsack ratio (`reference`), the one
-whose bound from the start is the largest (the Lagrangian dual), all at once by
-multiplying the matrices pairwise (log2 of the blocks numpy steps). Then, for that price
-and for the latency alone, the least cost of what is left of the chain after each step of
-each half: prefix and suffix products by doubling.
+whose bound from the start is the largest (the Lagrangian dual). Prefix and suffix
+products by doubling (log2 of the blocks numpy steps), for the latency and every price at
+once, give both: the whole chain's product per price (the last prefix) and, for the price
+chosen and for the latency alone, the least cost of what is left of the chain after each
+step of each half.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import numpy as np
 
 _INF = np.inf
 GRID = np.exp2(np.linspace(-1.25, 1.25, 21))  # the prices tried, relative to `reference`
-_IDENTITY = np.array([[0.0, _INF], [_INF, 0.0]])[:, :, None, None]
 
 
 def _min_plus(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -74,18 +74,6 @@ def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndar
     return seq
 
 
-def _product(seq: np.ndarray) -> np.ndarray:
-    """The min-plus product of a sequence of matrices (2, 2, layers, n), by pairs."""
-    n = seq.shape[3]
-    size = 1 << max(n - 1, 1).bit_length()
-    mats = np.empty(seq.shape[:3] + (size,))
-    mats[..., :n] = seq
-    mats[..., n:] = _IDENTITY
-    while mats.shape[3] > 1:
-        mats = _min_plus(mats[..., 0::2], mats[..., 1::2])
-    return mats[..., 0]
-
-
 def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     """The price with the largest bound from the start (0, the least work whatever the
     latency, or one of the grid around `ref` when it gives a scale), that bound, and per
@@ -96,18 +84,18 @@ def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     S = blocks.shape[0]
     grid = np.concatenate(([0.0], ref * GRID)) if ref > 0 and np.isfinite(ref) else np.zeros(1)
     seq = _sequence(blocks, cross, grid)
-    full = _product(seq[:, :, 1:])[0, 0]  # client to client
-    i = int(np.argmax(full - grid * limit))
-    lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
-    seq = seq[:, :, [0, i + 1]]
-    n = seq.shape[3]
+    layers, n = seq.shape[2], seq.shape[3]
     scan = np.concatenate([seq, seq[..., ::-1].transpose(1, 0, 2, 3)], axis=2)
     s = 1
     while s < n:  # prefixes (layers of seq) and suffixes (reversed, transposed) at once
         scan[..., s:] = _min_plus(scan[..., :-s], scan[..., s:])
         s *= 2
-    after = scan[0, :, 2:, n - 2 : n - 2 - S : -1]  # [client, a]: suffix k + 1, (2, 2, S)
-    before = scan[0, :, :2, 2 * S - 1 : S - 1 : -1]  # [client, r]: prefix 2S - k - 1
+    full = scan[0, 0, 1:layers, n - 1]  # the whole chain per price, client to client
+    i = int(np.argmax(full - grid * limit))
+    lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
+    from_client = scan[0]  # (to, layer, position): the latency and that price's layers
+    after = from_client[:, [layers, layers + i + 1], n - 2 : n - 2 - S : -1]  # suffix k + 1
+    before = from_client[:, [0, i + 1], 2 * S - 1 : S - 1 : -1]  # prefix 2S - k - 1
     top = np.array([limit, lam * limit])[None, :, None]
     rows = np.concatenate([top - after, top - before]).transpose(1, 2, 0)[..., None]
     return lam, lower, rows[0], rows[1]

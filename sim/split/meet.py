@@ -33,6 +33,15 @@ halves and blocks round differently from one forward sum, so among plans of equa
 (float noise at the limit), the forward search takes over, which tries the next best in
 the labels' order.
 
+The cut passes hold the labels as one flat list (`_cut_fronts`): with the cut, the
+dominance test drops few labels beyond it (on the benchmark's chains at most about half
+as many again survive without it) and its sort costs more than they do, so a label goes
+by its bounds only: each carries its slack to the latency room and to the cut of its row
+(chain, location), which a step changes by a table of its own (`_steps`), and a step is
+a handful of numpy calls. The best pair is found as below, the backward labels of each row
+first thinned to their front. Without dominance a loose cut could keep exponentially many
+labels: past `MAX_FLAT` after a step the pass runs again with the fronts below.
+
 Layout: a front is (plane, chain, location, M): planes latency, work and (with the cut)
 work + lam x latency; M the widest row's labels, shorter rows padded with an infinite
 latency (dropped at the next step).
@@ -119,20 +128,31 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
     cross = _cross(c)
     lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
-    key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
-    with_key = np.concatenate([add, key], axis=1)
     total = float(c.work.sum())
-    cut += _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
+    cut = cut + _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
     guess = lower + max(GAP * abs(lower), GAP_UNIT * total / L)
-    found = _fronts(with_key, room, cut + guess * (1 + _CUT_SLACK))
-    best = None if found is None else _best(cross, found[0], limit)
+    steps = _steps(add, lam, room, cut)
+
+    def cut_pass(bound: float):
+        """The best plan of work <= `bound` (None when there is none: the cut is tight)
+        and how to finish it: flat labels while few, else the fronts with dominance."""
+        found = _cut_fronts(steps, bound * (1 + _CUT_SLACK))
+        if found is _TOO_MANY:
+            key = lagrange.priced(add[:, :1], add[:, 1:], lam)  # + lam x latency + work
+            with_key = np.concatenate([add, key], axis=1)
+            found = _fronts(with_key, room, cut + bound * (1 + _CUT_SLACK))
+            best = None if found is None else _best(cross, found[0], limit)
+            return best, lambda: _finish(c, found, best, units, accept)
+        best = None if found is None else _cut_best(cross, found[0], limit)
+        return best, lambda: _cut_finish(c, found, best, units, accept)
+
+    best, finish = cut_pass(guess)
     if best is not None and best[0] <= guess:
-        return _finish(c, found, best, units, accept)
+        return finish()
     if best is not None:  # a plan of that work exists: nothing better is cut
-        found = _fronts(with_key, room, cut + best[0] * (1 + _CUT_SLACK))
-        best = None if found is None else _best(cross, found[0], limit)
+        best, finish = cut_pass(best[0])
         if best is not None:  # (always: the plan found survives its own cut)
-            return _finish(c, found, best, units, accept)
+            return finish()
     found = _fronts(add, room, None)  # no plan near the bound: every label
     best = None if found is None else _best(cross, found[0], limit)
     if best is None:
@@ -251,3 +271,120 @@ def _trace(on_client: np.ndarray, picks: list, units: list, chain: int, loc: int
                 on_client[block[j]] = loc == 0
             loc, opt = opt & 1, opt >> 1
         loc = src
+
+
+# The cut passes: labels as one flat list, dropped by the bounds only (no dominance test).
+# With the cut, dominance drops few labels more (its sort costs more than they do), and
+# the labels' columns carry their slack to the bounds, so a step is a few numpy calls.
+_T, _W, _T_SLACK, _KEY_SLACK, _ROW = range(5)  # a label's columns
+MAX_FLAT = 4096  # more labels than this after a step: the fronts with dominance take over
+_TOO_MANY = object()
+
+
+def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """What each step adds to a label, (steps, row, candidate, column): rows (chain, from
+    location), candidates (to location, option), columns latency, work, the change of the
+    label's slack to `room` (latency) and to `cut` (work + lam x latency: the cut less the
+    guess of the optimum), and the change of its row. A label's slack is its value less
+    the bound of its row; it changes by the value added plus the old row's bound less the
+    new row's (the first step's old bounds are 0: the labels start at 0). `add`: as
+    `_blocks`."""
+    S, P = add.shape[0], add.shape[5]
+    a = add[..., 0].transpose(0, 2, 4, 3, 5, 1)  # (S, chain, from, to, option, plane)
+    out = np.empty(a.shape[:5] + (5,))
+    out[..., :2] = a
+    key = lagrange.priced(a[..., 0], a[..., 1], lam)
+    for col, value, bound in ((_T_SLACK, a[..., 0], room), (_KEY_SLACK, key, cut)):
+        now = bound[..., 0].reshape(S, 2, 2)  # (S, chain, location)
+        before = np.zeros_like(now)
+        before[1:] = now[:-1]
+        out[..., col] = value + (before[:, :, :, None] - now[:, :, None, :])[..., None]
+    out[..., _ROW] = (np.arange(2)[None, :] - np.arange(2)[:, None])[:, :, None]  # to - from
+    return out.reshape(S, 4, 4 * P // 2, 5)
+
+
+def _cut_fronts(steps: np.ndarray, guess: float):
+    """Both chains' labels after the last step (n, column), and each step's picks (the
+    flat candidate each label came from), or None when a chain has no label left. A label
+    stays while its latency slack is <= 0 and its work + lam x latency slack <= `guess`.
+    `_TOO_MANY` when a step keeps more than `MAX_FLAT` labels (a loose cut: without
+    dominance they would grow exponentially)."""
+    state = np.zeros((2, 5))
+    state[1, _ROW] = 2.0  # chain 1 (backward) on the client
+    picks = []
+    for k in range(steps.shape[0]):
+        rows = state[:, _ROW].astype(np.intp)
+        cand = (state[:, None, :] + steps[k].take(rows, axis=0)).reshape(-1, 5)
+        keep = cand[:, _T_SLACK] <= 0.0
+        keep &= cand[:, _KEY_SLACK] <= guess
+        idx = keep.nonzero()[0]
+        if idx.shape[0] == 0:
+            return None
+        if idx.shape[0] > MAX_FLAT:
+            return _TOO_MANY
+        picks.append(idx)
+        state = cand.take(idx, axis=0)
+    return state, picks
+
+
+def _cut_best(cross: np.ndarray, state: np.ndarray, limit: float):
+    """`_best` for `_cut_fronts`'s flat labels: (work, -, -, forward label, backward label)
+    or None. Per backward row, its labels sorted by latency are thinned to those with less
+    work than every faster one, so the slowest that fits a forward label is its least
+    work; ties: the least latency."""
+    rows = state[:, _ROW]
+    fwd = np.flatnonzero(rows < 2)
+    if fwd.shape[0] == 0:
+        return None
+    ft, fw, fa = state[fwd, _T], state[fwd, _W], rows[fwd].astype(np.intp)
+    best = None
+    for r in (0, 1):
+        sel = np.flatnonzero(rows == 2 + r)
+        if sel.shape[0] == 0:
+            continue
+        sel = sel[state[sel, _T].argsort(kind="stable")]
+        t, w = state[sel, _T], state[sel, _W]
+        keep = np.ones(t.shape[0], bool)
+        keep[1:] = w[1:] < np.minimum.accumulate(w)[:-1]
+        sel, t, w = sel[keep], t[keep], w[keep]
+        head = ft + cross[:, r].take(fa)
+        partner = np.searchsorted(t, limit - head, "right") - 1
+        ok = partner >= 0
+        p = np.where(ok, partner, 0)
+        lat = head + t.take(p)
+        work = np.where(ok & (lat <= limit), fw + w.take(p), _INF)
+        i = int(np.lexsort((lat, work))[0])
+        if work[i] < _INF and (best is None or (work[i], lat[i]) < best[:2]):
+            best = (float(work[i]), float(lat[i]), int(fwd[i]), int(sel[p[i]]))
+    if best is None:
+        return None
+    return best[0], None, None, best[2], best[3]
+
+
+def _cut_finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
+    """`_finish` for `_cut_fronts`: both chains' units placed from their labels' picks."""
+    _, _, _, i, j = best
+    picks, (fwd, bwd) = found[1], units.tolist()
+    on_client = np.zeros(c.work.shape[0], bool)
+    _cut_trace(on_client, picks, fwd, i)
+    _cut_trace(on_client, picks, bwd, j)
+    if accept(on_client):
+        return on_client
+    return front.search(c, accept)
+
+
+def _cut_trace(on_client: np.ndarray, picks: list, units: list, i: int) -> None:
+    """Set the locations of one chain's units from its label `i` of the last step: a pick
+    is a flat candidate (label of the step before, to location, option), the option's bits
+    where the block's other units ran (as `_trace`)."""
+    L = on_client.shape[0]
+    B = len(units[0])
+    P = 1 << (B - 1)
+    for k in range(len(picks) - 1, -1, -1):
+        i, cand = divmod(int(picks[k][i]), 2 * P)
+        loc, opt = divmod(cand, P)
+        block = units[k]
+        for j in range(B - 1, -1, -1):
+            if block[j] < L:
+                on_client[block[j]] = loc == 0
+            loc, opt = opt & 1, opt >> 1
