@@ -252,10 +252,13 @@ def _milp_optimum(p: SplitProblem) -> float | None:
     budget = p.deadline - p.client_time.sum()
     lower = np.zeros(n)
     lower[:L] = ~p.client_allowed  # units the client may not hold are on the server
+    upper = np.ones(n)
+    if p.client_required is not None:
+        upper[:L] = ~p.client_required  # units pinned to the client are on it
     res = milp(
         np.concatenate([p.server_work, np.zeros(2 * (L + 1))]),
         constraints=[LinearConstraint(link, lb=0.0), LinearConstraint(lat[None], ub=budget)],
-        integrality=np.ones(n), bounds=Bounds(lower, 1), options={"mip_rel_gap": 0.0},
+        integrality=np.ones(n), bounds=Bounds(lower, upper), options={"mip_rel_gap": 0.0},
     )  # fmt: skip
     if res.x is None:
         return None

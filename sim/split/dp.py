@@ -20,6 +20,10 @@ is vectorised over the latency axis. With a generation loop (see `problem.py`) t
 runs once per location of the loop's start unit, so the loop's refund or extra crossing
 is known at the end.
 
+Units pinned to the client (`client_required`) have no server state: the exact searches
+read them as `CLIENT_ONLY` (`SplitProblem.locations`), the grid DP and the least-latency
+search forbid their server location.
+
 Nothing is searched where there is nothing to choose: when no unit may run on the client
 (`client_allowed` all false, e.g. `resident: none`) the only placement is all on the
 server, and `solve_dp` and `fastest_placement` return it directly (the DP's grid check of
@@ -97,6 +101,7 @@ def _dp_sweeps(problem: SplitProblem, g: dict, horizon: int, starts: tuple) -> l
     s_stay, s_switch = (n - np.minimum(cs, n)).tolist(), (n - np.minimum(cs + up, n)).tolist()
     work = problem.server_work.tolist()
     allowed = problem.client_allowed.tolist()
+    pinned = [False] * L if problem.client_required is None else problem.client_required.tolist()
     loop_start = problem.loop_start
     for u in range(L):
         at_start = u == loop_start
@@ -111,13 +116,17 @@ def _dp_sweeps(problem: SplitProblem, g: dict, horizon: int, starts: tuple) -> l
         else:
             out.fill(inf)
         out = new_s[:, n:]
-        a, b = s_stay[u], s_switch[u]
-        stay, switch = cur_s[:, a : a + n], cur_c[:, b : b + n]
-        less(switch, stay, out=from_c[u])
-        minimum(stay, switch, out=out)
-        out += work[u]
-        if at_start:
-            _forbid(out, from_c[u], starts, 0)
+        if pinned[u]:  # no state on the server after a unit pinned to the client
+            out.fill(inf)
+            from_c[u].fill(False)
+        else:
+            a, b = s_stay[u], s_switch[u]
+            stay, switch = cur_s[:, a : a + n], cur_c[:, b : b + n]
+            less(switch, stay, out=from_c[u])
+            minimum(stay, switch, out=out)
+            out += work[u]
+            if at_start:
+                _forbid(out, from_c[u], starts, 0)
         cur_c, new_c = new_c, cur_c
         cur_s, new_s = new_s, cur_s
     return [
@@ -280,6 +289,7 @@ def _fastest_search(problem: SplitProblem) -> np.ndarray:
     """`fastest_placement`'s exact search over both locations of every unit."""
     L = problem.n_units
     entry = problem.entry_times
+    required = problem.client_required
     best_key, best_oc = None, None
     starts = (0, 1) if problem.has_loop else (None,)
     for start_on in starts:
@@ -289,8 +299,10 @@ def _fastest_search(problem: SplitProblem) -> np.ndarray:
         for u in range(L):
             cur = {}
             for loc in (0, 1):
-                forbidden = (loc == 0 and not problem.client_allowed[u]) or (
-                    u == problem.loop_start and start_on is not None and loc != start_on
+                forbidden = (
+                    (loc == 0 and not problem.client_allowed[u])
+                    or (loc == 1 and required is not None and required[u])
+                    or (u == problem.loop_start and start_on is not None and loc != start_on)
                 )
                 if forbidden:
                     cur[loc] = (*INF, [])

@@ -24,7 +24,7 @@ def search(c: Criteria, accept: Callable[[np.ndarray], bool]) -> np.ndarray | No
     if front.applies(c) and _all_distinct(c):
         return meet.search(c, accept)
     spans = labels.runs_of(c)
-    allowed = tuple(bool(c.allowed[s]) for s, _ in spans)
+    allowed = tuple(int(c.allowed[s]) for s, _ in spans)
     if structural.count(spans, allowed) > structural.MAX_STRUCTURES:
         if front.applies(c) and 2 * len(spans) > c.work.shape[0]:
             return meet.search(c, accept)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.split.labels import _SLACK, TRIES, Criteria, remaining
+from sim.split.labels import _SLACK, TRIES, Criteria, remaining, server_times
 
 
 def applies(c: Criteria) -> bool:
@@ -36,7 +36,7 @@ def _columns(c: Criteria) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     client time; server time), and the work (0; the unit's work). A unit the client may
     not hold has an infinite client time."""
     cc = np.where(c.allowed, c.cc[0], np.inf)
-    cs, up, dn = c.cs[0], c.up[0, :-1], c.dn[0, :-1]
+    cs, up, dn = server_times(c), c.up[0, :-1], c.dn[0, :-1]
     from_c = np.stack([cc, up + cs], axis=1)[:, :, None]
     from_s = np.stack([dn + cc, cs], axis=1)[:, :, None]
     work = np.stack([np.zeros_like(c.work), c.work], axis=1)[:, :, None]

@@ -34,6 +34,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from sim.split.problem import CLIENT_ONLY
+
 CLIENT, SERVER = 0, 1
 _TOL = 1e-12  # relative: latencies this close are one (float noise of the summation order)
 _SLACK = 1e-9  # relative: candidates within it of a limit are kept for the exact check
@@ -58,7 +60,7 @@ class Criteria:
     loop_down: np.ndarray
     limit: np.ndarray
     work: np.ndarray  # (L,) server work per unit
-    allowed: np.ndarray  # (L,) bool: the unit may run on the client
+    allowed: np.ndarray  # (L,) where it may run: 0 server, 1 either, 2 client (`locations`)
     loop_start: int
     has_loop: bool
 
@@ -79,9 +81,17 @@ def criteria_of(problems: list, limits: list[float], work: np.ndarray) -> Criter
         loop_up=np.array([p.loop_uplink_time for p in problems], float),
         loop_down=np.array([p.loop_downlink_time for p in problems], float),
         limit=np.asarray(limits, float), work=np.asarray(work, float),
-        allowed=problems[0].client_allowed, loop_start=problems[0].loop_start,
+        allowed=problems[0].locations, loop_start=problems[0].loop_start,
         has_loop=any(p.has_loop for p in problems),
     )  # fmt: skip
+
+
+def server_times(c: Criteria) -> np.ndarray:
+    """The first criterion's server times, infinite where a unit is pinned to the client
+    (for the searches that sum a unit's time as it is, never j x time over a run)."""
+    if c.allowed.dtype == bool:
+        return c.cs[0]
+    return np.where(c.allowed == CLIENT_ONLY, np.inf, c.cs[0])
 
 
 def same_units(c: Criteria) -> np.ndarray:
@@ -136,13 +146,17 @@ class Patterns:
 
 
 @lru_cache(maxsize=256)
-def patterns(k: int, allowed: bool) -> Patterns:
+def patterns(k: int, allowed: int) -> Patterns:
     """Per (first, last, j) the placement with the fewest switches inside the run: one
-    block, two blocks (one switch), or client-server-client / server-client-server."""
+    block, two blocks (one switch), or client-server-client / server-client-server.
+    `allowed`: where the run's units may be (`SplitProblem.locations`): 0 (False) the
+    server only, 1 (True) either, `CLIENT_ONLY` the client only (one pattern)."""
     rows: list[tuple[int, int, int, int, int, list[bool]]] = [
         (SERVER, SERVER, 0, 0, 0, [False] * k)
     ]
-    if allowed:
+    if allowed == CLIENT_ONLY:
+        rows = [(CLIENT, CLIENT, k, 0, 0, [True] * k)]
+    elif allowed:
         rows.append((CLIENT, CLIENT, k, 0, 0, [True] * k))
         for j in range(1, k):
             rows.append((CLIENT, SERVER, j, 1, 0, [True] * j + [False] * (k - j)))
@@ -204,7 +218,10 @@ def remaining(c: Criteria) -> np.ndarray:
         col = [(r_c, r_s)]
         for u in range(L - 1, -1, -1):
             on_s = cs[u] + r_s
-            if allowed[u]:
+            if allowed[u] == CLIENT_ONLY:
+                on_c = cc[u] + r_c
+                r_c, r_s = on_c, dn[u] + on_c
+            elif allowed[u]:
                 on_c = cc[u] + r_c
                 r_c, r_s = min(on_c, up[u] + on_s), min(dn[u] + on_c, on_s)
             else:
@@ -219,15 +236,17 @@ def _step(
 ) -> list[Front]:
     """Cross run [s, e) from both locations' fronts; the new front at each location, less
     the labels that cannot fit even with the least latency `rest` (K,) after it."""
-    pat = patterns(e - s, bool(c.allowed[s]))
+    where = int(c.allowed[s])
+    pat = patterns(e - s, where)
     n_in = sum(f.w.shape[0] for f in fronts)
     if e - s == 1 and n_in * pat.j.shape[0] <= SMALL:  # one unit: its times as they are
         cc, cs = c.cc[:, s].tolist(), c.cs[:, s].tolist()
-        run = (
-            ([cs, cc], [float(c.work[s]), 0.0])
-            if pat.j.shape[0] == 2
-            else ([cs], [float(c.work[s])])
-        )
+        if where == CLIENT_ONLY:
+            run = ([cc], [0.0])
+        elif where:
+            run = ([cs, cc], [float(c.work[s]), 0.0])
+        else:
+            run = ([cs], [float(c.work[s])])
         return _step_small(c, fronts, s, e, bound, rest, pat, *run)
     run_t, run_w = _run_costs(c, s, e, pat)
     if n_in * run_w.shape[0] <= SMALL:
@@ -381,7 +400,7 @@ def _trace(c: Criteria, spans: list[tuple[int, int]], history: list, loc: int, i
     for (s, e), fronts in zip(reversed(spans), reversed(history), strict=True):
         f = fronts[loc]
         p = int(f.pattern[i])
-        on_client[s:e] = patterns(e - s, bool(c.allowed[s])).on_client[p]
+        on_client[s:e] = patterns(e - s, int(c.allowed[s])).on_client[p]
         loc, i = int(f.parent_loc[i]), int(f.parent[i])
     return on_client
 

@@ -37,7 +37,7 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
     """A price near the best one, as for a knapsack without switches: units moved from the
     server to the client in order of work saved per second added, until the latency left
     over the all-server placement is spent; the ratio of the unit that does not fit (0
-    when there is none)."""
+    when there is none). Units pinned to the client (infinite server time) start there."""
     cc, cs, w = t[:, 0, 0], t[:, 1, 1], work[:, 1]
     extra = cc - cs
     movable = np.flatnonzero(np.isfinite(extra) & (extra > 0))
@@ -45,7 +45,9 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
         return 0.0
     ratio = w[movable] / extra[movable]
     order = np.argsort(-ratio)
-    budget = limit - (t[0, 0, 1] - cs[0] + cs.sum() + end)
+    pinned = np.isinf(cs)
+    start = t[0, 0, 1] - cs[0] if not pinned[0] else 0.0  # the uplink into unit 0
+    budget = limit - (start + np.where(pinned, cc, cs).sum() + end)
     k = int(np.searchsorted(np.cumsum(extra[movable][order]), budget))
     return float(ratio[order[min(k, order.shape[0] - 1)]])
 

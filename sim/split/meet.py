@@ -54,7 +54,7 @@ from functools import lru_cache
 import numpy as np
 
 from sim.split import front, lagrange
-from sim.split.labels import _SLACK, Criteria
+from sim.split.labels import _SLACK, Criteria, server_times
 
 _INF = np.inf
 BLOCK = 3  # units per step of each chain
@@ -85,7 +85,7 @@ def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
     locations, in each direction (2, L + 1, 2, 2), and the work (L + 1, 2)."""
     L = c.work.shape[0]
     cc = np.where(c.allowed, c.cc[0], _INF)
-    cs, up, dn = c.cs[0], c.up[0], c.dn[0]
+    cs, up, dn = server_times(c), c.up[0], c.dn[0]
     t = np.empty((2, L + 1, 2, 2))
     t[:, :L, 0, 0] = cc
     t[:, :L, 1, 1] = cs

@@ -98,6 +98,9 @@ def dp_queue_aware(
 
 
 def _all_server(problem: SplitProblem) -> np.ndarray:
+    """Every unit on the server but those pinned to the client."""
+    if problem.client_required is not None:
+        return problem.client_required.copy()
     return np.zeros(problem.n_units, bool)
 
 
@@ -120,7 +123,8 @@ def searches(policy: str) -> bool:
 
 @POLICIES.register("server_only")
 def server_only(problem: SplitProblem, **_) -> Plan:
-    """Everything on the server: the baseline of conventional serving."""
+    """Everything on the server (units pinned to the client stay there): the baseline of
+    conventional serving."""
     return _finish(problem, _all_server(problem), "server_only")
 
 
@@ -131,11 +135,15 @@ def client_only(problem: SplitProblem, **_) -> Plan:
 
 
 def _prefixes(problem: SplitProblem) -> np.ndarray:
-    """Placements with units [0, k) on the client, k = 0..K (K = first unit it cannot hold)."""
+    """Placements with units [0, k) on the client, k = 0..K (K = first unit it cannot
+    hold), and the units pinned to the client on it in every one."""
     allowed = problem.client_allowed
     k_max = problem.n_units if allowed.all() else int(np.argmin(allowed))
     ks = np.arange(k_max + 1)
-    return np.arange(problem.n_units)[None, :] < ks[:, None]
+    out = np.arange(problem.n_units)[None, :] < ks[:, None]
+    if problem.client_required is not None:
+        out |= problem.client_required
+    return out
 
 
 @POLICIES.register("greedy")
@@ -167,8 +175,9 @@ def best_cut(problem: SplitProblem, **_) -> Plan:
 
 @POLICIES.register("greedy_ratio")
 def greedy_ratio(problem: SplitProblem, **_) -> Plan:
-    """Repeatedly offload the unit with the most server work saved per second of latency added."""
-    on_client = np.zeros(problem.n_units, bool)
+    """Repeatedly offload the unit with the most server work saved per second of latency
+    added, from everything on the server (but the units pinned to the client)."""
+    on_client = _all_server(problem)
     latency, _ = evaluate_many(problem, on_client)
     if not _fits(latency[0], problem.deadline):
         return fastest_plan(problem, "greedy_ratio")

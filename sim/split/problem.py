@@ -18,6 +18,11 @@ queueing delay of each server segment, which load-aware policies set from the li
 state (each server segment queues separately in the engine). It is one number for every
 boundary, or one per boundary (L + 1 values; a batching server's wait depends on how many
 passes cross the boundary: once for a forward pass, once per decode step after the loop).
+
+`client_allowed` (default all) marks the units the client may run (those it holds);
+`client_required` (default none) the units it must run: privacy pinning, e.g. the first K
+units so raw tokens and early activations never leave the device. Every policy respects
+both; a placement that puts a pinned unit on the server is an error (`make_plan`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ def _vec(x, n: int, name: str, dtype=float) -> np.ndarray:
     return a
 
 
+def _required(required, allowed: np.ndarray) -> np.ndarray | None:
+    """The units pinned to the client as flat bools, or None when none is (the common
+    case, which the searches skip); pinned units must be allowed on the client."""
+    if required is None:
+        return None
+    req = _vec(required, allowed.shape[0], "client_required", dtype=bool)
+    if not req.any():
+        return None
+    if (req & ~allowed).any():
+        raise ValueError("client_required units must be allowed on the client (client_allowed)")
+    return req
+
+
 @dataclass(frozen=True, eq=False)
 class SplitProblem:
     """One request's placement problem: times in seconds, work in objective units."""
@@ -57,6 +75,7 @@ class SplitProblem:
     loop_uplink_time: float = 0.0
     loop_downlink_time: float = 0.0
     server_entry_time: float | np.ndarray = 0.0
+    client_required: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = np.asarray(self.client_time).reshape(-1).shape[0]
@@ -72,6 +91,7 @@ class SplitProblem:
             set_(self, name, _vec(np.zeros(n + 1) if value is None else value, n + 1, name))
         allowed = np.ones(n, bool) if self.client_allowed is None else self.client_allowed
         set_(self, "client_allowed", _vec(allowed, n, "client_allowed", dtype=bool))
+        set_(self, "client_required", _required(self.client_required, self.client_allowed))
         if not (self.deadline > 0):
             raise ValueError("deadline must be > 0")
         if not 0 <= self.loop_start < n:
@@ -123,6 +143,17 @@ class SplitProblem:
     @property
     def has_loop(self) -> bool:
         return self.loop_uplink_time > 0 or self.loop_downlink_time > 0
+
+    @property
+    def locations(self) -> np.ndarray:
+        """Per unit where it may run, as the searches read it: 0 the server only, 1 either,
+        `CLIENT_ONLY` (2) the client only (pinned); bools when nothing is pinned."""
+        if self.client_required is None:
+            return self.client_allowed
+        return self.client_allowed.astype(np.int8) + self.client_required
+
+
+CLIENT_ONLY = 2  # `SplitProblem.locations`: a unit pinned to the client
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,6 +229,9 @@ def make_plan(problem: SplitProblem, on_client, policy: str, **notes) -> Plan:
     """A `Plan` for a placement, with its latency, work and feasibility evaluated exactly."""
     oc = np.asarray(on_client, bool).copy()
     oc.setflags(write=False)
+    required = problem.client_required
+    if required is not None and not oc[required].all():
+        raise ValueError(f"policy {policy!r} placed a client_required unit on the server")
     latency, work = evaluate(problem, oc)
     feasible = latency <= problem.deadline * (1 + 1e-12)
     return Plan(oc, latency, work, bool(feasible), policy, dict(notes))
