@@ -165,6 +165,7 @@ SLOTS = Bound(1, 4096, integer=True)
 QUEUE = Bound(1, 10_000_000, integer=True)
 CLIENTS = Bound(1, 1_000_000, integer=True)
 RESIDENT_UNITS = Bound(0, 100_000, integer=True)
+PINNED_UNITS = Bound(1, 100_000, integer=True)  # client_required: {first: K}
 BANDWIDTH_MBPS = Bound(0, 1e6, lo_open=True)  # up to 1 Tbit/s
 RTT_MS = Bound(0, 60_000)  # a minute
 DELAY_MS = Bound(0, 60_000)

@@ -231,6 +231,47 @@ CASES = [
         ["clients.0.resident", "{first: K}"],
     ),
     Case(
+        "client_required_both_forms",
+        edit(("workload.mix.0.client_required", {"first": 1, "units": ["embed"]})),
+        ["workload.mix.0.client_required", "exactly one of first, units"],
+    ),
+    Case(
+        "client_required_zero",
+        edit(("workload.mix.0.client_required", {"first": 0})),
+        ["workload.mix.0.client_required.first", ">= 1"],
+    ),
+    Case(
+        "client_required_unknown_unit",
+        edit(("workload.mix.0.client_required", {"units": ["embedding"]})),
+        ["workload.mix.0.client_required.units", "no unit 'embedding'", "embed, block0"],
+    ),
+    Case(
+        "client_required_beyond_the_model",
+        edit(("workload.mix.0.client_required", {"first": 15})),
+        ["workload.mix.0.client_required.first", "15 units pinned", "has 14"],
+    ),
+    Case(
+        "client_required_not_resident",
+        edit(("workload.mix.0.client_required", {"first": 1}), ("clients.0.resident", "none")),
+        ["workload.mix.0.client_required", "client group 'phones'", "resident: none"],
+    ),
+    Case(
+        "client_required_on_synthetic",
+        edit(
+            (
+                "workload.mix.0",
+                {
+                    "name": "job",
+                    "task": "synthetic",
+                    "deadline_factor": 4,
+                    "service_s": 0.01,
+                    "client_required": {"first": 1},
+                },
+            ),
+        ),  # fmt: skip
+        ["workload.mix.0", "client_required needs a model"],
+    ),
+    Case(
         "parquet_without_pyarrow",
         edit(("output", {"format": "parquet"})),
         ["output.format", "pyarrow"],

@@ -143,3 +143,78 @@ def test_dp_against_a_milp_with_pinned_units_on_24_to_60_units():
         close += plan.server_work <= best * 1.001
     assert compared >= 50
     assert close >= 0.99 * compared
+
+
+# ---- scenarios: the schema, the load-time checks, both engines -----------------------------
+
+
+def _scenario(pin: dict | None, granularity: str = "request") -> dict:
+    """gpt2 forward passes from laptops (that hold what fits) and phones (that hold all),
+    one private class (pinned when `pin`) and one public."""
+    from chat_scenario import chat_scenario
+
+    if granularity == "token":
+        raw = chat_scenario("pinned", 3, 60, clients=4, max_batch_requests=8, rate_per_s=4.0,
+                            prompt_median=128, prompt_max=512, output=(4, 12),
+                            policies=["dp", "server_only", "greedy"])  # fmt: skip
+        raw["clients"][1]["resident"] = "all"
+        private = dict(raw["workload"]["mix"][0], name="private")
+        raw["workload"]["mix"].append(private)
+    else:
+        raw = {
+            "name": "pinned", "seed": 2, "requests": 200, "policies": ["dp", "server_only", "greedy"],
+            "server": {"device": "a100-80gb"},
+            "clients": [
+                {"name": "laptops", "count": 4, "device": "laptop-m2", "resident": "fit"},
+                {"name": "phones", "count": 4, "device": "phone-flagship"},
+            ],
+            "workload": {"arrival": {"kind": "poisson", "rate_per_s": 20}, "mix": [
+                {"name": "chat", "model": "gpt2", "prompt_tokens": 128, "deadline_factor": 3},
+                {"name": "private", "model": "gpt2", "prompt_tokens": 128, "deadline_factor": 3},
+            ]},
+        }  # fmt: skip
+    if pin is not None:
+        raw["workload"]["mix"][1]["client_required"] = pin
+    return raw
+
+
+@pytest.mark.parametrize("granularity", ["request", "token"])
+def test_a_pinned_class_runs_its_units_on_the_client_in_both_engines(granularity):
+    from sim.config.load import validate
+    from sim.runner import run_one
+
+    ld = validate(_scenario({"first": 2}, granularity))
+    assert ld.pinned[0] is None and ld.pinned[1][:2].all() and not ld.pinned[1][2:].any()
+    for policy in ("dp", "server_only", "greedy"):
+        res = run_one(ld, policy)
+        klass = res.arrivals.klass
+        units = res.client_units
+        assert (units[klass == 1] >= 2).all(), policy
+        assert (res.client_busy_s[klass == 1] > 0).all(), policy
+        if policy == "server_only":
+            assert (units[klass == 0] == 0).all()
+            assert (units[klass == 1] == 2).all()
+
+
+@pytest.mark.parametrize(
+    ("pin", "edit", "words"),
+    [
+        ({"first": 99}, None, ["workload.mix.1.client_required.first", "99 units", "has 14"]),
+        ({"units": ["embed", "block99"]}, None, ["client_required.units", "no unit 'block99'"]),
+        ({"first": 2}, ("phones", "none"), ["client group 'phones'", "clients.1.resident: none"]),
+        ({"first": 3}, ("phones", {"first": 2}), ["client group 'phones'", "the first 2"]),
+    ],
+)
+def test_pinning_that_cannot_be_satisfied_is_one_line(pin, edit, words):
+    from sim.config.load import validate
+    from sim.errors import UserError
+
+    raw = _scenario(pin)
+    if edit is not None:
+        next(g for g in raw["clients"] if g["name"] == edit[0])["resident"] = edit[1]
+    with pytest.raises(UserError) as err:
+        validate(raw, "s.yaml")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("s.yaml: ")
+    for word in words:
+        assert word in text, text

@@ -135,6 +135,7 @@ SITES: dict[type, Site] = {
     ),
     sc.RequestClass: Site("token", "workload.mix.0", clear={"deadline_factor": ("deadline_s",)}),
     sc.SplitConfig: Site("request", "split"),
+    sc.PinnedUnits: Site("token", "workload.mix.0.client_required", {"first": 1}),
     sc.SimulationConfig: Site("token", "simulation"),
     sc.OutputConfig: Site("request", "output"),
     dist.Fixed: Site("request", PROMPT, {"kind": "fixed", "value": 16}),

@@ -47,6 +47,7 @@ class LoadedScenario:
     client_devices: list[DeviceSpec] = field(default_factory=list)
     arrival_trace: pd.DataFrame | None = None
     bandwidth_traces: list[np.ndarray | None] = field(default_factory=list)
+    pinned: list[np.ndarray | None] = field(default_factory=list)  # per class: client_required
 
 
 def _format_validation(source: str, err: ValidationError) -> str:
@@ -129,6 +130,7 @@ def validate(raw: dict, source: str = "<scenario>", base_dir: Path | None = None
         raise UserError(_format_validation(source, err)) from None
     loaded = LoadedScenario(scenario, source, base_dir or Path.cwd())
     _resolve_names(loaded)
+    _resolve_pinning(loaded)
     _resolve_files(loaded)
     return loaded
 
@@ -200,6 +202,57 @@ def _resolve_names(ld: LoadedScenario) -> None:
             raise UserError(
                 f"{src}: {where}.task: model '{model.name}' cannot generate; use forward"
             )
+
+
+def _resolve_pinning(ld: LoadedScenario) -> None:
+    """Each request class's pinned units (`client_required`) as a mask over its model's
+    chain, checked against every client group: each must hold them (not `resident:
+    none`, a `{first: K}` that covers them, or memory for their weights under `fit`)."""
+    from sim.split.build import pinned_units
+
+    sc, src = ld.scenario, ld.source
+    ld.pinned = []
+    for i, cls in enumerate(sc.workload.mix):
+        where = f"workload.mix.{i}.client_required"
+        pin = cls.client_required
+        if pin is None:
+            ld.pinned.append(None)
+            continue
+        model = ld.models[cls.model]  # type: ignore[index]
+        try:
+            mask = pinned_units(model, sc.split.granularity, pin.first, pin.units)
+        except ValueError as err:
+            raise UserError(f"{src}: {where}.{err}") from None
+        for g, grp in enumerate(sc.clients):
+            problem = _unheld(ld, model, cls.task, mask, g)
+            if problem:
+                raise UserError(
+                    f"{src}: {where}: client group '{grp.name}' cannot run the pinned units "
+                    f"({problem}); pin fewer units or let the group hold them"
+                )
+        mask.setflags(write=False)
+        ld.pinned.append(mask)
+
+
+def _unheld(ld: LoadedScenario, model: ModelSpec, task: str, mask: np.ndarray, g: int) -> str:
+    """Why client group g cannot hold the pinned units `mask`, or ''."""
+    resident = ld.scenario.clients[g].resident
+    last = int(np.flatnonzero(mask)[-1])
+    if resident == "none":
+        return f"clients.{g}.resident: none"
+    if isinstance(resident, dict) and resident["first"] <= last:
+        return f"clients.{g}.resident holds the first {resident['first']}, unit {last} is pinned"
+    if resident == "fit":
+        from sim.costs import request_work
+
+        device = ld.client_devices[g]
+        work = request_work(model, task, 1, 1 if task == "generate" else 0,
+                            ld.scenario.split.granularity)  # fmt: skip
+        need = float(work.weight_bytes[mask].sum())
+        if need > device.memory_bytes:
+            return (f"their weights need {need / 1e9:.3g} GB, device '{device.name}' has "
+                    f"{device.memory_bytes / 1e9:.3g} GB")  # fmt: skip
+    return ""
 
 
 def _device(ld: LoadedScenario, ref: str | dict, where: str) -> DeviceSpec:

@@ -125,6 +125,24 @@ class ArrivalConfig(Section):
         return self
 
 
+class PinnedUnits(Section):
+    """Units a request class keeps on the client (privacy: raw tokens and early
+    activations never leave the device): the first K of the model's chain, or named units
+    (embed, block0, block1, ..., head; block0.attn and block0.mlp at sublayer granularity;
+    enc. / dec. prefixes for encoder-decoder models)."""
+
+    first: lim.PINNED_UNITS.optional = Field(None, description="the first K units")
+    units: list[str] | None = Field(None, min_length=1, description="unit names, e.g. [embed]")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> PinnedUnits:
+        if (self.first is None) == (self.units is None):
+            raise ValueError("give exactly one of first, units")
+        if self.units is not None and len(set(self.units)) != len(self.units):
+            raise ValueError("units must not repeat")
+        return self
+
+
 class RequestClass(Section):
     """One kind of request in the mix."""
 
@@ -147,6 +165,9 @@ class RequestClass(Section):
         None, description="synthetic task: server time per request, no model, no network"
     )
     weight: lim.WEIGHT.type = 1.0
+    client_required: PinnedUnits | None = Field(
+        None, description="units every policy must run on the client: {first: K} or {units: [...]}"
+    )
 
     @field_validator("prompt_tokens", "output_tokens", "service_s")
     @classmethod
@@ -173,6 +194,8 @@ class RequestClass(Section):
             raise ValueError("model is required (except for task synthetic)")
         if self.task != "synthetic" and self.service_s is not None:
             raise ValueError("service_s is only for task synthetic")
+        if self.task == "synthetic" and self.client_required is not None:
+            raise ValueError("client_required needs a model's units (not for task synthetic)")
         return self
 
 

@@ -84,6 +84,8 @@ def build_arrays(book: ProblemBook, klass: int, group: int, prompts, outputs, li
     client, server = ld.client_devices[group], ld.server_device
     if client.cost_table is not None or server.cost_table is not None:
         return None
+    if ld.pinned and ld.pinned[klass] is not None:
+        return None  # pinned units: the one-at-a-time path (its searches read the pinning)
     model = ld.models[cls.model]
     try:
         w = work_batch(model, cls.task, prompts, outputs, book.split.granularity)
@@ -254,6 +256,7 @@ def _phases(book, b: Batch, i: int, link: Link, whole: SplitProblem, steps: int)
         server_work=s["server_work"][i], uplink_time=s["up"][i], downlink_time=s["down"][i],
         deadline=np.inf, client_allowed=whole.client_allowed, loop_start=whole.loop_start,
         loop_uplink_time=s["loop_up"][i], loop_downlink_time=s["loop_down"][i],
+        client_required=whole.client_required,
     )  # type: ignore[index]  # fmt: skip
     ttft, tpot, e2e = b.limits
     inf = float("inf")

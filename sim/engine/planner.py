@@ -197,7 +197,7 @@ class ProblemBook:
             self.ld.models[cls.model], cls.task, prompt, output, client, server, link,
             deadline_s, resident=grp.resident, objective=self.split.objective,
             granularity=self.split.granularity, work=self.work(klass, prompt, output),
-            times_s=times,
+            times_s=times, client_required=self.ld.pinned[klass] if self.ld.pinned else None,
         )  # fmt: skip
 
     def _prefill_problem(self, klass: int, group: int, prompt: int, link: Link) -> SplitProblem:

@@ -16,7 +16,7 @@ from sim.costs import (
     transfer_times_s,
     unit_times_s,
 )
-from sim.costs.units import Granularity
+from sim.costs.units import Granularity, model_units
 from sim.split.problem import SplitProblem
 
 Objective = Literal["server_time", "server_flops"]
@@ -50,6 +50,39 @@ def resident_units(work: RequestWork, resident, client: DeviceSpec) -> np.ndarra
     raise ValueError(f"resident must be all, none, fit or {{first: K}}, got {resident!r}")
 
 
+def pinned_units(model: ModelSpec, granularity: Granularity, first=None, names=None) -> np.ndarray:
+    """The units pinned to the client (`client_required`) as bools over the model's chain:
+    the first `first`, or those named. ValueError (one line, for the user) when the model
+    has fewer units or no unit of a name."""
+    units = [u.name for u in model_units(model, granularity)]
+    L = len(units)
+    if first is not None:
+        if first > L:
+            raise ValueError(
+                f"first: {first} units pinned but model '{model.name}' has {L} at "
+                f"{granularity} granularity"
+            )
+        return np.arange(L) < first
+    index = {name: i for i, name in enumerate(units)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        shown = ", ".join(units) if L <= 8 else f"{', '.join(units[:4])}, ..., {units[-1]}"
+        raise ValueError(
+            f"units: model '{model.name}' has no unit '{unknown[0]}' at {granularity} "
+            f"granularity (its units: {shown})"
+        )
+    mask = np.zeros(L, bool)
+    mask[[index[n] for n in names]] = True
+    return mask
+
+
+def client_allowed(work: RequestWork, resident, client: DeviceSpec, pinned=None) -> np.ndarray:
+    """The units the client may run: those it holds (`resident_units`), and under `fit`
+    the pinned ones too (the user keeps them on the device whatever else fits)."""
+    allowed = resident_units(work, resident, client)
+    return allowed if pinned is None else allowed | pinned
+
+
 def device_unit_times_s(
     work: RequestWork, model: ModelSpec, device: DeviceSpec, task: Task, prompt_tokens: int
 ) -> np.ndarray:
@@ -77,12 +110,14 @@ def build_problem(
     granularity: Granularity = "block",
     work: RequestWork | None = None,
     times_s: tuple[np.ndarray, np.ndarray] | None = None,
+    client_required: np.ndarray | None = None,
 ) -> SplitProblem:
     """The placement problem of one request, times from the roofline (or a device's cost table).
 
     `times_s` (server, client seconds per unit, from `device_unit_times_s`) skips timing
     the work again: a caller planning many sizes shares a device's times between the
-    client groups and problems that use them.
+    client groups and problems that use them. `client_required`: the units pinned to the
+    client (`pinned_units`), held by it whatever `resident` says.
     """
     if work is None:
         work = request_work(model, task, prompt_tokens, output_tokens, granularity)
@@ -99,7 +134,8 @@ def build_problem(
         uplink_time=transfer_times_s(work, link.uplink_mbps, link.rtt_ms),
         downlink_time=transfer_times_s(work, link.downlink_mbps, link.rtt_ms),
         deadline=deadline_s,
-        client_allowed=resident_units(work, resident, client),
+        client_allowed=client_allowed(work, resident, client, client_required),
+        client_required=client_required,
         loop_start=work.loop_start,
         loop_uplink_time=loop_time_s(work, link.uplink_mbps, link.rtt_ms),
         loop_downlink_time=loop_time_s(work, link.downlink_mbps, link.rtt_ms),
