@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 
 from sim import limits as lim
+from sim.catalog.specs import DTYPE_BYTES
 from sim.errors import UserError
 
 
@@ -44,6 +45,8 @@ def _add_solve(sub) -> None:
                    help="SLA on end-to-end latency")  # fmt: skip
     p.add_argument("--policy", default="dp", help="policy to show in full (default dp)")
     p.add_argument("--resident", default="all", help="units the client holds: all, none, fit, or K")
+    p.add_argument("--client-weight-dtype", default=None, choices=list(DTYPE_BYTES),
+                   help="precision of the client's copy of the weights (default: the model's)")  # fmt: skip
     p.add_argument("--granularity", default="block", choices=["block", "sublayer"])
     p.add_argument("--objective", default="server_time", choices=["server_time", "server_flops"])
     p.add_argument("--time-step-s", type=lim.TIME_STEP_S.arg("--time-step-s"), default=None,

@@ -423,6 +423,23 @@ CASES = [
         },
     ),
     Case(
+        "client_weight_dtype_unknown",
+        edit(("clients.0.weight_dtype", "int3")),
+        ["clients.0.weight_dtype", "'fp16'", "'int8' or 'int4'"],
+    ),
+    Case(
+        "client_weight_dtype_with_a_cost_table",
+        edit(
+            ("clients.0.device", {**GOOD_DEVICE, "kind": "client", "cost_table": "t.csv"}),
+            ("clients.0.weight_dtype", "int4"),
+        ),
+        ["clients.0.weight_dtype", "int4", "model 'gpt2'", "cost_table"],
+        files={
+            "t.csv": "model,unit_kind,unit_index,device,phase,tokens,batch,seconds\n"
+            "gpt2,block,0,clients.0.device,forward,64,1,0.001\n"
+        },
+    ),
+    Case(
         "empirical_jitter_negative",
         edit(
             (

@@ -7,7 +7,9 @@ boolean and a word (whichever the bound refuses) and checks the contract: exit s
 one line naming the file and the field, nothing on disk. It also runs each field at the
 edges of its range, where the contract is "runs, or fails with one line". The command-line
 flags that carry a bound are found in the parser and tried the same way. A new section or
-a numeric field without a bound fails `test_every_number_has_a_bound`.
+a numeric field without a bound fails `test_every_number_has_a_bound`. Every field that
+takes one of a set of names (a `Literal`: a dtype, a kind, a discipline) is given a word
+outside the set, which must be one line naming the field and listing the allowed names.
 """
 
 from __future__ import annotations
@@ -410,6 +412,52 @@ def test_value_at_the_edge_of_its_range_runs_or_is_one_line(
         one_line(err, f"splitsim: error: {path}: ")
     elif command == "run":
         assert (tmp_path / "out" / "summary.csv").is_file()
+
+
+# ---- fields that take one of a set of names ---------------------------------------------------
+
+
+def allowed_names(annotation: typing.Any) -> tuple[str, ...] | None:
+    """The names a field takes when it is a `Literal` of names (or such a `Literal` or
+    None, as an unset client `weight_dtype`), else None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+    elif len(args) == 1 and typing.get_origin(args[0]) is typing.Literal:
+        values = typing.get_args(args[0])
+    else:
+        return None
+    return values if all(isinstance(v, str) for v in values) else None
+
+
+def name_cases() -> list:
+    """A word outside the allowed set for every such field of every site."""
+    return [
+        pytest.param(cls, name, allowed, id=f"{cls.__name__}.{name}")
+        for cls in SITES
+        for name, info in cls.model_fields.items()
+        if (allowed := allowed_names(info.annotation)) is not None
+    ]
+
+
+def test_name_fields_are_found():
+    found = {(c.values[0].__name__, c.values[1]) for c in name_cases()}
+    assert ("ClientGroup", "weight_dtype") in found
+    assert ("ModelSpec", "weight_dtype") in found
+    assert len(found) >= 15
+
+
+@pytest.mark.parametrize(("cls", "name", "allowed"), name_cases())
+def test_unknown_name_is_one_line_listing_the_allowed(cls, name, allowed, tmp_path, capsys):
+    path = write(tmp_path / "bad.yaml", scenario_with(cls, name, "no-such-name"))
+    out = tmp_path / "out"
+    assert main(["check", str(path)]) == 2
+    std, err = capsys.readouterr()
+    assert std == ""
+    one_line(err, f"splitsim: error: {path}: ", name, *(repr(v) for v in allowed))
+    assert main(["run", str(path), "-o", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    capsys.readouterr()
 
 
 # ---- sweep files ---------------------------------------------------------------------------

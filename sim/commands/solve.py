@@ -8,6 +8,7 @@ from sim import limits as lim
 from sim.catalog import get_device, get_model
 from sim.commands.table import format_table
 from sim.costs import model_units
+from sim.costs.precision import own_precision
 from sim.errors import UserError
 from sim.split import POLICIES, Link, build_problem, solve
 from sim.split.dp import MAX_STEPS
@@ -65,6 +66,13 @@ def run_solve(args: argparse.Namespace) -> int:
     server = _with_table(server, getattr(args, "server_cost_table", None), "--server-cost-table")
     task = args.task or ("generate" if args.output_tokens > 0 else "forward")
     _check_request(args, model, task)
+    client_dtype = getattr(args, "client_weight_dtype", None)
+    if client.cost_table is not None and not own_precision(model, client_dtype):
+        raise UserError(
+            f"--client-weight-dtype: {client_dtype} differs from the model's "
+            f"{model.weight_dtype}, but the client's cost table was measured at one precision; "
+            "drop one of the two"
+        )
     try:
         problem = build_problem(
             model,
@@ -78,6 +86,7 @@ def run_solve(args: argparse.Namespace) -> int:
             resident=_resident(args.resident),
             objective=args.objective,
             granularity=args.granularity,
+            client_weight_dtype=client_dtype,
         )
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -88,7 +97,9 @@ def run_solve(args: argparse.Namespace) -> int:
     print(
         f"{model.name} {task}, {args.tokens} tokens"
         + (f" + {args.output_tokens} out" if task == "generate" else "")
-        + f"; client {client.name}, server {server.name}; deadline {args.deadline_s:g} s"
+        + f"; client {client.name}"
+        + ("" if own_precision(model, client_dtype) else f" ({client_dtype} weights)")
+        + f", server {server.name}; deadline {args.deadline_s:g} s"
     )
     rows = [
         (u.name, "client" if c else "server", problem.client_time[i], problem.server_time[i])

@@ -23,6 +23,7 @@ from sim.catalog.specs import DeviceSpec, ModelSpec
 from sim.config.base import Empirical
 from sim.config.scenario import SIZE_BOUNDS, Scenario
 from sim.config.yamlio import YamlProblem, parse_yaml
+from sim.costs.precision import own_precision
 from sim.errors import UserError, unknown_name
 from sim.limits import Bound
 
@@ -202,6 +203,23 @@ def _resolve_names(ld: LoadedScenario) -> None:
             raise UserError(
                 f"{src}: {where}.task: model '{model.name}' cannot generate; use forward"
             )
+    _check_client_precision(ld)
+
+
+def _check_client_precision(ld: LoadedScenario) -> None:
+    """A client group whose copy of the weights has another precision than a model it
+    runs is timed by the roofline at that precision: a device's cost table was measured
+    at one precision the table does not record, so the two together are refused."""
+    sc = ld.scenario
+    models = {ld.models[c.model] for c in sc.workload.mix if c.task != "synthetic"}
+    for i, (group, device) in enumerate(zip(sc.clients, ld.client_devices, strict=True)):
+        other = sorted(m.name for m in models if not own_precision(m, group.weight_dtype))
+        if device.cost_table is not None and other:
+            raise UserError(
+                f"{ld.source}: clients.{i}.weight_dtype: {group.weight_dtype} differs from the "
+                f"weight_dtype of model '{other[0]}', but device '{device.name}' has a "
+                "cost_table (measured at one precision); drop weight_dtype or the cost_table"
+            )
 
 
 def _resolve_pinning(ld: LoadedScenario) -> None:
@@ -244,9 +262,11 @@ def _unheld(ld: LoadedScenario, model: ModelSpec, task: str, mask: np.ndarray, g
         return f"clients.{g}.resident holds the first {resident['first']}, unit {last} is pinned"
     if resident == "fit":
         from sim.costs import request_work
+        from sim.costs.precision import weight_copy
 
         device = ld.client_devices[g]
-        work = request_work(model, task, 1, 1 if task == "generate" else 0,
+        copy_ = weight_copy(model, ld.scenario.clients[g].weight_dtype)  # the client's copy
+        work = request_work(copy_, task, 1, 1 if task == "generate" else 0,
                             ld.scenario.split.granularity)  # fmt: skip
         need = float(work.weight_bytes[mask].sum())
         if need > device.memory_bytes:
@@ -419,4 +439,7 @@ def effective_dict(loaded: LoadedScenario) -> dict:
     out = loaded.scenario.model_dump(mode="python", exclude_none=False)
     if loaded.scenario.simulation == type(loaded.scenario.simulation)():
         del out["simulation"]  # request granularity, all defaults: files and hashes as before
+    for group in out["clients"]:
+        if group["weight_dtype"] is None:  # unset: the model's own precision, as before
+            del group["weight_dtype"]
     return out

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from sim import limits as lim
-from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.catalog.specs import DeviceSpec, Dtype, ModelSpec
 from sim.config.base import Distribution, Fixed, Section, as_distribution
 
 Dist = Annotated[Distribution, BeforeValidator(as_distribution)]
@@ -73,12 +73,19 @@ Resident = Literal["all", "none", "fit"] | dict
 
 
 class ClientGroup(Section):
-    """Identical clients: same device, resident units and link."""
+    """Identical clients: same device, resident units, weight precision and link."""
 
     name: str
     count: lim.CLIENTS.type = 1
     device: str | dict = "phone-flagship"
     resident: Resident = "all"
+    weight_dtype: Dtype | None = Field(
+        None,
+        description="precision of the client's own copy of the weights (weight-only "
+        "quantisation, e.g. int8 or int4): its unit times, resident: fit and energy use it; "
+        "computation, KV cache and transfers stay at the model's activation_dtype, the "
+        "server at the model's weight_dtype; default (null): the model's own weight_dtype",
+    )
     link: LinkConfig = Field(default_factory=LinkConfig)
 
     @field_validator("resident")

@@ -31,6 +31,7 @@ from sim.costs.batched import (
     unit_times_many,
     work_batch,
 )
+from sim.costs.precision import weight_copy
 from sim.engine.heap import freeze_now
 from sim.engine.planner import Planner, ProblemBook, RequestProblem
 from sim.split import Link, SplitProblem
@@ -87,13 +88,19 @@ def build_arrays(book: ProblemBook, klass: int, group: int, prompts, outputs, li
     if ld.pinned and ld.pinned[klass] is not None:
         return None  # pinned units: the one-at-a-time path (its searches read the pinning)
     model = ld.models[cls.model]
+    # the client's copy of the weights (`sim.costs.precision`): the model itself, or the
+    # model at the group's weight_dtype, whose work times the client and decides `fit`
+    client_model = weight_copy(model, book.client_dtype(klass, group))
     try:
         w = work_batch(model, cls.task, prompts, outputs, book.split.granularity)
-        allowed = resident_many(w, grp.resident, client)
+        cw = w
+        if client_model is not model:
+            cw = work_batch(client_model, cls.task, prompts, outputs, book.split.granularity)
+        allowed = resident_many(cw, grp.resident, client)
     except ValueError:
         return None  # the one-at-a-time path raises it where the run asks
     server_t = unit_times_many(w, server, model.activation_dtype)
-    client_t = unit_times_many(w, client, model.activation_dtype)
+    client_t = unit_times_many(cw, client, model.activation_dtype)
     objective = book.split.objective
     server_work = server_t if objective == "server_time" else total_flops_many(w)
     return Arrays(

@@ -7,8 +7,10 @@ policy's expected server wait, a non-nominal link estimate) are made at arrival 
 `Planner.get_at`, cached per quantised (wait, bandwidth) bucket.
 
 Planning cost: a run asks for one problem per distinct (class, group, prompt, output), so
-the book shares what does not depend on all four: unit times per (class, sizes, device)
-(the server's serve every client group), the prefill-only problem of token SLAs per
+the book shares what does not depend on all four: unit times per (class, sizes, device,
+weight precision) (the server's serve every client group; a group holding its own copy
+of the weights at another precision, `sim.costs.precision`, has its own client times and
+work), the prefill-only problem of token SLAs per
 (class, group, prompt) (every output length of a prompt), and request work keeps its
 size-free parts per model (`sim.costs.work`). Nothing is searched where nothing can be
 chosen: fixed policies (`server_only`, `client_only`) evaluate their placement once, and
@@ -33,6 +35,7 @@ import numpy as np
 from sim.catalog.specs import DeviceSpec
 from sim.config import LoadedScenario
 from sim.costs import RequestWork, request_work
+from sim.costs.precision import own_precision, weight_copy
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
 from sim.split.build import device_unit_times_s
@@ -161,7 +164,10 @@ class ProblemBook:
         self._work: dict[tuple, RequestWork] = {}
         self._problems: dict[tuple, RequestProblem] = {}
         self._linked: dict[tuple, RequestProblem] = {}
-        self._times: dict[tuple, np.ndarray] = {}  # (class, prompt, output, device id) -> s
+        # (class, prompt, output, device id, weight dtype or None for the model's) -> s
+        self._times: dict[tuple, np.ndarray] = {}
+        # the client copies' work at another precision: (class, dtype, prompt, output) -> work
+        self._client_work: dict[tuple, RequestWork] = {}
         self._prefill: dict[tuple, SplitProblem] = {}  # (class, group, prompt, link) -> problem
         # built by a batch (`sim.engine.plan_batch`), made into objects when first asked:
         # key -> (maker, row); the maker's `problem(row)`, `work(row)`, `deadline_s(row)`
@@ -169,17 +175,48 @@ class ProblemBook:
         self.pending: dict[tuple, tuple] = {}
         self.pending_work: dict[tuple, tuple] = {}
 
-    def unit_times_s(self, klass: int, prompt: int, output: int, device: DeviceSpec) -> np.ndarray:
-        """Seconds of each unit of a request size on a device, cached: the server's times
-        serve every client group, a prefill's every output length."""
-        key = (klass, prompt, output, id(device))
+    def unit_times_s(
+        self, klass: int, prompt: int, output: int, device: DeviceSpec, weight_dtype=None
+    ) -> np.ndarray:
+        """Seconds of each unit of a request size on a device holding the weights at
+        `weight_dtype` (None: the model's own, as `client_dtype` gives), cached per
+        (device, precision): the server's times serve every client group, a prefill's
+        every output length, and two groups of one device at two precisions never share."""
+        key = (klass, prompt, output, id(device), weight_dtype)
         found = self._times.get(key)
         if found is None:
             cls = self.ld.scenario.workload.mix[klass]
-            work = self.work(klass, prompt, output)
-            model = self.ld.models[cls.model]
+            model = weight_copy(self.ld.models[cls.model], weight_dtype)
+            work = self.precision_work(klass, weight_dtype, prompt, output)
             found = device_unit_times_s(work, model, device, cls.task, prompt)
             self._times[key] = found
+        return found
+
+    def client_dtype(self, klass: int, group: int) -> str | None:
+        """The precision of a client group's copy of a class's model, or None when it is
+        the model's own (set or unset alike: both share the model's work and times)."""
+        dtype = self.ld.scenario.clients[group].weight_dtype
+        model = self.ld.models[self.ld.scenario.workload.mix[klass].model]
+        return None if own_precision(model, dtype) else dtype
+
+    def client_work(self, klass: int, group: int, prompt: int, output: int) -> RequestWork:
+        """A size's work on a client group's copy of the weights (`sim.costs.precision`):
+        `work`'s own object at the model's precision."""
+        return self.precision_work(klass, self.client_dtype(klass, group), prompt, output)
+
+    def precision_work(
+        self, klass: int, weight_dtype: str | None, prompt: int, output: int
+    ) -> RequestWork:
+        """A size's work with the weights at `weight_dtype` (None: `work`'s), cached."""
+        if weight_dtype is None:
+            return self.work(klass, prompt, output)
+        key = (klass, weight_dtype, prompt, output)
+        found = self._client_work.get(key)
+        if found is None:
+            cls = self.ld.scenario.workload.mix[klass]
+            model = weight_copy(self.ld.models[cls.model], weight_dtype)
+            found = request_work(model, cls.task, prompt, output, self.split.granularity)
+            self._client_work[key] = found
         return found
 
     def _problem(
@@ -189,15 +226,18 @@ class ProblemBook:
         sc = self.ld.scenario
         cls, grp = sc.workload.mix[klass], sc.clients[group]
         client, server = self.ld.client_devices[group], self.ld.server_device
+        dtype = self.client_dtype(klass, group)
         times = (
             self.unit_times_s(klass, prompt, output, server),
-            self.unit_times_s(klass, prompt, output, client),
+            self.unit_times_s(klass, prompt, output, client, dtype),
         )
         return build_problem(
             self.ld.models[cls.model], cls.task, prompt, output, client, server, link,
             deadline_s, resident=grp.resident, objective=self.split.objective,
             granularity=self.split.granularity, work=self.work(klass, prompt, output),
-            times_s=times, client_required=self.ld.pinned[klass] if self.ld.pinned else None,
+            times_s=times, client_weight_dtype=dtype,
+            client_work=self.precision_work(klass, dtype, prompt, output),
+            client_required=self.ld.pinned[klass] if self.ld.pinned else None,
         )  # fmt: skip
 
     def _prefill_problem(self, klass: int, group: int, prompt: int, link: Link) -> SplitProblem:

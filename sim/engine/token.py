@@ -152,7 +152,9 @@ class TokenSimulation:
         dtype = self.ld.models[self.ld.scenario.workload.mix[klass].model].activation_dtype
         dev = self.ld.client_devices[group]
         on_client = planned.plan.on_client
-        p = build_program(work, on_client, (klass, prompt, output), model, dev, dtype)
+        client_work = self.book.client_work(klass, group, prompt, output)  # its precision
+        p = build_program(work, on_client, (klass, prompt, output), model, dev, dtype,
+                          client_work)  # fmt: skip
         self._tp_programs[id(planned)] = p
         return p
 

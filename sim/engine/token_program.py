@@ -121,10 +121,13 @@ def build_program(
     model: tuple[BatchCost, int],
     client_device: DeviceSpec,
     dtype: str,
+    client_work: RequestWork | None = None,
 ) -> TokenProgram:
     """The token program of one plan: `on_client` per unit of `work`, `key` = (class,
     prompt tokens, output tokens), `model` = the server's batch-cost accumulator and the
-    model's index in it, the client's device and the activation dtype it computes in."""
+    model's index in it, the client's device and the activation dtype it computes in;
+    `client_work` times the client legs (the work on the client's copy of the weights,
+    `sim.costs.precision`; default `work`)."""
     oc = np.asarray(on_client, bool)
     shape = placement_shape(oc.tobytes(), work.loop_start, work.steps > 0)
     p = TokenProgram()
@@ -132,7 +135,7 @@ def build_program(
     _set_legs(p, work, shape)
     _set_server_costs(p, work, model)
     if oc.any():  # a client leg somewhere: its times
-        _set_client_costs(p, work, client_device, dtype)
+        _set_client_costs(p, work if client_work is None else client_work, client_device, dtype)
     else:  # all on the server: no client leg ever asks
         p.client_pass_s = p.client_step = p.client_step_times = None
     _set_server_marks(p, work, shape)

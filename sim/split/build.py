@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from sim.catalog.specs import DeviceSpec, ModelSpec
+from sim.catalog.specs import DeviceSpec, Dtype, ModelSpec
 from sim.costs import (
     RequestWork,
     Task,
@@ -16,6 +16,7 @@ from sim.costs import (
     transfer_times_s,
     unit_times_s,
 )
+from sim.costs.precision import weight_copy
 from sim.costs.units import Granularity, model_units
 from sim.split.problem import SplitProblem
 
@@ -35,7 +36,8 @@ def resident_units(work: RequestWork, resident, client: DeviceSpec) -> np.ndarra
     """Which units the client holds: `all`, `none`, `{'first': K}` or `fit` (device memory).
 
     `fit` keeps as many units as the client's memory holds, in order, counting each unit's
-    weights and the KV cache it would keep for this request.
+    weights and the KV cache it would keep for this request (`work` is the client's: its
+    weights at the precision of the client's copy, `sim.costs.precision`).
     """
     L = work.n_units
     if resident in (None, "all"):
@@ -111,19 +113,30 @@ def build_problem(
     work: RequestWork | None = None,
     times_s: tuple[np.ndarray, np.ndarray] | None = None,
     client_required: np.ndarray | None = None,
+    client_weight_dtype: Dtype | None = None,
+    client_work: RequestWork | None = None,
 ) -> SplitProblem:
     """The placement problem of one request, times from the roofline (or a device's cost table).
 
     `times_s` (server, client seconds per unit, from `device_unit_times_s`) skips timing
     the work again: a caller planning many sizes shares a device's times between the
     client groups and problems that use them. `client_required`: the units pinned to the
-    client (`pinned_units`), held by it whatever `resident` says.
+    client (`pinned_units`), held by it whatever `resident` says. `client_weight_dtype` is
+    the precision of the client's copy of the weights (`sim.costs.precision`; None: the
+    model's), which times the client's units and decides `resident: fit`; `client_work`
+    is that copy's work when the caller has it (`work` itself at the model's precision).
     """
     if work is None:
         work = request_work(model, task, prompt_tokens, output_tokens, granularity)
+    client_model = weight_copy(model, client_weight_dtype)
+    if client_work is None:
+        client_work = work
+        if client_model is not model:
+            client_work = request_work(client_model, task, prompt_tokens, output_tokens,
+                                       granularity)  # fmt: skip
     if times_s is None:
         server_time = device_unit_times_s(work, model, server, task, prompt_tokens)
-        client_time = device_unit_times_s(work, model, client, task, prompt_tokens)
+        client_time = device_unit_times_s(client_work, client_model, client, task, prompt_tokens)
     else:
         server_time, client_time = times_s
     server_work = server_time if objective == "server_time" else work.total_flops()
@@ -134,7 +147,7 @@ def build_problem(
         uplink_time=transfer_times_s(work, link.uplink_mbps, link.rtt_ms),
         downlink_time=transfer_times_s(work, link.downlink_mbps, link.rtt_ms),
         deadline=deadline_s,
-        client_allowed=client_allowed(work, resident, client, client_required),
+        client_allowed=client_allowed(client_work, resident, client, client_required),
         client_required=client_required,
         loop_start=work.loop_start,
         loop_uplink_time=loop_time_s(work, link.uplink_mbps, link.rtt_ms),
