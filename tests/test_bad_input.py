@@ -231,6 +231,11 @@ CASES = [
         ["clients.0.resident", "{first: K}"],
     ),
     Case(
+        "dp_batched_without_a_batching_server",
+        edit(("policies", ["dp", "dp_batched"])),
+        ["policies.1", "dp_batched plans for a batching server", "granularity: token"],
+    ),
+    Case(
         "client_required_both_forms",
         edit(("workload.mix.0.client_required", {"first": 1, "units": ["embed"]})),
         ["workload.mix.0.client_required", "exactly one of first, units"],

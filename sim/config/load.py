@@ -174,10 +174,17 @@ def _resolve_names(ld: LoadedScenario) -> None:
         )
     from sim.split import POLICIES
 
+    from sim.split.policies import BATCHING_AWARE
+
     for i, name in enumerate(sc.policies):
         if name not in POLICIES:
             raise UserError(
                 f"{src}: {unknown_name('policy', name, POLICIES.names(), f'policies.{i}')}"
+            )
+        if name in BATCHING_AWARE and sc.simulation.granularity != "token":
+            raise UserError(
+                f"{src}: policies.{i}: {name} plans for a batching server; it needs "
+                "simulation.granularity: token"
             )
     ld.models = dict(catalog_models())
     for name, fields in sc.models.items():

@@ -28,14 +28,16 @@ first use (`PlannedRequest.lazy`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from sim.catalog.specs import DeviceSpec
 from sim.config import LoadedScenario
 from sim.costs import RequestWork, request_work
+from sim.costs.marginal import marginal_times_s
 from sim.costs.precision import own_precision, weight_copy
+from sim.engine.batching import weight_read_bytes
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
 from sim.split.build import device_unit_times_s
@@ -49,7 +51,7 @@ from sim.split.phased import (
     split_phases,
     with_waits,
 )
-from sim.split.policies import LOAD_AWARE
+from sim.split.policies import BATCHING_AWARE, LOAD_AWARE
 from sim.split.problem import evaluate
 
 CLIENT, SERVER, XFER = 0, 1, 2
@@ -169,6 +171,7 @@ class ProblemBook:
         # the client copies' work at another precision: (class, dtype, prompt, output) -> work
         self._client_work: dict[tuple, RequestWork] = {}
         self._prefill: dict[tuple, SplitProblem] = {}  # (class, group, prompt, link) -> problem
+        self._batched: dict[tuple, RequestProblem] = {}  # `at_batch`
         # built by a batch (`sim.engine.plan_batch`), made into objects when first asked:
         # key -> (maker, row); the maker's `problem(row)`, `work(row)`, `deadline_s(row)`
         # and `steps(row)` give the size's
@@ -308,6 +311,43 @@ class ProblemBook:
             self._linked[key] = found
         return found
 
+    def at_batch(
+        self, rp: RequestProblem, klass: int, group: int, prompt: int, up_mbps: float,
+        down_mbps: float, batch: int,
+    ) -> RequestProblem:  # fmt: skip
+        """`rp` (a size's problem on a link) with its server times, and its server work when
+        that is time, at a batching server's marginal costs for a running batch of `batch`
+        requests like it (`sim.costs.marginal`); cached. Deadline and limits stay."""
+        key = (id(rp), batch)  # problems on links are cached for the run: ids stay unique
+        found = self._batched.get(key)
+        if found is None:
+            work = rp.work
+            whole = self._marginal(rp.problem, klass, work, work, batch)
+            phases = rp.phases
+            if phases is not None:
+                rtt = self.ld.scenario.clients[group].link.rtt_ms
+                first = self._prefill_problem(klass, group, prompt, Link(up_mbps, down_mbps, rtt))
+                first = self._marginal(first, klass, self.work(klass, prompt, 1), work, batch)
+                phases = split_phases(
+                    whole, first, work.steps, phases.ttft_s, phases.tpot_s, phases.e2e_s
+                )
+            found = RequestProblem(whole, work, rp.deadline_s, phases)
+            self._batched[key] = found
+        return found
+
+    def _marginal(
+        self, problem: SplitProblem, klass: int, work: RequestWork, batch_like: RequestWork,
+        batch: int,
+    ) -> SplitProblem:  # fmt: skip
+        """`problem` of `work` with its server times (and time work) marginal at `batch`."""
+        model = self.ld.models[self.ld.scenario.workload.mix[klass].model]
+        shared = weight_read_bytes(model, tuple(work.units))
+        server = self.ld.server_device
+        t = marginal_times_s(work, batch_like, shared, server, model.activation_dtype, batch)
+        if self.split.objective == "server_time":
+            return replace(problem, server_time=t, server_work=t)
+        return replace(problem, server_time=t)
+
     def _build(
         self, klass: int, group: int, prompt: int, output: int, link: Link | None = None
     ) -> RequestProblem:
@@ -402,6 +442,31 @@ def pass_waits(work: RequestWork, wait_per_pass_s: float) -> np.ndarray:
     return wait_per_pass_s * np.broadcast_to(passes, work.n_units + 1)
 
 
+def batch_waits(work: RequestWork, iteration_s: float, residual_s: float) -> tuple:
+    """`dp_batched`'s waits per entry at each boundary (L + 1) for a server iterating every
+    `iteration_s` (recent mean): (the whole request, its prefill, its mean decode step). A
+    visit from the client joins the next iteration: it waits out the running one
+    (`residual_s`, `TokenServer.live_batch`), then lasts one; so do the prefill and every
+    entry from the client. A decode step entering at the loop's start (the token looping
+    on the server: the request stays in the batch) waits one iteration."""
+    n = work.n_units + 1
+    joins = iteration_s + residual_s
+    prefill = np.full(n, joins)
+    if work.steps <= 0:
+        return prefill, prefill, np.zeros(n)
+    step = np.where(after_loop(work), joins, 0.0)
+    step[work.loop_start] = iteration_s
+    return prefill + work.steps * step, prefill, step
+
+
+def nominal_work(plan: Plan, nominal: SplitProblem) -> Plan:
+    """A plan made on marginal costs with its server work as every policy's is reported:
+    the placement's batch-1 work on the `nominal` problem (the marginal work in notes)."""
+    work = float(evaluate(nominal, plan.on_client)[1])
+    notes = {**plan.notes, "marginal_work": plan.server_work}
+    return Plan(plan.on_client, plan.latency, work, plan.feasible, plan.policy, notes)
+
+
 def after_loop(work: RequestWork) -> np.ndarray:
     """Boundaries every decode step enters too (from the loop start on)."""
     return np.arange(work.n_units + 1) >= work.loop_start
@@ -421,6 +486,7 @@ class Planner:
         self.policy = policy
         self.time_step_s = book.split.time_step_s
         self.load_aware = policy in LOAD_AWARE
+        self.batched = policy in BATCHING_AWARE  # plans at the live batch's marginal costs
         self.dynamic = self.load_aware or book.split.link_estimate != "nominal"
         self.bucket = book.split.plan_bucket_fraction
         # each client group's nominal link (uplink, downlink Mb/s)
@@ -453,12 +519,15 @@ class Planner:
         up_mbps: float,
         down_mbps: float,
         server_busy: bool = False,
+        batch: tuple[int, float] = (0, 0.0),
     ) -> PlannedRequest:
         """A plan made at arrival with the current estimates, cached per quantised bucket.
 
         The wait is snapped to multiples of `plan_bucket_fraction` x the request's
         deadline (divided by its passes when the wait recurs per pass), each bandwidth to
-        steps of (1 + `plan_bucket_fraction`) around nominal.
+        steps of (1 + `plan_bucket_fraction`) around nominal. A batching-aware policy's
+        plan also depends on the live `batch`: (its size, exact; the residual wait s for
+        its iteration, snapped as the wait).
         """
         klass, group = key[0], key[1]
         nominal_up, nominal_down = self._nominal[group]
@@ -477,14 +546,16 @@ class Planner:
                 if self.wait_per_pass:  # the wait recurs on up to 1 + steps passes
                     quantum /= 1 + max(self.book.steps(klass, key[2], key[3]), 0)
             wait = bucket_linear(server_wait_s, quantum)
+            residual = bucket_linear(batch[1], quantum) if self.batched else 0.0
         else:
-            wait = 0.0
+            wait = residual = 0.0
         busy = bool(server_busy and wait)
-        full = (*key, wait, up, down, busy)
+        size = batch[0] if self.batched else 0
+        full = (*key, wait, up, down, busy, size, residual)
         planned = self._dynamic.get(full)
         if planned is None:
             nominal = up == nominal_up and down == nominal_down
-            if wait == 0.0 and nominal:
+            if wait == 0.0 and nominal and size == 0:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 # the staircase's plan when it decides alone: what `_solve` would return
@@ -492,17 +563,30 @@ class Planner:
                     planned = stairs.planned(self.book, key, wait, self.policy)
                 if planned is None:
                     rp = self.book.get_link(klass, group, key[2], key[3], up, down)
-                    planned = _planned(rp, self._solve(rp, wait, busy, key if nominal else None))
+                    if self.batched:  # on the marginal costs, its work reported at batch 1
+                        at = self.book.at_batch(rp, klass, group, key[2], up, down, size)
+                        plan = nominal_work(self._solve(at, wait, busy, residual=residual),
+                                            rp.problem)  # fmt: skip
+                    else:
+                        plan = self._solve(rp, wait, busy, key if nominal else None)
+                    planned = _planned(rp, plan)
             self._dynamic[full] = planned
         return planned
 
     def _solve(
-        self, rp: RequestProblem, wait: float = 0.0, busy: bool = False, key: tuple | None = None
-    ) -> Plan:
+        self, rp: RequestProblem, wait: float = 0.0, busy: bool = False, key: tuple | None = None,
+        residual: float = 0.0,
+    ) -> Plan:  # fmt: skip
         """The policy's plan for a request problem with an expected server wait per entry
         (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`, or
         the exact DP, or the size's staircase of waits (`key`'s, on the nominal link)."""
         per_pass = self.wait_per_pass and wait
+        if self.batched and wait:  # the iteration a visit joins (`batch_waits`)
+            whole_w, prefill_w, step_w = batch_waits(rp.work, wait, residual)
+            if rp.phases is None:
+                return solve(rp.problem, self.policy, self.time_step_s, whole_w)
+            phases = with_waits(rp.phases, prefill_w, step_w)
+            return solve_dp_phased(rp.problem.with_entry(whole_w), phases, self.policy)
         if rp.phases is None:
             waits = pass_waits(rp.work, wait) if per_pass else wait
             return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
@@ -523,7 +607,8 @@ class Planner:
             on_client = np.zeros(whole.n_units, bool)
             on_client.setflags(write=False)
             return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
-        if self.policy == "dp" or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
+        exact = self.policy in ("dp", "dp_batched")
+        if exact or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
             return solve_dp_phased(whole, phases, self.policy)  # exact: no mixes searched
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731

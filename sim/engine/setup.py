@@ -198,13 +198,19 @@ class RunSetup:
         rec.client_units[idx], rec.switches[idx] = 0, 2
 
     def plan_at_arrival(
-        self, i: int, live_load: Callable[[], tuple[float, bool]]
+        self,
+        i: int,
+        live_load: Callable[[], tuple],
+        live_batch: Callable[[], tuple[int, float]] | None = None,
     ) -> PlannedRequest:
         """Plan request i now and record its plan columns. A load-aware planner sees
-        `live_load()` (expected server wait s, whether the server is busy); the link
-        estimate is the oracle's current bandwidth, the EWMA's or the nominal one."""
+        `live_load()` (expected server wait s, whether the server is busy) and a
+        batching-aware one `live_batch()` (requests in the server's running batch, the
+        residual wait s for its iteration); the
+        link estimate is the oracle's current bandwidth, the EWMA's or the nominal one."""
         planner = self.planner
         wait, busy = live_load() if planner.load_aware else (0.0, False)
+        batch = live_batch() if planner.batched and live_batch is not None else (0, 0.0)
         link = self.links[self.group[i]]
         if self.link_estimate == "oracle":
             now = self.env.now
@@ -213,7 +219,7 @@ class RunSetup:
             up, down = link.estimate_mbps
         else:
             up, down = link.nominal_mbps
-        planned = planner.get_at(self.keys[i], wait, up, down, busy)
+        planned = planner.get_at(self.keys[i], wait, up, down, busy, batch)
         self.rec.plan(i, planned)
         return planned
 

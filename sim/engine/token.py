@@ -217,7 +217,8 @@ class TokenSimulation:
         setup = self.setup
         key = setup.keys[i]
         if setup.plan_of[i] == AT_ARRIVAL:
-            prog = self._token_program(key, setup.plan_at_arrival(i, self._live_load))
+            planned = setup.plan_at_arrival(i, self._live_load, self.token_server.live_batch)
+            prog = self._token_program(key, planned)
         else:
             prog = self._token_program(key)
         r = TokenRequest(i, prog, setup.client[i], self.links[setup.group[i]], self.env.now)

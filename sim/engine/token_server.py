@@ -94,6 +94,7 @@ class TokenServer:
         self._carry: list = []  # decode steps (requests) due at the last iteration's end,
         self._carry_seq: list = []  # and their sequence numbers (in the heap's order)
         self._iteration_ewma_s = 0.0  # recent iteration time: the load-aware wait per pass
+        self._iteration_sq_ewma = 0.0  # and of its square (s^2): the residual wait
         self._iteration_alpha = sc.split.wait_ewma_alpha
         self.max_batch = cfg.max_batch_requests
         self.max_tokens = cfg.max_batch_tokens
@@ -118,6 +119,7 @@ class TokenServer:
         self.series_tokens, self.series_batch, self.series_kv = (LevelSeries() for _ in range(3))
         self._tokens_done = 0.0
         self.iterations = 0
+        self._last_batch = 0  # requests in the last iteration begun
         self.preemptions = 0
         self.coalesce = cfg.coalesce
         self._span: DecodeSpan | None = None  # the decode span running, if any
@@ -167,6 +169,20 @@ class TokenServer:
             found = (cost, cost.add_model(weight_read_bytes(model, work.units), overheads_s))
             self._model_index[key] = found
         return found
+
+    def live_batch(self) -> tuple[int, float]:
+        """(requests in the running iteration, the mean wait s of a visit for the running
+        iteration to end); (0, 0) while idle. What a batching-aware plan prices its
+        marginal costs (`sim.costs.marginal`) and its waits at (`batch_waits`). The wait
+        is the residual of iterations of recent durations T, E[T^2] / (2 E[T]) (EWMAs of
+        the iterations begun; the span's later ones folded in when it ends): half an
+        iteration when they are equal, more when long prefill iterations mix with short
+        decode ones (a visit arrives more likely during a long one)."""
+        if self._wake is not None:  # asleep: idle
+            return 0, 0.0
+        mean = self._iteration_ewma_s
+        residual = self._iteration_sq_ewma / (2 * mean) if mean > 0 else 0.0
+        return self._last_batch, residual
 
     def wait_per_pass_s(self) -> float:
         """The load-aware wait per pass through a server entry: the recent iteration time
@@ -292,7 +308,12 @@ class TokenServer:
         a = self._iteration_alpha
         ewma = self._iteration_ewma_s
         self._iteration_ewma_s = dur_s if not self.iterations else a * dur_s + (1 - a) * ewma
+        sq = dur_s * dur_s
+        self._iteration_sq_ewma = (
+            sq if not self.iterations else a * sq + (1 - a) * self._iteration_sq_ewma
+        )
         self.iterations += 1
+        self._last_batch = size
         self.series_batch.set(now, size)
         self.levels.change(self.env.now, 0, 1)
 
@@ -671,6 +692,9 @@ class TokenServer:
         self.series_tokens.extend(ends, tokens)
         self._tokens_done = float(tokens[-1])
         self._iteration_ewma_s = self._ewma_through(span.ewma0, d[1:k].tolist())
+        self._iteration_sq_ewma = self._ewma_through(
+            self._iteration_sq_ewma, (d[1:k] ** 2).tolist()
+        )
         self.iterations += n
         if self.preempt:
             self._grow_kv_silently(batch, ends)

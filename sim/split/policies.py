@@ -37,7 +37,10 @@ def _finish(problem: SplitProblem, on_client: np.ndarray, name: str) -> Plan:
 
 # Policies whose plan depends on the server's live state: the engine plans their requests
 # at arrival with the current expected server wait (`solve(..., server_wait_s=...)`).
-LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware"})
+LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware", "dp_batched"})
+# Policies that plan for a batching server (token granularity only): the engine gives
+# them the problem of the request's marginal costs at the live batch size.
+BATCHING_AWARE: frozenset[str] = frozenset({"dp_batched"})
 
 
 @POLICIES.register("dp")
@@ -95,6 +98,29 @@ def dp_queue_aware(
         if plan.server_work <= base.server_work * _FITS:
             return plan
     return make_plan(waited, problem.client_allowed, "dp_queue_aware", fallback=True, wait=True)
+
+
+@POLICIES.register("dp_batched")
+def dp_batched(
+    problem: SplitProblem,
+    time_step: float | None = None,
+    server_wait_s: float | np.ndarray = 0.0,
+    **_,
+) -> Plan:
+    """The exact DP for a continuous-batching server: least *marginal* server work within
+    the deadline, every entry onto the server waiting for the iteration it joins.
+
+    The token engine gives it the problem of the request's marginal costs at the server's
+    live batch size (`sim.costs.marginal`: a decode step offloaded saves its own FLOPs
+    and KV reads, not the weights the batch reads anyway) and the recent iteration time as
+    `server_wait_s` (per pass through each entry, as `dp_queue_aware` at token
+    granularity); it never sheds load. On a problem of batch-1 costs with no wait it is
+    exactly `dp`.
+    """
+    if np.any(server_wait_s):
+        entry = problem.server_entry_time + np.asarray(server_wait_s, float)
+        problem = replace(problem, server_entry_time=entry)
+    return solve_dp(problem, time_step, name="dp_batched")
 
 
 def _all_server(problem: SplitProblem) -> np.ndarray:
