@@ -114,7 +114,10 @@ def test_dp_batched_is_exact_on_the_problems_it_builds(batch):
     rng = np.random.default_rng(batch)
     for group in (0, 1):
         rp = book.get(0, group, 300, 40)
-        up, down = ld.scenario.clients[group].link.uplink_mbps, ld.scenario.clients[group].link.downlink_mbps
+        up, down = (
+            ld.scenario.clients[group].link.uplink_mbps,
+            ld.scenario.clients[group].link.downlink_mbps,
+        )
         at = book.at_batch(rp, 0, group, 300, up, down, batch)
         wait = float(rng.uniform(0.01, 0.05))
         whole, _, _ = batch_waits(at.work, wait, wait / 2)

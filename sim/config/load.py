@@ -173,7 +173,6 @@ def _resolve_names(ld: LoadedScenario) -> None:
             f"{src}: output.format: parquet needs pyarrow (pip install pyarrow); use csv"
         )
     from sim.split import POLICIES
-
     from sim.split.policies import BATCHING_AWARE
 
     for i, name in enumerate(sc.policies):
