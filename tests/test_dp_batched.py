@@ -164,7 +164,7 @@ def test_dp_batched_reports_batch_one_server_work():
     for group, prompt, output, batch in itertools.product((0, 1), (200, 1500), (40, 200), (0, 16)):
         link = ld.scenario.clients[group].link
         planned = planner.get_at((0, group, prompt, output), 0.03, link.uplink_mbps,
-                                 link.downlink_mbps, False, (batch, 0.02))  # fmt: skip
+                                 link.downlink_mbps, False, (batch, 0.02, np.inf))  # fmt: skip
         plan, nominal = planned.plan, book.get(0, group, prompt, output).problem
         assert plan.server_work == evaluate(nominal, plan.on_client)[1]
         if batch:
@@ -185,3 +185,71 @@ def test_dp_batched_needs_a_batching_server():
         mix["deadline_s"] = 30.0
     with pytest.raises(UserError, match="policies.0: dp_batched plans for a batching server"):
         validate(copy.deepcopy(raw), "s.yaml")
+
+
+def test_under_kv_pressure_the_plan_fits_the_headroom_exactly():
+    """With less KV headroom than the request's all-server KV, dp_batched's plan is the
+    least marginal work among the placements that meet the SLA and hold at most the
+    headroom on the server (exhaustive search over gpt2's 14 units); with no such
+    placement it is the plan without the limit (which waits for memory)."""
+    from sim.engine.planner import Planner, kv_problem
+
+    raw = _chat(["dp_batched"], 1.0, 10)
+    for mix in raw["workload"]["mix"]:
+        mix.update(model="gpt2", prompt_tokens=300, output_tokens=40, deadline_s=30.0)
+        del mix["ttft_deadline_s"], mix["tpot_deadline_s"]
+    raw["split"] = {"plan_bucket_fraction": 0.0}
+    ld = validate(raw)
+    book = ProblemBook(ld)
+    planner = Planner(book, "dp_batched", wait_per_pass=True, shed=False)
+    link = ld.scenario.clients[0].link
+    rp = book.get(0, 0, 300, 40)
+    need = float(rp.work.kv_bytes.sum())
+    kept = 0
+    for share in (0.0, 0.2, 0.5, 0.8, 0.99, 1.5):
+        plan = planner.get_at((0, 0, 300, 40), 0.02, link.uplink_mbps, link.downlink_mbps,
+                              False, (8, 0.01, share * need)).plan  # fmt: skip
+        if share >= 1:
+            assert "kv_limit" not in plan.notes
+            continue
+        at = book.at_batch(rp, 0, 0, 300, link.uplink_mbps, link.downlink_mbps, 8)
+        whole, _, _ = batch_waits(at.work, 0.02, 0.01)
+        problem = at.problem.with_entry(whole)
+        kv = kv_problem(at.problem, at.work, share * need)
+        rows = _placements(problem.n_units, problem.client_allowed)
+        latency, work = evaluate_many(problem, rows)
+        held, _ = evaluate_many(kv, rows)
+        fits = (latency <= problem.deadline * (1 + 1e-12)) & (held <= share * need)
+        if fits.any():
+            kept += 1
+            assert plan.notes["kv_limit"] == share * need
+            assert evaluate(kv, plan.on_client)[0] <= share * need
+            best = work[fits].min()
+            assert plan.notes["marginal_work"] <= best * (1 + 1e-9) + 1e-15
+        else:
+            assert "kv_limit" not in plan.notes
+    assert kept >= 2
+
+
+def test_under_kv_pressure_token_slas_and_the_limit_hold_together():
+    """Llama-3-8B chat with TTFT and TPOT limits on a laptop: a plan made within a KV
+    limit meets both SLAs as planned and holds at most the limit on the server."""
+    from sim.engine.planner import Planner, kv_problem
+
+    ld = validate(_chat(["dp_batched"], 1.0, 10))
+    book = ProblemBook(ld)
+    planner = Planner(book, "dp_batched", wait_per_pass=True, shed=False)
+    link = ld.scenario.clients[0].link
+    limited = 0
+    for prompt, output, share in itertools.product((300, 1200), (60, 200), (0.3, 0.8, 0.95)):
+        key = (0, 0, prompt, output)
+        need = float(book.get(*key).work.kv_bytes.sum())
+        plan = planner.get_at(key, 0.02, link.uplink_mbps, link.downlink_mbps, False,
+                              (16, 0.01, share * need)).plan  # fmt: skip
+        if "kv_limit" in plan.notes:
+            limited += 1
+            rp = book.get(*key)
+            kv = kv_problem(rp.problem, rp.work, plan.notes["kv_limit"])
+            assert plan.feasible
+            assert evaluate(kv, plan.on_client)[0] <= share * need * (1 + 1e-12)
+    assert limited >= 2

@@ -41,6 +41,7 @@ from sim.engine.batching import weight_read_bytes
 from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
 from sim.split.build import device_unit_times_s
+from sim.split.dp import solve_dp
 from sim.split.phased import (
     _FITS,
     DEADLINE_POLICIES,
@@ -459,6 +460,19 @@ def batch_waits(work: RequestWork, iteration_s: float, residual_s: float) -> tup
     return prefill + work.steps * step, prefill, step
 
 
+def kv_problem(problem: SplitProblem, work: RequestWork, limit_bytes: float) -> SplitProblem:
+    """The server KV a placement holds as a split problem over the same units: each unit's
+    final KV bytes its "server time", no client time or crossings, the limit its deadline
+    (a limit of 0 admits placements holding no KV on the server)."""
+    n = problem.n_units
+    zero = np.zeros(n + 1)
+    return SplitProblem(
+        np.zeros(n), np.asarray(work.kv_bytes, float), problem.server_work, zero, zero,
+        max(limit_bytes, np.finfo(float).tiny), problem.client_allowed, problem.loop_start,
+        client_required=problem.client_required,
+    )  # fmt: skip
+
+
 def nominal_work(plan: Plan, nominal: SplitProblem) -> Plan:
     """A plan made on marginal costs with its server work as every policy's is reported:
     the placement's batch-1 work on the `nominal` problem (the marginal work in notes)."""
@@ -519,7 +533,7 @@ class Planner:
         up_mbps: float,
         down_mbps: float,
         server_busy: bool = False,
-        batch: tuple[int, float] = (0, 0.0),
+        batch: tuple[int, float, float] = (0, 0.0, float("inf")),
     ) -> PlannedRequest:
         """A plan made at arrival with the current estimates, cached per quantised bucket.
 
@@ -527,7 +541,8 @@ class Planner:
         deadline (divided by its passes when the wait recurs per pass), each bandwidth to
         steps of (1 + `plan_bucket_fraction`) around nominal. A batching-aware policy's
         plan also depends on the live `batch`: (its size, exact; the residual wait s for
-        its iteration, snapped as the wait).
+        its iteration, snapped as the wait; the server's KV headroom in bytes, snapped
+        down to steps of `plan_bucket_fraction` x the request's KV: `kv_limit`).
         """
         klass, group = key[0], key[1]
         nominal_up, nominal_down = self._nominal[group]
@@ -551,11 +566,12 @@ class Planner:
             wait = residual = 0.0
         busy = bool(server_busy and wait)
         size = batch[0] if self.batched else 0
-        full = (*key, wait, up, down, busy, size, residual)
+        kv = self.kv_limit(key, batch[2]) if self.batched else np.inf
+        full = (*key, wait, up, down, busy, size, residual, kv)
         planned = self._dynamic.get(full)
         if planned is None:
             nominal = up == nominal_up and down == nominal_down
-            if wait == 0.0 and nominal and size == 0:
+            if wait == 0.0 and nominal and size == 0 and kv == np.inf:
                 planned = self.get(*key)  # exactly the static plan
             else:
                 # the staircase's plan when it decides alone: what `_solve` would return
@@ -565,8 +581,8 @@ class Planner:
                     rp = self.book.get_link(klass, group, key[2], key[3], up, down)
                     if self.batched:  # on the marginal costs, its work reported at batch 1
                         at = self.book.at_batch(rp, klass, group, key[2], up, down, size)
-                        plan = nominal_work(self._solve(at, wait, busy, residual=residual),
-                                            rp.problem)  # fmt: skip
+                        plan = self._solve(at, wait, busy, residual=residual, kv_limit=kv)
+                        plan = nominal_work(plan, rp.problem)
                     else:
                         plan = self._solve(rp, wait, busy, key if nominal else None)
                     planned = _planned(rp, plan)
@@ -575,18 +591,14 @@ class Planner:
 
     def _solve(
         self, rp: RequestProblem, wait: float = 0.0, busy: bool = False, key: tuple | None = None,
-        residual: float = 0.0,
+        residual: float = 0.0, kv_limit: float = np.inf,
     ) -> Plan:  # fmt: skip
         """The policy's plan for a request problem with an expected server wait per entry
         (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`, or
         the exact DP, or the size's staircase of waits (`key`'s, on the nominal link)."""
         per_pass = self.wait_per_pass and wait
-        if self.batched and wait:  # the iteration a visit joins (`batch_waits`)
-            whole_w, prefill_w, step_w = batch_waits(rp.work, wait, residual)
-            if rp.phases is None:
-                return solve(rp.problem, self.policy, self.time_step_s, whole_w)
-            phases = with_waits(rp.phases, prefill_w, step_w)
-            return solve_dp_phased(rp.problem.with_entry(whole_w), phases, self.policy)
+        if self.batched and (wait or kv_limit < np.inf):
+            return self._solve_batched(rp, wait, residual, kv_limit)
         if rp.phases is None:
             waits = pass_waits(rp.work, wait) if per_pass else wait
             return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
@@ -613,6 +625,43 @@ class Planner:
         # mixed problems are in units of the limits: the DP's default relative grid
         run = lambda p, w: solve(p, self.policy, None, w, busy, self.shed)  # noqa: E731
         return solve_phased(whole, phases, run)
+
+    def _solve_batched(
+        self, rp: RequestProblem, wait: float, residual: float, kv_limit: float
+    ) -> Plan:
+        """`dp_batched`'s plan: the waits of the iterations a visit joins (`batch_waits`)
+        and, when the server's KV headroom is below the request's all-server KV, the least
+        work within that headroom (admitted at once: `kv_problem`); when nothing meets the
+        SLA within it, the plan without it (which waits for memory)."""
+        whole_w, prefill_w, step_w = batch_waits(rp.work, wait, residual)
+        whole = rp.problem.with_entry(whole_w)
+        phases = None if rp.phases is None else with_waits(rp.phases, prefill_w, step_w)
+
+        def plan(within: tuple) -> Plan:
+            if phases is None:
+                return solve_dp(whole, name=self.policy, within=within)
+            return solve_dp_phased(whole, phases, self.policy, within)
+
+        if kv_limit < np.inf:
+            found = plan((kv_problem(rp.problem, rp.work, kv_limit),))
+            if found.feasible:
+                return replace(found, notes={**found.notes, "kv_limit": kv_limit})
+        return plan(())
+
+    def kv_limit(self, key: tuple, headroom_bytes: float) -> float:
+        """The KV limit a batching-aware plan of `key` keeps to: inf when the server's
+        headroom holds the request's KV with every unit on the server (or it keeps none:
+        no decode steps), else the headroom snapped down to steps of
+        `plan_bucket_fraction` x that KV (never looser than the headroom)."""
+        if not headroom_bytes < np.inf:
+            return np.inf
+        work = self.book.work(key[0], key[2], key[3])
+        need = float(work.kv_bytes.sum())
+        if work.steps <= 0 or headroom_bytes >= need:
+            return np.inf
+        quantum = self.bucket * need
+        room = max(headroom_bytes, 0.0)
+        return float(np.floor(room / quantum) * quantum) if quantum > 0 else room
 
     def _from_stairs(self, stairs, rp: RequestProblem, wait: float) -> Plan | None:
         """The plan read off a size's staircase at `wait` (s per pass), judged exactly on

@@ -201,16 +201,16 @@ class RunSetup:
         self,
         i: int,
         live_load: Callable[[], tuple],
-        live_batch: Callable[[], tuple[int, float]] | None = None,
+        live_batch: Callable[[], tuple[int, float, float]] | None = None,
     ) -> PlannedRequest:
         """Plan request i now and record its plan columns. A load-aware planner sees
         `live_load()` (expected server wait s, whether the server is busy) and a
         batching-aware one `live_batch()` (requests in the server's running batch, the
-        residual wait s for its iteration); the
+        residual wait s for its iteration, its KV headroom in bytes); the
         link estimate is the oracle's current bandwidth, the EWMA's or the nominal one."""
         planner = self.planner
         wait, busy = live_load() if planner.load_aware else (0.0, False)
-        batch = live_batch() if planner.batched and live_batch is not None else (0, 0.0)
+        batch = live_batch() if planner.batched and live_batch is not None else (0, 0.0, np.inf)
         link = self.links[self.group[i]]
         if self.link_estimate == "oracle":
             now = self.env.now

@@ -170,19 +170,29 @@ class TokenServer:
             self._model_index[key] = found
         return found
 
-    def live_batch(self) -> tuple[int, float]:
+    def live_batch(self) -> tuple[int, float, float]:
         """(requests in the running iteration, the mean wait s of a visit for the running
-        iteration to end); (0, 0) while idle. What a batching-aware plan prices its
-        marginal costs (`sim.costs.marginal`) and its waits at (`batch_waits`). The wait
+        iteration to end, the KV headroom in bytes: `kv_headroom_bytes`); (0, 0, headroom)
+        while idle. What a batching-aware plan prices its marginal costs
+        (`sim.costs.marginal`), its waits (`batch_waits`) and its KV limit at. The wait
         is the residual of iterations of recent durations T, E[T^2] / (2 E[T]) (EWMAs of
         the iterations begun; the span's later ones folded in when it ends): half an
         iteration when they are equal, more when long prefill iterations mix with short
         decode ones (a visit arrives more likely during a long one)."""
         if self._wake is not None:  # asleep: idle
-            return 0, 0.0
+            return 0, 0.0, self.kv_headroom_bytes()
         mean = self._iteration_ewma_s
         residual = self._iteration_sq_ewma / (2 * mean) if mean > 0 else 0.0
-        return self._last_batch, residual
+        return self._last_batch, residual, self.kv_headroom_bytes()
+
+    def kv_headroom_bytes(self) -> float:
+        """KV memory a request arriving now could be admitted into without waiting: the
+        capacity less the KV in use; infinite when its KV cannot decide that: every seat
+        taken, or requests already waiting for admission (they go first: a new request
+        with server units waits its turn whatever its KV)."""
+        if self._running >= self.max_batch or self._waiting:
+            return float("inf")
+        return self.kv_capacity - self._kv_used
 
     def wait_per_pass_s(self) -> float:
         """The load-aware wait per pass through a server entry: the recent iteration time

@@ -33,10 +33,12 @@ DP's).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from sim.split import exact, labels
-from sim.split.problem import Plan, SplitProblem, make_plan
+from sim.split.problem import Plan, SplitProblem, evaluate, make_plan
 
 _NO_FIT = "no placement fits the deadline"
 
@@ -196,35 +198,49 @@ def _grid(problem: SplitProblem, step: float) -> dict:
     }
 
 
-def solve_dp(problem: SplitProblem, time_step: float | None = None, name: str = "dp") -> Plan:
+def solve_dp(
+    problem: SplitProblem, time_step: float | None = None, name: str = "dp", within: tuple = ()
+) -> Plan:
     """Least server work within the deadline, exactly (`sim.split.labels`); ties: the least
-    latency. `time_step` is accepted for the callers of the grid DP and not used."""
+    latency. `time_step` is accepted for the callers of the grid DP and not used.
+
+    `within`: more problems over the same units whose own "latency" must stay within their
+    own deadline too: any resource additive along the chain, e.g. the server KV bytes of
+    the units on the server (their `server_time`, the free memory their `deadline`). A plan
+    that meets the deadline but not those is a fallback (`feasible` false)."""
     if not np.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
     if not problem.client_allowed.any():
         on_server = np.zeros(problem.n_units, bool)
         plan = make_plan(problem, on_server, name)
-        if plan.feasible:
+        if plan.feasible and within_all(within, on_server):
             return plan
         return make_plan(problem, on_server, name, fallback=True, reason=_NO_FIT)
-    return exact_search(problem, name)
+    return exact_search(problem, name, within)
 
 
-def exact_search(problem: SplitProblem, name: str = "dp") -> Plan:
+def within_all(within: tuple, on_client: np.ndarray) -> bool:
+    """Whether a placement keeps every problem of `within` inside its deadline."""
+    return all(evaluate(p, on_client)[0] <= p.deadline * (1 + 1e-12) for p in within)
+
+
+def exact_search(problem: SplitProblem, name: str = "dp", within: tuple = ()) -> Plan:
     """`solve_dp`'s search proper (no shortcut): the labels' least-work placement that
-    `make_plan` confirms within the deadline, else the least-latency fallback."""
+    `make_plan` confirms within the deadline (and `within`'s), else the least-latency
+    fallback."""
     confirmed = []  # the plan `make_plan` confirmed, kept rather than made again
 
     def accept(on_client: np.ndarray) -> bool:
         plan = make_plan(problem, on_client, name)
         confirmed.append(plan)
-        return plan.feasible
+        return plan.feasible and within_all(within, on_client)
 
-    found = exact.search(
-        labels.criteria_of([problem], [problem.deadline], problem.server_work), accept
-    )
+    problems = [problem, *within]
+    limits = [p.deadline for p in problems]
+    found = exact.search(labels.criteria_of(problems, limits, problem.server_work), accept)
     if found is None:
-        return fastest_plan(problem, name, reason=_NO_FIT)
+        plan = fastest_plan(problem, name, reason=_NO_FIT)
+        return replace(plan, feasible=False) if within else plan
     return confirmed[-1]
 
 

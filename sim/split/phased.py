@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from sim.split import exact, labels
-from sim.split.dp import fastest_plan
+from sim.split.dp import fastest_plan, within_all
 from sim.split.problem import Plan, SplitProblem, evaluate
 
 _FITS = 1 + 1e-9  # relative slack for float error when comparing with a limit
@@ -173,11 +173,15 @@ def solve_phased(
     return judge(whole, phases, best if best is not None else plan)
 
 
-def solve_dp_phased(whole: SplitProblem, phases: Phases, policy: str = "dp") -> Plan:
+def solve_dp_phased(
+    whole: SplitProblem, phases: Phases, policy: str = "dp", within: tuple = ()
+) -> Plan:
     """`dp` under token SLAs, exactly: the least server work (of `whole`) meeting the TTFT,
     the TPOT and any end-to-end limit, one latency criterion per finite limit in the
     exact DP (`sim.split.labels`), no mixes searched. When nothing meets them all, the
-    start mix's least-latency placement, judged (`feasible=False`), as `solve_phased`."""
+    start mix's least-latency placement, judged (`feasible=False`), as `solve_phased`.
+    `within`: more additive limits, as `solve_dp`'s (a plan meeting the SLAs but not
+    those is judged infeasible)."""
     problems, limits = [], []
     for problem, limit in ((phases.prefill, phases.ttft_s), (phases.step, phases.tpot_s),
                            (whole, phases.e2e_s)):  # fmt: skip
@@ -186,16 +190,21 @@ def solve_dp_phased(whole: SplitProblem, phases: Phases, policy: str = "dp") -> 
             limits.append(limit)
     if not problems:  # no limit at all: every placement meets them
         problems, limits = [phases.prefill], [np.inf]
+    problems += within
+    limits += [p.deadline for p in within]
     judged: list[Plan] = []
 
     def accept(on_client: np.ndarray) -> bool:
         on_client.setflags(write=False)
-        judged.append(judge(whole, phases, Plan(on_client, 0.0, 0.0, False, policy)))
-        return judged[-1].feasible
+        plan = judge(whole, phases, Plan(on_client, 0.0, 0.0, False, policy))
+        if plan.feasible and not within_all(within, on_client):
+            plan = replace(plan, feasible=False)
+        judged.append(plan)
+        return plan.feasible
 
     crit = labels.criteria_of(problems, limits, whole.server_work)
     if exact.search(crit, accept) is not None:
         return judged[-1]
     problem, wait = mixed(phases, _start_theta(phases))
-    fast = fastest_plan(replace(problem, server_entry_time=wait), policy)
-    return judge(whole, phases, fast)
+    fast = judge(whole, phases, fastest_plan(replace(problem, server_entry_time=wait), policy))
+    return replace(fast, feasible=False) if within else fast
