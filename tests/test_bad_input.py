@@ -236,6 +236,11 @@ CASES = [
         ["policies.1", "dp_batched plans for a batching server", "granularity: token"],
     ),
     Case(
+        "phase_plans_without_the_token_engine",
+        edit(("policies", ["dp_phases"])),
+        ["policies.0", "dp_phases places prefill and decode apart", "granularity: token"],
+    ),
+    Case(
         "client_required_both_forms",
         edit(("workload.mix.0.client_required", {"first": 1, "units": ["embed"]})),
         ["workload.mix.0.client_required", "exactly one of first, units"],

@@ -173,17 +173,18 @@ def _resolve_names(ld: LoadedScenario) -> None:
             f"{src}: output.format: parquet needs pyarrow (pip install pyarrow); use csv"
         )
     from sim.split import POLICIES
-    from sim.split.policies import BATCHING_AWARE
+    from sim.split.policies import BATCHING_AWARE, TOKEN_ONLY
 
     for i, name in enumerate(sc.policies):
         if name not in POLICIES:
             raise UserError(
                 f"{src}: {unknown_name('policy', name, POLICIES.names(), f'policies.{i}')}"
             )
-        if name in BATCHING_AWARE and sc.simulation.granularity != "token":
+        if name in TOKEN_ONLY and sc.simulation.granularity != "token":
+            what = "plans for a batching server" if name in BATCHING_AWARE else (
+                "places prefill and decode apart")  # fmt: skip
             raise UserError(
-                f"{src}: policies.{i}: {name} plans for a batching server; it needs "
-                "simulation.granularity: token"
+                f"{src}: policies.{i}: {name} {what}; it needs simulation.granularity: token"
             )
     ld.models = dict(catalog_models())
     for name, fields in sc.models.items():

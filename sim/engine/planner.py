@@ -42,6 +42,7 @@ from sim.engine.network import DOWN, UP
 from sim.split import Link, Plan, SplitProblem, build_problem, solve
 from sim.split.build import device_unit_times_s
 from sim.split.dp import solve_dp
+from sim.split.phase_plans import Handoff, solve_phase_plans
 from sim.split.phased import (
     _FITS,
     DEADLINE_POLICIES,
@@ -52,7 +53,7 @@ from sim.split.phased import (
     split_phases,
     with_waits,
 )
-from sim.split.policies import BATCHING_AWARE, LOAD_AWARE
+from sim.split.policies import BATCHING_AWARE, LOAD_AWARE, PHASE_PLANS
 from sim.split.problem import evaluate
 
 CLIENT, SERVER, XFER = 0, 1, 2
@@ -501,6 +502,7 @@ class Planner:
         self.time_step_s = book.split.time_step_s
         self.load_aware = policy in LOAD_AWARE
         self.batched = policy in BATCHING_AWARE  # plans at the live batch's marginal costs
+        self.phase_plans = policy in PHASE_PLANS  # may place prefill and decode apart
         self.dynamic = self.load_aware or book.split.link_estimate != "nominal"
         self.bucket = book.split.plan_bucket_fraction
         # each client group's nominal link (uplink, downlink Mb/s)
@@ -522,7 +524,8 @@ class Planner:
         planned = self._plans.get(key)
         if planned is None:
             rp = self.book.get(klass, group, prompt, output)
-            planned = _planned(rp, self._solve(rp))
+            handoff = self.handoff(key, *self._nominal[group]) if self.phase_plans else None
+            planned = _planned(rp, self._solve(rp, handoff=handoff))
             self._plans[key] = planned
         return planned
 
@@ -579,26 +582,29 @@ class Planner:
                     planned = stairs.planned(self.book, key, wait, self.policy)
                 if planned is None:
                     rp = self.book.get_link(klass, group, key[2], key[3], up, down)
+                    handoff = self.handoff(key, up, down) if self.phase_plans else None
                     if self.batched:  # on the marginal costs, its work reported at batch 1
                         at = self.book.at_batch(rp, klass, group, key[2], up, down, size)
-                        plan = self._solve(at, wait, busy, residual=residual, kv_limit=kv)
+                        plan = self._solve(at, wait, busy, residual=residual, kv_limit=kv,
+                                           handoff=handoff)  # fmt: skip
                         plan = nominal_work(plan, rp.problem)
                     else:
-                        plan = self._solve(rp, wait, busy, key if nominal else None)
+                        plan = self._solve(rp, wait, busy, key if nominal else None,
+                                           handoff=handoff)  # fmt: skip
                     planned = _planned(rp, plan)
             self._dynamic[full] = planned
         return planned
 
     def _solve(
         self, rp: RequestProblem, wait: float = 0.0, busy: bool = False, key: tuple | None = None,
-        residual: float = 0.0, kv_limit: float = np.inf,
+        residual: float = 0.0, kv_limit: float = np.inf, handoff: Handoff | None = None,
     ) -> Plan:  # fmt: skip
         """The policy's plan for a request problem with an expected server wait per entry
         (per pass at token granularity); TTFT/TPOT SLAs go through `solve_phased`, or
         the exact DP, or the size's staircase of waits (`key`'s, on the nominal link)."""
         per_pass = self.wait_per_pass and wait
         if self.batched and (wait or kv_limit < np.inf):
-            return self._solve_batched(rp, wait, residual, kv_limit)
+            return self._solve_batched(rp, wait, residual, kv_limit, handoff)
         if rp.phases is None:
             waits = pass_waits(rp.work, wait) if per_pass else wait
             return solve(rp.problem, self.policy, self.time_step_s, waits, busy, self.shed)
@@ -619,7 +625,9 @@ class Planner:
             on_client = np.zeros(whole.n_units, bool)
             on_client.setflags(write=False)
             return judge(whole, phases, Plan(on_client, 0.0, 0.0, False, self.policy))
-        exact = self.policy in ("dp", "dp_batched")
+        if handoff is not None:
+            return solve_phase_plans(whole, phases, handoff, self.policy)
+        exact = self.policy in ("dp", "dp_batched", "dp_phases", "dp_batched_phases")
         if exact or (self.policy == "dp_queue_aware" and not (self.shed and wait)):
             return solve_dp_phased(whole, phases, self.policy)  # exact: no mixes searched
         # mixed problems are in units of the limits: the DP's default relative grid
@@ -627,8 +635,9 @@ class Planner:
         return solve_phased(whole, phases, run)
 
     def _solve_batched(
-        self, rp: RequestProblem, wait: float, residual: float, kv_limit: float
-    ) -> Plan:
+        self, rp: RequestProblem, wait: float, residual: float, kv_limit: float,
+        handoff: Handoff | None = None,
+    ) -> Plan:  # fmt: skip
         """`dp_batched`'s plan: the waits of the iterations a visit joins (`batch_waits`)
         and, when the server's KV headroom is below the request's all-server KV, the least
         work within that headroom (admitted at once: `kv_problem`); when nothing meets the
@@ -640,6 +649,8 @@ class Planner:
         def plan(within: tuple) -> Plan:
             if phases is None:
                 return solve_dp(whole, name=self.policy, within=within)
+            if handoff is not None and not within:  # phase plans (not within a KV limit)
+                return solve_phase_plans(whole, phases, handoff, self.policy)
             return solve_dp_phased(whole, phases, self.policy, within)
 
         if kv_limit < np.inf:
@@ -647,6 +658,13 @@ class Planner:
             if found.feasible:
                 return replace(found, notes={**found.notes, "kv_limit": kv_limit})
         return plan(())
+
+    def handoff(self, key: tuple, up_mbps: float, down_mbps: float) -> Handoff:
+        """A phase plan's KV handoff for `key` over a link of these bandwidths (the group's
+        round trip): the prompt's KV of each unit."""
+        klass, group, prompt = key[0], key[1], key[2]
+        kv = self.book.work(klass, prompt, 1).kv_bytes
+        return Handoff.of(kv, up_mbps, down_mbps, self.book.ld.scenario.clients[group].link.rtt_ms)
 
     def kv_limit(self, key: tuple, headroom_bytes: float) -> float:
         """The KV limit a batching-aware plan of `key` keeps to: inf when the server's

@@ -153,8 +153,10 @@ class TokenSimulation:
         dev = self.ld.client_devices[group]
         on_client = planned.plan.on_client
         client_work = self.book.client_work(klass, group, prompt, output)  # its precision
+        decode = planned.plan.decode_on_client  # a phase plan's decode placement, or None
+        kv = None if decode is None else self.book.work(klass, prompt, 1).kv_bytes
         p = build_program(work, on_client, (klass, prompt, output), model, dev, dtype,
-                          client_work)  # fmt: skip
+                          client_work, decode, kv)  # fmt: skip
         self._tp_programs[id(planned)] = p
         return p
 
@@ -284,8 +286,10 @@ class TokenSimulation:
                     t += self._xfer(r, UP, nb, t)
                 continue
             # the head has made a token at time t (on its side)
-            out = prog.pass_out if r.k == 0 else prog.step_out
-            at_client = t + self._xfer(r, DOWN, out, t) if prog.head_server else t
+            first = r.k == 0
+            out = prog.pass_out if first else prog.step_out
+            head_server = prog.pass_head_server if first else prog.head_server
+            at_client = t + self._xfer(r, DOWN, out, t) if head_server else t
             r.token(at_client)
             if r.k >= prog.steps:
                 self._finish(r, at_client)
@@ -293,10 +297,20 @@ class TokenSimulation:
             r.k += 1
             r.leg = 0
             r.ctx = prog.ctx_first + r.k - 1
+            made = t
             if not prog.loop_server:
                 t = at_client
-            elif not prog.head_server:
+            elif not head_server:
                 t += self._xfer(r, UP, prog.loop_bytes, t)
+            if first and (prog.handoff_down or prog.handoff_up):
+                t = max(t, self._handoff(r, made))
+
+    def _handoff(self, r: TokenRequest, t: float) -> float:
+        """A phase plan's KV handoff from the pass's end at t (s): the prompt's KV of the
+        units changing sides, down then up; when it has arrived (s)."""
+        prog = r.prog
+        t += self._xfer(r, DOWN, prog.handoff_down, t)
+        return t + self._xfer(r, UP, prog.handoff_up, t)
 
     def _client_leg(self, r: TokenRequest, t: float) -> float:
         """Run r's current client leg from time t on its (FIFO) device; when it ends (s)."""

@@ -39,7 +39,8 @@ class TokenProgram:
         "model", "pass_flops", "pass_own", "group", "client_pass_s", "client_step",
         "kv_final", "has_server", "pass_last_server", "step_last_server", "step_has_server",
         "loop_bytes", "server_units", "pass_first_server", "step_first_server", "span_ok",
-        "split_ok", "client_step_times", "step_adds",
+        "split_ok", "client_step_times", "step_adds", "pass_head_server", "handoff_down",
+        "handoff_up",
     )  # fmt: skip
 
     def step_times(self, leg: int) -> list[float]:
@@ -114,6 +115,21 @@ def placement_shape(on_client: bytes, loop_start: int, decode: bool) -> Shape:
     )  # fmt: skip
 
 
+def phase_shape(prefill: Shape, decode: Shape) -> Shape:
+    """The `Shape` of a phase plan: the pass's legs and marks from the prefill placement,
+    the decode steps' from the decode placement; the server units (whose KV it reserves)
+    those of either."""
+    server = prefill.server | decode.server
+    server.setflags(write=False)
+    units = np.flatnonzero(server)
+    units.setflags(write=False)
+    return decode._replace(
+        pass_legs=prefill.pass_legs, server=server, server_units=units,
+        has_server=prefill.has_server or decode.has_server,
+        pass_first_server=prefill.pass_first_server, pass_last_server=prefill.pass_last_server,
+    )  # fmt: skip
+
+
 def build_program(
     work: RequestWork,
     on_client: np.ndarray,
@@ -122,19 +138,33 @@ def build_program(
     client_device: DeviceSpec,
     dtype: str,
     client_work: RequestWork | None = None,
+    decode_on_client: np.ndarray | None = None,
+    prompt_kv_bytes: np.ndarray | None = None,
 ) -> TokenProgram:
     """The token program of one plan: `on_client` per unit of `work`, `key` = (class,
     prompt tokens, output tokens), `model` = the server's batch-cost accumulator and the
     model's index in it, the client's device and the activation dtype it computes in;
     `client_work` times the client legs (the work on the client's copy of the weights,
-    `sim.costs.precision`; default `work`)."""
+    `sim.costs.precision`; default `work`). A phase plan (`sim.split.phase_plans`) runs
+    its decode steps on `decode_on_client`: the prompt's KV of the units that change sides
+    (`prompt_kv_bytes` per unit) moves between the phases (`handoff_down`, `handoff_up`)."""
     oc = np.asarray(on_client, bool)
-    shape = placement_shape(oc.tobytes(), work.loop_start, work.steps > 0)
+    decode = work.steps > 0
+    shape = placement_shape(oc.tobytes(), work.loop_start, decode)
+    pass_head_server = shape.head_server
+    down = up = 0.0
+    if decode_on_client is not None and decode:
+        dec = np.asarray(decode_on_client, bool)
+        shape = phase_shape(shape, placement_shape(dec.tobytes(), work.loop_start, decode))
+        kv = np.asarray(prompt_kv_bytes, float)
+        down, up = float(kv[~oc & dec].sum()), float(kv[oc & ~dec].sum())
     p = TokenProgram()
     p.klass, p.prompt, p.output = key
+    p.pass_head_server, p.handoff_down, p.handoff_up = pass_head_server, down, up
     _set_legs(p, work, shape)
     _set_server_costs(p, work, model)
-    if oc.any():  # a client leg somewhere: its times
+    on_client_somewhere = oc.any() or (decode_on_client is not None and decode_on_client.any())
+    if on_client_somewhere:  # a client leg somewhere: its times
         _set_client_costs(p, work if client_work is None else client_work, client_device, dtype)
     else:  # all on the server: no client leg ever asks
         p.client_pass_s = p.client_step = p.client_step_times = None

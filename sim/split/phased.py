@@ -36,7 +36,17 @@ _BISECTIONS = 8
 
 # Policies whose placement depends on the deadline; the others are only re-judged.
 DEADLINE_POLICIES = frozenset(
-    {"dp", "dp_grid", "dp_queue_aware", "dp_batched", "greedy", "greedy_ratio", "best_cut"}
+    {
+        "dp",
+        "dp_grid",
+        "dp_queue_aware",
+        "dp_batched",
+        "dp_phases",
+        "dp_batched_phases",
+        "greedy",
+        "greedy_ratio",
+        "best_cut",
+    }
 )
 
 

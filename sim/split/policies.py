@@ -37,10 +37,15 @@ def _finish(problem: SplitProblem, on_client: np.ndarray, name: str) -> Plan:
 
 # Policies whose plan depends on the server's live state: the engine plans their requests
 # at arrival with the current expected server wait (`solve(..., server_wait_s=...)`).
-LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware", "dp_batched"})
+LOAD_AWARE: frozenset[str] = frozenset({"dp_queue_aware", "dp_batched", "dp_batched_phases"})
 # Policies that plan for a batching server (token granularity only): the engine gives
 # them the problem of the request's marginal costs at the live batch size.
-BATCHING_AWARE: frozenset[str] = frozenset({"dp_batched"})
+BATCHING_AWARE: frozenset[str] = frozenset({"dp_batched", "dp_batched_phases"})
+# Policies that may place a generation's prefill and decode steps apart (token granularity
+# only, with TTFT/TPOT SLAs: `sim.split.phase_plans`); else they are dp and dp_batched.
+PHASE_PLANS: frozenset[str] = frozenset({"dp_phases", "dp_batched_phases"})
+# Policies the token engine alone can run (one-line error at request granularity).
+TOKEN_ONLY: frozenset[str] = BATCHING_AWARE | PHASE_PLANS
 
 
 @POLICIES.register("dp")
@@ -121,6 +126,23 @@ def dp_batched(
         entry = problem.server_entry_time + np.asarray(server_wait_s, float)
         problem = replace(problem, server_entry_time=entry)
     return solve_dp(problem, time_step, name="dp_batched")
+
+
+@POLICIES.register("dp_phases")
+def dp_phases(problem: SplitProblem, time_step: float | None = None, **_) -> Plan:
+    """`dp` choosing among phase plans (`sim.split.phase_plans`: the prefill and the decode
+    steps placed apart, the prompt's KV handed over once) where the token engine plans a
+    generation under TTFT/TPOT SLAs; on one problem (no phases) exactly `dp`."""
+    return solve_dp(problem, time_step, name="dp_phases")
+
+
+@POLICIES.register("dp_batched_phases")
+def dp_batched_phases(
+    problem: SplitProblem, time_step: float | None = None, server_wait_s=0.0, **_
+) -> Plan:
+    """`dp_batched` choosing among phase plans (as `dp_phases`)."""
+    plan = dp_batched(problem, time_step, server_wait_s)
+    return replace(plan, policy="dp_batched_phases")
 
 
 def _all_server(problem: SplitProblem) -> np.ndarray:

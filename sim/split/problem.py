@@ -166,6 +166,9 @@ class Plan:
     feasible: bool
     policy: str = ""
     notes: dict = field(default_factory=dict)
+    # a phase plan's decode placement when it differs from the prefill's (`on_client`):
+    # `sim.split.phase_plans`; None: every pass runs `on_client`
+    decode_on_client: np.ndarray | None = None
 
     @cached_property
     def client_units(self) -> int:
