@@ -155,7 +155,7 @@ def _engine(ld: LoadedScenario) -> type:
 def _replication_arrivals(ld: LoadedScenario, rep: int, rate: float):
     """A replication's arrivals (shared by every policy) and its jitter seed."""
     streams = Streams.spawn(replication_seeds(ld.scenario.seed, ld.scenario.replications)[rep])
-    return generate_arrivals(ld, streams, rate), streams.jitter_seed
+    return generate_arrivals(ld, streams, rate, replication=rep), streams.jitter_seed
 
 
 def run_one(

@@ -352,14 +352,18 @@ def _resolve_files(ld: LoadedScenario) -> None:
     if arrival.kind == "trace":
         ld.arrival_trace = _load_arrival_trace(ld, arrival.path or "", "workload.arrival.path")
         t = ld.arrival_trace["arrival_s"].to_numpy()
-        times = (t[t >= arrival.start_s] - arrival.start_s) * arrival.time_scale
+        last = sc.replications - 1 if arrival.stride_s else 0  # the latest window's start
+        start = arrival.start_s + last * (arrival.stride_s or 0.0)
+        times = (t[t >= start] - start) * arrival.time_scale
         if sc.duration_s is not None:
             times = times[times < sc.duration_s]
         if times.size == 0:
             stop = "" if sc.duration_s is None else f" and duration_s {sc.duration_s:g}"
+            stride = (f" (replication {last} from start_s + {last} x stride_s = {start:g} s)"
+                      if last else "")  # fmt: skip
             raise UserError(
                 f"{src}: workload.arrival: no trace rows to replay: the trace spans"
-                f" {t[0]:g}-{t[-1]:g} s, with start_s {arrival.start_s:g}{stop}"
+                f" {t[0]:g}-{t[-1]:g} s, with start_s {arrival.start_s:g}{stride}{stop}"
             )
     empirical = [
         (f"workload.mix.{i}.{key}", getattr(cls, key), SIZE_BOUNDS[key])

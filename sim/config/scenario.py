@@ -118,6 +118,11 @@ class ArrivalConfig(Section):
     path: str | None = Field(None, description="trace CSV (kind: trace)")
     time_scale: lim.TIME_SCALE.type = Field(1.0, description="trace times are multiplied by this")
     start_s: lim.TRACE_TIME_S.type = Field(0.0, description="skip trace rows before this time")
+    stride_s: lim.TRACE_TIME_S.optional = Field(
+        None,
+        description="trace: replication r replays from start_s + r x stride_s (trace time), "
+        "so replications see different windows; default: every one from start_s",
+    )
 
     @model_validator(mode="after")
     def _one_rate(self) -> ArrivalConfig:

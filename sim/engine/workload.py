@@ -132,11 +132,16 @@ def check_arrivals(ld: LoadedScenario, rate_per_s: float) -> None:
 
 
 def generate_arrivals(
-    ld: LoadedScenario, streams: Streams, rate_per_s: float = 0.0, count: int | None = None
+    ld: LoadedScenario,
+    streams: Streams,
+    rate_per_s: float = 0.0,
+    count: int | None = None,
+    replication: int = 0,
 ) -> Arrivals:
     """Draw the replication's requests: when, from which client, what class and size.
 
-    `rate_per_s` is the total Poisson rate (see `offered_rate`); traces ignore it.
+    `rate_per_s` is the total Poisson rate (see `offered_rate`); traces ignore it and
+    replay the `replication`'s window (`workload.arrival.stride_s`).
     """
     sc = ld.scenario
     arrival = sc.workload.arrival
@@ -148,7 +153,7 @@ def generate_arrivals(
             times = _poisson_times(streams.arrivals, rate_per_s, sc.requests, sc.duration_s)
         prompt = output = None
     else:
-        times, prompt, output = _trace_rows(ld)
+        times, prompt, output = _trace_rows(ld, replication)
     n = times.shape[0]
     group_of_client = np.repeat(np.arange(len(sc.clients)), [g.count for g in sc.clients])
     client = streams.clients.integers(0, sc.total_clients, n)
@@ -236,14 +241,17 @@ def _sizes(mix, key: str, klass: np.ndarray, rng: np.random.Generator) -> np.nda
     return out
 
 
-def _trace_rows(ld: LoadedScenario):
+def _trace_rows(ld: LoadedScenario, replication: int = 0):
+    """The trace rows a replication replays: from start_s (+ replication x stride_s),
+    times from there scaled by time_scale, cut by the stop rules."""
     sc = ld.scenario
     arrival = sc.workload.arrival
     frame = ld.arrival_trace
     assert frame is not None
     t = frame["arrival_s"].to_numpy()
-    keep = t >= arrival.start_s
-    times = (t[keep] - arrival.start_s) * arrival.time_scale
+    start = arrival.start_s + replication * (arrival.stride_s or 0.0)
+    keep = t >= start
+    times = (t[keep] - start) * arrival.time_scale
     prompt = frame["prompt_tokens"].to_numpy()[keep]
     output = frame["output_tokens"].to_numpy()[keep]
     if sc.duration_s is not None:

@@ -1,5 +1,9 @@
 """Capacity search: the highest arrival rate at which a policy still meets the targets.
 
+A base that replays a trace keeps replaying it, its times stretched to each rate tried
+(its sizes and order kept; each replication its own window with `stride_s`); the search
+starts at the trace's own mean rate unless `start_rate_per_s` is given.
+
 Per policy and replication: bracket by doubling or halving from a start rate, then bisect
 (geometrically) until the bracket is within the relative tolerance. Every evaluation of a
 replication uses the same seed, so arrival times scale exactly with the rate (common random
@@ -15,10 +19,34 @@ from sim.errors import UserError
 from sim.sweep.tasks import scenario_for
 
 
+def _arrival_at(task: dict, rate: float) -> dict:
+    """The arrival section offering `rate` (requests/s): Poisson at that rate, or, when the
+    base replays a trace, the trace with its times stretched to that mean rate (its own
+    sizes and order kept: `trace_rate_per_s` / rate as time_scale)."""
+    ld = scenario_for(task)
+    arrival = ld.scenario.workload.arrival
+    if arrival.kind == "trace":
+        return {**arrival.model_dump(), "time_scale": trace_rate_per_s(ld, task) / rate}
+    return {"kind": "poisson", "rate_per_s": rate, "per_client_rate_per_s": None, "load": None}
+
+
+def trace_rate_per_s(ld, task: dict) -> float:
+    """The mean arrival rate of a trace's rows from start_s on, in trace time (rows over
+    their span): what time_scale 1 offers."""
+    arrival = ld.scenario.workload.arrival
+    t = ld.arrival_trace["arrival_s"].to_numpy()  # type: ignore[index]
+    t = t[t >= arrival.start_s]
+    span = float(t[-1] - t[0]) if t.size > 1 else 0.0
+    if not span > 0:
+        raise UserError(f"{task['source']}: workload.arrival: capacity search needs a trace "
+                        "whose rows span some time")  # fmt: skip
+    return (t.size - 1) / span
+
+
 def _evaluate(task: dict, rate: float) -> dict:
     from sim.runner import simulate
 
-    arrival = {"kind": "poisson", "rate_per_s": rate, "per_client_rate_per_s": None, "load": None}
+    arrival = _arrival_at(task, rate)
     ld = scenario_for(task, **{"workload.arrival": arrival, "policies": [task["policy"]]})
     try:
         row = simulate(ld, replications=[task["replication"]]).summary.iloc[0].to_dict()
@@ -47,6 +75,9 @@ def start_rate(task: dict) -> float:
     cfg = task["capacity"]
     if cfg.get("start_rate_per_s"):
         return float(cfg["start_rate_per_s"])
+    ld = scenario_for(task)
+    if ld.scenario.workload.arrival.kind == "trace":
+        return trace_rate_per_s(ld, task)  # the trace as recorded
     arrival = {"kind": "poisson", "rate_per_s": None, "per_client_rate_per_s": None, "load": 1.0}
     return 0.5 * server_only_capacity(scenario_for(task, **{"workload.arrival": arrival}))
 
