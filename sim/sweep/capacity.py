@@ -13,6 +13,7 @@ of the per-replication capacities.
 
 from __future__ import annotations
 
+import gc
 import math
 
 from sim.errors import UserError
@@ -52,6 +53,8 @@ def _evaluate(task: dict, rate: float) -> dict:
         row = simulate(ld, replications=[task["replication"]]).summary.iloc[0].to_dict()
     except UserError as err:  # e.g. the arrival bound, reached while doubling the rate
         raise UserError(f"capacity search of {task['policy']} at {rate:.4g}/s: {err}") from None
+    finally:
+        gc.collect()  # each evaluation's cyclic garbage before the next (`run_task`)
     if not row["requests"]:
         raise ValueError(
             f"no requests arrive after warmup_s at {rate:.4g}/s; use a duration_s stop rule "
@@ -61,11 +64,11 @@ def _evaluate(task: dict, rate: float) -> dict:
 
 
 def meets(row: dict, cfg: dict) -> bool:
-    """The targets: SLA violations and utilisation at or below their limits."""
-    return (
-        row["sla_violation_rate"] <= cfg["max_sla_violation_rate"]
-        and row["server_utilization"] < cfg["max_utilization"]
-    )
+    """The targets: SLA violations at or below their limit, utilisation below its limit
+    (a limit of 1 turns that target off: a batching server iterates all the time under
+    load, so only its SLA misses tell its capacity)."""
+    busy_ok = cfg["max_utilization"] >= 1 or row["server_utilization"] < cfg["max_utilization"]
+    return row["sla_violation_rate"] <= cfg["max_sla_violation_rate"] and busy_ok
 
 
 def start_rate(task: dict) -> float:

@@ -55,7 +55,9 @@ class CapacityConfig(Section):
 
     policies: list[str] | None = Field(None, description="default: the scenario's policies")
     max_sla_violation_rate: lim.FRACTION.type = 0.05
-    max_utilization: lim.FRACTION_OPEN.type = 0.95
+    max_utilization: lim.FRACTION_OPEN.type = Field(
+        0.95, description="utilisation must stay below this; 1: no utilisation target"
+    )
     rel_tol: lim.REL_TOL.type = Field(
         0.02, description="bisection stops at (hi - lo) / lo <= rel_tol"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,19 @@ def scenario_for(task: dict, **extra: Any) -> LoadedScenario:
 
 
 def run_task(task: dict) -> dict:
-    """Run one task; failures come back as an `error` message, never as an exception."""
+    """Run one task; failures come back as an `error` message, never as an exception.
+
+    A worker runs task after task: the cyclic garbage of each task's runs is collected
+    before the next (left to the collector's thresholds, it built up to gigabytes per
+    worker over a long capacity sweep of token-mode runs)."""
+    try:
+        return _run_task(task)
+    finally:
+        gc.collect()
+
+
+def _run_task(task: dict) -> dict:
+    """`run_task`'s body."""
     try:
         if task["kind"] == "capacity":
             from sim.sweep.capacity import capacity_task
