@@ -56,11 +56,15 @@ POLICY_STYLES: dict[str, PolicyStyle] = {
     "dp": PolicyStyle("DP", OKABE_ITO["blue"], "o", "-"),
     "dp_queue_aware": PolicyStyle("DP queue-aware", OKABE_ITO["sky_blue"], "h", (0, (4, 1.5))),
     "client_only": PolicyStyle("client-only", OKABE_ITO["vermillion"], "x", (0, (1, 1))),
+    "dp_batched": PolicyStyle("DP batched", "#8C564B", "*", (0, (3, 1, 1, 1))),
+    "dp_phases": PolicyStyle("DP phases", OKABE_ITO["yellow"], "p", (0, (2, 1))),
+    "dp_batched_phases": PolicyStyle("DP batched phases", "#555555", "X", (0, (6, 2))),
 }
 _SPARE = ("#777777", "#8C564B", OKABE_ITO["yellow"])  # sky blue is dp_queue_aware's
 # The records' order, with the load-aware DP right after the DP it extends.
+_AFTER_DP = ("dp_queue_aware", "dp_batched", "dp_phases", "dp_batched_phases")
 FIGURE_ORDER: tuple[str, ...] = tuple(
-    q for p in POLICY_ORDER for q in ((p, "dp_queue_aware") if p == "dp" else (p,))
+    q for p in POLICY_ORDER for q in ((p, *_AFTER_DP) if p == "dp" else (p,))
 )
 
 # Client and server in placement maps and cost figures.

@@ -79,3 +79,41 @@ def test_a_trace_capacity_sweep_runs(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "out" / "capacity.csv")
     assert table["error"].isna().all()
     assert (table["capacity_rps"] > 0).all() and (table["upper_rps"] > table["capacity_rps"]).all()
+
+
+def test_a_utilisation_target_of_one_is_off():
+    """A batching server iterates all the time under load: with max_utilization 1 only
+    the SLA misses decide the capacity."""
+    from sim.sweep.capacity import meets
+
+    busy = {"sla_violation_rate": 0.01, "server_utilization": 1.0}
+    assert meets(busy, {"max_sla_violation_rate": 0.05, "max_utilization": 1.0})
+    assert not meets(busy, {"max_sla_violation_rate": 0.05, "max_utilization": 0.95})
+    missing = {"sla_violation_rate": 0.2, "server_utilization": 0.5}
+    assert not meets(missing, {"max_sla_violation_rate": 0.05, "max_utilization": 1.0})
+
+
+def test_sweep_workers_collect_each_tasks_garbage(monkeypatch):
+    """`run_task` collects the cyclic garbage its runs left (a long sweep's workers grew
+    to gigabytes without it)."""
+    import gc
+
+    from sim.sweep import tasks
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    def leaves_cycles(task):
+        for _ in range(1000):
+            Cycle()
+        return {"rows": []}
+
+    monkeypatch.setattr(tasks, "_run_task", leaves_cycles)
+    gc.collect()
+    gc.disable()  # only the explicit collection may free them
+    try:
+        tasks.run_task({})
+        assert not any(isinstance(o, Cycle) for o in gc.get_objects())
+    finally:
+        gc.enable()
