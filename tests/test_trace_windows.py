@@ -114,6 +114,6 @@ def test_sweep_workers_collect_each_tasks_garbage(monkeypatch):
     gc.disable()  # only the explicit collection may free them
     try:
         tasks.run_task({})
-        assert not any(isinstance(o, Cycle) for o in gc.get_objects())
+        assert not any(type(o) is Cycle for o in gc.get_objects())
     finally:
         gc.enable()
