@@ -49,8 +49,12 @@ FACTORS = {
 
 
 def points(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: its readable factors (trace, laptop share, link, KV memory)."""
+    """One row per point: its readable factors (trace, laptop share, link, KV memory); a
+    factor the sweep does not vary reads as the base scenario's ("base" link, "full" KV)."""
     first = table.groupby("point", sort=True).first().reset_index()
+    for column in ("clients.0.link", "simulation.kv_memory_gb"):
+        if column not in first:
+            first[column] = None
     out = pd.DataFrame({"point": first["point"]})
     out["trace"] = first["workload.arrival.path"].map(lambda p: Path(str(p)).stem.split("_")[-1])
     laptops, phones = first["clients.0.count"].astype(float), first["clients.1.count"].astype(float)
@@ -63,7 +67,9 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _link(value) -> str:
-    """A link's label from its mapping (as stored: a dict or its text)."""
+    """A link's label from its mapping (as stored: a dict or its text); "base" if unset."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "base"
     link = ast.literal_eval(value) if isinstance(value, str) else value
     return f"{link['uplink_mbps']:g}/{link['downlink_mbps']:g} Mb/s, {link['rtt_ms']:g} ms"
 
@@ -193,7 +199,8 @@ def figure(table: pd.DataFrame):
                     ax.bar(x + (k - (len(policies) - 1) / 2) * width, y, width, yerr=e,
                            color=st.color, label=st.label, error_kw={"elinewidth": 0.6})  # fmt: skip
                 ax.axhline(0, color="black", linewidth=0.6)
-                ax.set_xticks(x, [f"{s:.0%}\n{link.split('/')[0]} up"
+                ax.set_xticks(x, [f"{s:.0%}\n" + (link if link == "base" else
+                                                   f"{link.split('/')[0]} up")
                                   for s, link in groups.itertuples(index=False, name=None)])  # fmt: skip
                 ax.set_xlabel("laptop share, laptop uplink (Mb/s)")
                 ax.set_title(f"{trace} trace, KV {kv}")

@@ -46,6 +46,13 @@ def test_summary_states_wins_losses_and_ties():
     assert "+20.0 +/- 0.0 % capacity over server-only (wins)" in text
 
 
+def test_factors_the_sweep_does_not_vary_read_as_the_base():
+    table = _table().drop(columns=["clients.0.link", "simulation.kv_memory_gb"])
+    pts = batching.points(table)
+    assert set(pts["link"]) == {"base"} and set(pts["kv"]) == {"full"}
+    assert "base" in batching.summary(table, None)
+
+
 def test_the_command_writes_the_report_and_figure(tmp_path):
     _table().to_csv(tmp_path / "capacity.csv", index=False)
     assert batching.main([str(tmp_path)]) == 0
