@@ -265,12 +265,17 @@ def _trace(on_client: np.ndarray, picks: list, units: list, chain: int, loc: int
         pick, m = picks[k]
         src_opt, i = divmod(int(pick[2 * chain + loc, i]) % (2 * P * m), m)
         src, opt = divmod(src_opt, P)
-        block = units[k]
-        for j in range(B - 1, -1, -1):
-            if block[j] < L:
-                on_client[block[j]] = loc == 0
-            loc, opt = opt & 1, opt >> 1
+        _place_block(on_client, units[k], loc, opt, L)
         loc = src
+
+
+def _place_block(on_client: np.ndarray, block: list, loc: int, opt: int, L: int) -> None:
+    """Set a block's units from its last unit's location `loc` and its option's bits
+    (where the others ran, the last bit the second-to-last unit's); units L are padding."""
+    for j in range(len(block) - 1, -1, -1):
+        if block[j] < L:
+            on_client[block[j]] = loc == 0
+        loc, opt = opt & 1, opt >> 1
 
 
 # The cut passes: labels as one flat list, dropped by the bounds only (no dominance test).
@@ -383,8 +388,4 @@ def _cut_trace(on_client: np.ndarray, picks: list, units: list, i: int) -> None:
     for k in range(len(picks) - 1, -1, -1):
         i, cand = divmod(int(picks[k][i]), 2 * P)
         loc, opt = divmod(cand, P)
-        block = units[k]
-        for j in range(B - 1, -1, -1):
-            if block[j] < L:
-                on_client[block[j]] = loc == 0
-            loc, opt = opt & 1, opt >> 1
+        _place_block(on_client, units[k], loc, opt, L)
