@@ -174,6 +174,7 @@ DELAY_MS = Bound(0, 60_000)
 RATE_PER_S = Bound(0, 1e6, lo_open=True)
 LOAD = Bound(0, 100, lo_open=True)
 TIME_SCALE = Bound(0, 1e6, lo_open=True)
+LENGTH_SCALE = Bound(0, 100, lo_open=True)  # trace prompt lengths x this
 DEADLINE_S = Bound(1e-6, 1e6)
 DEADLINE_FACTOR = Bound(0.01, 1e4)
 WEIGHT = Bound(0, 1e6, lo_open=True)

@@ -117,3 +117,37 @@ def test_sweep_workers_collect_each_tasks_garbage(monkeypatch):
         assert not any(type(o) is Cycle for o in gc.get_objects())
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("scale", [0.25, 1.0, 2.5])
+def test_prompt_scale_multiplies_the_replayed_prompts(tmp_path, scale):
+    _scenario(tmp_path, prompt_scale=scale)
+    ld = load_scenario(tmp_path / "s.yaml")
+    arr, _ = _replication_arrivals(ld, 0, float("nan"))
+    rows = pd.read_csv(tmp_path / "trace.csv").head(150)
+    expect = np.maximum(np.rint(rows.num_prefill_tokens * scale), 1)
+    assert (arr.prompt_tokens == expect).all()
+    assert np.allclose(arr.time_s, rows.arrived_at)  # the arrival times are kept
+
+
+def test_a_tiny_prompt_scale_keeps_one_token(tmp_path):
+    _scenario(tmp_path, prompt_scale=1e-6)
+    arr, _ = _replication_arrivals(load_scenario(tmp_path / "s.yaml"), 0, float("nan"))
+    assert (arr.prompt_tokens == 1).all()
+
+
+def test_prompt_scale_past_the_context_is_one_line(tmp_path, capsys):
+    _scenario(tmp_path, prompt_scale=50)  # prompts up to 400 x 50 > gpt2-large's 1024
+    assert main(["check", str(tmp_path / "s.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "workload.arrival.prompt_scale" in err and "context" in err
+
+
+def test_prompt_scale_needs_a_trace(tmp_path, capsys):
+    raw = _scenario(tmp_path)
+    raw["workload"]["arrival"] = {"kind": "poisson", "rate_per_s": 2, "prompt_scale": 0.5}
+    raw["workload"]["mix"][0]["prompt_tokens"] = 64
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["check", str(tmp_path / "s.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "prompt_scale" in err and "trace" in err

@@ -351,6 +351,9 @@ def _resolve_files(ld: LoadedScenario) -> None:
     arrival = sc.workload.arrival
     if arrival.kind == "trace":
         ld.arrival_trace = _load_arrival_trace(ld, arrival.path or "", "workload.arrival.path")
+        if arrival.prompt_scale != 1:
+            prompts = ld.arrival_trace["prompt_tokens"].to_numpy(float) * arrival.prompt_scale
+            ld.arrival_trace["prompt_tokens"] = np.maximum(np.rint(prompts), 1)
         t = ld.arrival_trace["arrival_s"].to_numpy()
         last = sc.replications - 1 if arrival.stride_s else 0  # the latest window's start
         start = arrival.start_s + last * (arrival.stride_s or 0.0)
@@ -400,6 +403,8 @@ def _check_context_lengths(ld: LoadedScenario) -> None:
         if trace is not None:
             longest = trace["prompt_tokens"] + (trace["output_tokens"] if generate else 0)
             tokens, where = float(longest.max()), "workload.arrival.path"
+            if ld.scenario.workload.arrival.prompt_scale != 1:
+                where += " (with workload.arrival.prompt_scale)"
         else:
             tokens = cls.prompt_tokens.upper + (cls.output_tokens.upper if generate else 0)
             where = f"workload.mix.{i}.prompt_tokens"

@@ -117,6 +117,11 @@ class ArrivalConfig(Section):
     )
     path: str | None = Field(None, description="trace CSV (kind: trace)")
     time_scale: lim.TIME_SCALE.type = Field(1.0, description="trace times are multiplied by this")
+    prompt_scale: lim.LENGTH_SCALE.type = Field(
+        1.0,
+        description="trace: replayed prompt lengths are multiplied by this (rounded, at "
+        "least 1 token), to study the same arrivals with shorter or longer prompts",
+    )
     start_s: lim.TRACE_TIME_S.type = Field(0.0, description="skip trace rows before this time")
     stride_s: lim.TRACE_TIME_S.optional = Field(
         None,
@@ -131,6 +136,11 @@ class ArrivalConfig(Section):
             if sum(v is not None for v in given) != 1:
                 raise ValueError(
                     "poisson arrivals need exactly one of rate_per_s, per_client_rate_per_s, load"
+                )
+            if self.prompt_scale != 1:
+                raise ValueError(
+                    "prompt_scale scales a trace's prompts; with poisson arrivals set the "
+                    "mix's prompt_tokens instead"
                 )
         elif self.path is None:
             raise ValueError("trace arrivals need path")
