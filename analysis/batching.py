@@ -41,6 +41,7 @@ from sim.stats import mean_ci95  # noqa: E402
 BASE = "server_only"
 FACTORS = {
     "workload.arrival.path": "trace",
+    "workload.arrival.prompt_scale": "prompts",
     "clients.0.link": "link",
     "simulation.kv_memory_gb": "kv",
     "clients.0.count": "laptops",
@@ -49,14 +50,16 @@ FACTORS = {
 
 
 def points(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per point: its readable factors (trace, laptop share, link, KV memory); a
-    factor the sweep does not vary reads as the base scenario's ("base" link, "full" KV)."""
+    """One row per point: its readable factors (trace, prompt lengths, laptop share, link, KV
+    memory); a factor the sweep does not vary reads as the base scenario's ("base" link,
+    "full" KV, prompts as recorded)."""
     first = table.groupby("point", sort=True).first().reset_index()
-    for column in ("clients.0.link", "simulation.kv_memory_gb"):
+    for column in ("clients.0.link", "simulation.kv_memory_gb", "workload.arrival.prompt_scale"):
         if column not in first:
             first[column] = None
     out = pd.DataFrame({"point": first["point"]})
     out["trace"] = first["workload.arrival.path"].map(lambda p: Path(str(p)).stem.split("_")[-1])
+    out["prompts"] = first["workload.arrival.prompt_scale"].map(_prompts)
     laptops, phones = first["clients.0.count"].astype(float), first["clients.1.count"].astype(float)
     out["laptop_share"] = laptops / (laptops + phones)
     out["link"] = first["clients.0.link"].map(_link)
@@ -64,6 +67,13 @@ def points(table: pd.DataFrame) -> pd.DataFrame:
         lambda v: "full" if pd.isna(v) or v in ("None", "") else f"{float(v):g} GB"
     )
     return out
+
+
+def _prompts(value) -> str:
+    """Prompt lengths' label from the trace's prompt_scale ("as recorded" if unset or 1)."""
+    if value is None or pd.isna(value) or value in ("None", "") or float(value) == 1:
+        return "as recorded"
+    return f"x{float(value):g}"
 
 
 def _link(value) -> str:
@@ -116,10 +126,10 @@ def summary(table: pd.DataFrame, folder: Path) -> str:
         f"server-only, paired by replication ({int(g['paired'].max())} replications, each its",
         "own window of the trace), mean +/- 95 % CI; 'tie' marks an interval crossing zero.",
         "",
-        "| trace | laptops | laptop link | KV | server-only (req/s) | "
+        "| trace | prompts | laptops | laptop link | KV | server-only (req/s) | "
         + " | ".join(policy_style(p).label for p in policies)
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(policies),
+        "|---|---|---|---|---|---|" + "---|" * len(policies),
     ]
     for _, pt in pts.iterrows():
         rows = g[g["point"] == pt["point"]].set_index("policy")
@@ -133,7 +143,7 @@ def summary(table: pd.DataFrame, folder: Path) -> str:
             for p in policies
         ]  # fmt: skip
         lines.append(
-            f"| {pt['trace']} | {pt['laptop_share']:.0%} | {pt['link']} | {pt['kv']} | "
+            f"| {pt['trace']} | {pt['prompts']} | {pt['laptop_share']:.0%} | {pt['link']} | {pt['kv']} | "
             f"{base['capacity_rps']:.2f} +/- {base['capacity_ci95']:.2f} | "
             + " | ".join(cells)
             + " |"
@@ -151,6 +161,7 @@ def summary(table: pd.DataFrame, folder: Path) -> str:
             f"{best['gain_ci95']:.1f} %), worst {_where(worst)} ({worst['gain_pct']:+.1f} +/- "
             f"{worst['gain_ci95']:.1f} %)."
         )
+    lines += ["", "## Where splitting beats server-only", ""] + _wins(g[g["policy"] != BASE])
     top = g[g["policy"] != BASE].sort_values("gain_pct", ascending=False).iloc[0]
     lines += [
         "",
@@ -164,26 +175,44 @@ def summary(table: pd.DataFrame, folder: Path) -> str:
     return "\n".join(lines)
 
 
+def _wins(g: pd.DataFrame) -> list[str]:
+    """One line per point where some policy's gain interval lies above zero: its policies
+    that win, largest gain first; or a line saying there is none."""
+    won = g[g["verdict"] == "wins"].sort_values("gain_pct", ascending=False)
+    if won.empty:
+        return ["Nowhere: no policy's gain interval lies above zero at any point."]
+    lines = []
+    for _, rows in won.groupby("point", sort=False):
+        gains_ = ", ".join(
+            f"{policy_style(r['policy']).label} {r['gain_pct']:+.0f} +/- {r['gain_ci95']:.0f} %"
+            for _, r in rows.iterrows()
+        )
+        lines.append(f"- {_where(rows.iloc[0])}: {gains_}")
+    return lines
+
+
 def _where(row) -> str:
-    return (f"{row['trace']} trace, {row['laptop_share']:.0%} laptops, {row['link']}, "
-            f"KV {row['kv']}")  # fmt: skip
+    return (f"{row['trace']} trace, prompts {row['prompts']}, {row['laptop_share']:.0%} "
+            f"laptops, {row['link']}, KV {row['kv']}")  # fmt: skip
 
 
 def figure(table: pd.DataFrame):
-    """Capacity gain over server-only (%, 95 % CI): a panel per trace and KV memory, bars
-    per policy, groups by laptop share and link."""
+    """Capacity gain over server-only (%, 95 % CI): a panel per trace, prompt lengths and KV
+    memory, bars per policy, groups by laptop share and link."""
     pts, g = points(table), gains(table)
     g = g.merge(pts, on="point")
     policies = [p for p in ordered_policies(g["policy"]) if p != BASE]
-    traces, kvs = sorted(pts["trace"].unique()), list(dict.fromkeys(pts["kv"]))
+    rows_ = list(pts[["trace", "prompts"]].drop_duplicates().sort_values(["trace", "prompts"])
+                 .itertuples(index=False, name=None))  # fmt: skip
+    kvs = list(dict.fromkeys(pts["kv"]))
     with paper_style():
-        fig, axes = plt.subplots(len(traces), len(kvs), figsize=(DOUBLE_WIDTH_IN, 2.3 * len(traces)),
+        fig, axes = plt.subplots(len(rows_), len(kvs), figsize=(DOUBLE_WIDTH_IN, 2.3 * len(rows_)),
                                  sharey=True, squeeze=False, layout="constrained")  # fmt: skip
         width = 0.8 / len(policies)
-        for i, trace in enumerate(traces):
+        for i, (trace, prompts) in enumerate(rows_):
             for j, kv in enumerate(kvs):
                 ax = axes[i][j]
-                sub = g[(g["trace"] == trace) & (g["kv"] == kv)]
+                sub = g[(g["trace"] == trace) & (g["prompts"] == prompts) & (g["kv"] == kv)]
                 groups = (
                     sub[["laptop_share", "link"]]
                     .drop_duplicates()
@@ -203,7 +232,7 @@ def figure(table: pd.DataFrame):
                                                    f"{link.split('/')[0]} up")
                                   for s, link in groups.itertuples(index=False, name=None)])  # fmt: skip
                 ax.set_xlabel("laptop share, laptop uplink (Mb/s)")
-                ax.set_title(f"{trace} trace, KV {kv}")
+                ax.set_title(f"{trace} trace, prompts {prompts}, KV {kv}")
                 if j == 0:
                     ax.set_ylabel("capacity vs server-only (%)")
         handles = [Patch(color=policy_style(p).color, label=policy_style(p).label)

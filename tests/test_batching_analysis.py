@@ -59,3 +59,21 @@ def test_the_command_writes_the_report_and_figure(tmp_path):
     assert (tmp_path / "summary.md").read_text().startswith("# Where splitting pays")
     assert (tmp_path / "figures" / "capacity_gain.png").stat().st_size > 10_000
     assert batching.main([str(tmp_path / "missing")]) == 2
+
+
+def test_prompt_scale_is_a_factor_and_wins_are_listed():
+    table = _table()
+    table["workload.arrival.prompt_scale"] = np.where(table["point"] == 1, 0.25, 1.0)
+    pts = batching.points(table).set_index("point")
+    assert pts.loc[0, "prompts"] == "as recorded" and pts.loc[1, "prompts"] == "x0.25"
+    text = batching.summary(table, None)
+    wins = text.split("## Where splitting beats server-only")[1].split("##")[0]
+    assert "code trace, prompts x0.25" in wins and "+20 +/- 0 %" in wins
+    assert "conv trace" not in wins  # point 0 loses
+
+
+def test_no_wins_says_so():
+    table = _table()
+    table.loc[table["policy"] == "dp_batched_phases", "capacity_rps"] *= 0.5
+    text = batching.summary(table, None)
+    assert "Nowhere: no policy's gain interval lies above zero" in text
