@@ -458,4 +458,6 @@ def effective_dict(loaded: LoadedScenario) -> dict:
     for group in out["clients"]:
         if group["weight_dtype"] is None:  # unset: the model's own precision, as before
             del group["weight_dtype"]
+    if out["workload"]["arrival"]["prompt_scale"] == 1:  # unset: prompts as recorded
+        del out["workload"]["arrival"]["prompt_scale"]
     return out
