@@ -35,10 +35,17 @@ def build_links(
     env: simpy.Environment, ld: LoadedScenario, jitter_seed: np.random.SeedSequence
 ) -> list[LinkModel]:
     """One link per client group; groups naming the same `shared` medium share it, and
-    each group draws its jitter from its own stream."""
+    each group draws its jitter from its own stream: the same streams for every policy of
+    a replication (common random numbers; `SeedSequence.spawn` would hand each call new
+    children, so the children are named here instead)."""
     groups = ld.scenario.clients
     media: dict[str, Medium] = {}
-    jitter_rngs = [np.random.default_rng(s) for s in jitter_seed.spawn(len(groups))]
+    jitter_rngs = [
+        np.random.default_rng(
+            np.random.SeedSequence(jitter_seed.entropy, spawn_key=(*jitter_seed.spawn_key, i))
+        )
+        for i in range(len(groups))
+    ]
     links = []
     for i, g in enumerate(groups):
         medium = None
