@@ -31,6 +31,8 @@ times the MLP rows; losses: squared log ratio (as adopted), Huber (0.1), absolut
 power, squared plus each model's worst squared ("sq+max"); an optional prior on o: lambda x
 ((o - mu) / mu)^2 per model, mu the median time of the fitted models' elementwise kernels
 (norms, rope, activation, add) at their smallest token count (A100 5 us, H100 4 us).
+Row weights (`octave`): optionally each octave of token counts weighs alike within a model
+and group (to a power: 1 alike, 0.5 half-way), instead of every row alike.
 
 Cases: the A100 with each model left out; the H100 with each model left out, (prior) o
 and g held at the variant's A100 fit of all three models, as the shipped H100 is fitted,
@@ -162,7 +164,7 @@ def _loss(r: np.ndarray, w: np.ndarray, loss: str, per_model, is_mlp) -> np.ndar
 
 
 def fit(frame: pd.DataFrame, device: DeviceSpec, fixed=None, op_weight=1.0, loss="sq",
-        prior: tuple[float, float] | None = None) -> GpuFactors:  # fmt: skip
+        prior: tuple[float, float] | None = None, octave: float = 0.0) -> GpuFactors:  # fmt: skip
     """`fit_factors`' grid search with operator rows weighing `op_weight` times the MLP rows
     within a model, another `loss`, and a prior (lambda, mu in us) on the kernel overhead."""
     peak = np.array([device.flops_per_s(str(d)) / device.compute_efficiency
@@ -175,6 +177,12 @@ def fit(frame: pd.DataFrame, device: DeviceSpec, fixed=None, op_weight=1.0, loss
     group = np.where(is_mlp, "mlp", "ops")
     size = frame.groupby([frame["model"].to_numpy(), group])["model"].transform("size")
     w = np.where(is_mlp, 1.0, op_weight) / size.to_numpy(float)
+    if octave:  # rows of each octave of token counts weigh alike (to the power `octave`)
+        band = np.floor(np.log2(frame["tokens"].to_numpy(float)))
+        keys = [frame["model"].to_numpy(), group]
+        raw = pd.Series(frame.groupby([*keys, band])["model"].transform("size").to_numpy(float))
+        raw = raw**-octave
+        w = np.where(is_mlp, 1.0, op_weight) * (raw / raw.groupby(keys).transform("sum")).to_numpy()
     per_model = [(frame["model"] == m).to_numpy() for m in frame["model"].unique()]
     lo, hi = _LO.copy(), _HI.copy()
     for name, value in (fixed or {}).items():
@@ -213,6 +221,7 @@ class Variant:
     prior: float | None = None  # lambda of the prior on o
     fixed: dict[str, float] = field(default_factory=dict)
     phys_unit: bool = False  # the MLP half's bytes with intermediate activations
+    octave: float = 0.0  # each octave of token counts weighs alike (1), or partly (0.5)
 
 
 def _attn_halves(p: VidurProfile) -> pd.DataFrame:
@@ -250,6 +259,14 @@ VARIANTS = [
     ),  # fmt: skip
     Variant("squared + worst loss", loss="sqmax"),
     Variant("MLP bytes with intermediates (cost model changed)", phys_unit=True),
+    Variant("octaves of tokens weigh alike", octave=1.0),
+    Variant("octaves of tokens weigh alike (power 0.5)", octave=0.5),
+    Variant(
+        "+ MLP GEMM rows (w 0.3), octaves alike", lambda p: op_rows(p, GEMMS), 0.3, octave=1.0
+    ),  # fmt: skip
+    Variant(
+        "+ MLP GEMM rows (w 1), octaves alike", lambda p: op_rows(p, GEMMS), 1.0, octave=1.0
+    ),  # fmt: skip
 ]
 
 
@@ -285,7 +302,9 @@ def run(v: Variant, profiles: dict[str, VidurProfile]) -> dict[tuple[str, str], 
 
     def fit_on(g, train, fixed=None):
         prior = None if v.prior is None else (v.prior, mu[g])
-        return fit(train, dev[g], {**v.fixed, **(fixed or {})}, v.op_weight, v.loss, prior)
+        return fit(
+            train, dev[g], {**v.fixed, **(fixed or {})}, v.op_weight, v.loss, prior, v.octave
+        )
 
     mlp, train = data["a100"]
     a100 = fit_on("a100", train)
