@@ -1,7 +1,8 @@
 """Explore: do per-operator rows, a kernel-overhead prior or another loss fix the left-out fits?
 
 Run: PYTHONPATH=$PWD python benchmarks/explore_operator_fit.py [--profiles ../shared/gpu_profiles]
-     [--only NAME ...] [--oracle]   (~4 min for all variants; nothing is written)
+     [--only NAME ...] [--oracle]   (~12 min for all variants on two shared cores;
+     nothing is written)
 
 The calibration (`sim.profile.gpu`) fits compute and bandwidth efficiency, the per-kernel
 overhead o and g (`non_overlap`) to the measured MLP halves, each model weighing the same.
