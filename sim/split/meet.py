@@ -244,38 +244,53 @@ def _finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
     """The best pair's placement, traced back through both chains, if `accept` confirms
     it; else the forward search (which tries the next best in the labels' order)."""
     _, r, a, i, j = best
-    picks, (fwd, bwd) = found[1], units.tolist()
-    on_client = np.zeros(c.work.shape[0], bool)
-    _trace(on_client, picks, fwd, 0, a, i)
-    _trace(on_client, picks, bwd, 1, r, j)
+    picks = found[1]
+    B = units.shape[2]
+    cands = [_trace(picks, B, 0, a, i), _trace(picks, B, 1, r, j)]
+    on_client = _place(units, cands, c.work.shape[0])
     if accept(on_client):
         return on_client
     return front.search(c, accept)
 
 
-def _trace(on_client: np.ndarray, picks: list, units: list, chain: int, loc: int, i: int):
-    """Set the locations of one chain's units (per step, a list) from its label (location,
-    index) at the end: a pick is a flat position in its step's (chain x location) rows of
-    (from, option, label) candidates; an option's bits are where the block's other units
-    ran."""
-    L = on_client.shape[0]
-    B = len(units[0])
-    P = 1 << (B - 1)
+def _trace(picks: list, block: int, chain: int, loc: int, i: int) -> list[int]:
+    """One chain's candidate at each step (`_block_places`' index) from its label
+    (location, index) at the end: a pick is a flat position in its step's (chain x
+    location) rows of (from, option, label) candidates."""
+    P = 1 << (block - 1)
+    cands = [0] * len(picks)
     for k in range(len(picks) - 1, -1, -1):
         pick, m = picks[k]
         src_opt, i = divmod(int(pick[2 * chain + loc, i]) % (2 * P * m), m)
         src, opt = divmod(src_opt, P)
-        _place_block(on_client, units[k], loc, opt, L)
+        cands[k] = loc * P + opt
         loc = src
+    return cands
 
 
-def _place_block(on_client: np.ndarray, block: list, loc: int, opt: int, L: int) -> None:
-    """Set a block's units from its last unit's location `loc` and its option's bits
-    (where the others ran, the last bit the second-to-last unit's); units L are padding."""
-    for j in range(len(block) - 1, -1, -1):
-        if block[j] < L:
-            on_client[block[j]] = loc == 0
-        loc, opt = opt & 1, opt >> 1
+def _place(units: np.ndarray, cands: list, L: int) -> np.ndarray:
+    """The placement (L,) from both chains' candidates at each step (chain, step): each
+    block's units as `_block_places` says; units L (the padding) are dropped."""
+    places = np.zeros(L + 1, bool)
+    places[units] = _block_places(units.shape[2])[cands]
+    return places[:L]
+
+
+@lru_cache(maxsize=8)
+def _block_places(block: int) -> np.ndarray:
+    """Per candidate (the last unit's location x 2^(block - 1) + option), whether each
+    unit of the block runs on the client, (candidates, block): the last at the location,
+    the others by the option's bits (the last bit the second-to-last unit's, 1 = server).
+    A table, so a trace sets every block at once. Cached: read only."""
+    P = 1 << (block - 1)
+    table = np.empty((2 * P, block), bool)
+    for cand in range(2 * P):
+        loc, opt = divmod(cand, P)
+        for j in range(block - 1, -1, -1):
+            table[cand, j] = loc == 0
+            loc, opt = opt & 1, opt >> 1
+    table.flags.writeable = False
+    return table
 
 
 # The cut passes: labels as one flat list, dropped by the bounds only (no dominance test).
@@ -284,6 +299,7 @@ def _place_block(on_client: np.ndarray, block: list, loc: int, opt: int, L: int)
 _T, _W, _T_SLACK, _KEY_SLACK, _ROW = range(5)  # a label's columns
 MAX_FLAT = 4096  # more labels than this after a step: the fronts with dominance take over
 _TOO_MANY = object()
+_ROW_CHANGE = np.subtract.outer(np.arange(2.0), np.arange(2.0)).T[:, :, None]  # (from, to, 1)
 
 
 def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np.ndarray:
@@ -298,13 +314,14 @@ def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np
     a = add[..., 0].transpose(0, 2, 4, 3, 5, 1)  # (S, chain, from, to, option, plane)
     out = np.empty(a.shape[:5] + (5,))
     out[..., :2] = a
-    key = lagrange.priced(a[..., 0], a[..., 1], lam)
-    for col, value, bound in ((_T_SLACK, a[..., 0], room), (_KEY_SLACK, key, cut)):
-        now = bound[..., 0].reshape(S, 2, 2)  # (S, chain, location)
-        before = np.zeros_like(now)
-        before[1:] = now[:-1]
-        out[..., col] = value + (before[:, :, :, None] - now[:, :, None, :])[..., None]
-    out[..., _ROW] = (np.arange(2)[None, :] - np.arange(2)[:, None])[:, :, None]  # to - from
+    out[..., _T_SLACK] = a[..., 0]
+    out[..., _KEY_SLACK] = lagrange.priced(a[..., 0], a[..., 1], lam)
+    now = np.concatenate([room, cut], axis=2).reshape(S, 2, 2, 2)  # (S, chain, loc, bound)
+    change = np.empty((S, 2, 2, 2, 2))  # (S, chain, from, to, bound): before less now
+    np.negative(now[0, :, None], out=change[0])
+    np.subtract(now[:-1, :, :, None], now[1:, :, None], out=change[1:])
+    out[..., _T_SLACK : _KEY_SLACK + 1] += change[:, :, :, :, None]
+    out[..., _ROW] = _ROW_CHANGE
     return out.reshape(S, 4, 4 * P // 2, 5)
 
 
@@ -336,56 +353,59 @@ def _cut_best(cross: np.ndarray, state: np.ndarray, limit: float):
     """`_best` for `_cut_fronts`'s flat labels: (work, -, -, forward label, backward label)
     or None. Per backward row, its labels sorted by latency are thinned to those with less
     work than every faster one, so the slowest that fits a forward label is its least
-    work; ties: the least latency."""
+    work; ties: the least latency, then the client's row, then the first forward label.
+    The forward labels come first in the flat list (a step keeps its labels' order)."""
     rows = state[:, _ROW]
-    fwd = np.flatnonzero(rows < 2)
-    if fwd.shape[0] == 0:
+    nf = int(np.count_nonzero(rows < 2))
+    if not 0 < nf < rows.shape[0]:
+        return None  # a chain with no label left
+    ft, fw = state[:nf, _T], state[:nf, _W]
+    head = ft + cross.T.take(rows[:nf].astype(np.intp), axis=1)  # (row, forward label)
+    back = state[nf:]
+    order = np.lexsort((back[:, _T], rows[nf:]))  # by row, then latency (stable)
+    t, w = back[:, _T].take(order), back[:, _W].take(order)
+    split = int(np.count_nonzero(rows[nf:] == 2))  # row 2's labels, then row 3's
+    keep = np.empty(t.shape[0], bool)
+    for lo, hi in ((0, split), (split, t.shape[0])):
+        if hi > lo:
+            keep[lo] = True
+            keep[lo + 1 : hi] = w[lo + 1 : hi] < np.minimum.accumulate(w[lo:hi])[:-1]
+    split = int(np.count_nonzero(keep[:split]))
+    order, t, w = order[keep], t[keep], w[keep]
+    room = limit - head
+    partner = np.empty(head.shape, np.intp)  # per row, in its thinned labels
+    partner[0] = t[:split].searchsorted(room[0], "right")
+    partner[1] = t[split:].searchsorted(room[1], "right")
+    partner -= 1
+    ok = partner >= 0
+    partner[1] += split  # in both rows' thinned labels
+    p = np.where(ok, partner, 0)
+    lat = head + t.take(p)
+    work = np.where(ok & (lat <= limit), fw + w.take(p), _INF)
+    least = work.min()
+    if not least < _INF:
         return None
-    ft, fw, fa = state[fwd, _T], state[fwd, _W], rows[fwd].astype(np.intp)
-    best = None
-    for r in (0, 1):
-        sel = np.flatnonzero(rows == 2 + r)
-        if sel.shape[0] == 0:
-            continue
-        sel = sel[state[sel, _T].argsort(kind="stable")]
-        t, w = state[sel, _T], state[sel, _W]
-        keep = np.ones(t.shape[0], bool)
-        keep[1:] = w[1:] < np.minimum.accumulate(w)[:-1]
-        sel, t, w = sel[keep], t[keep], w[keep]
-        head = ft + cross[:, r].take(fa)
-        partner = np.searchsorted(t, limit - head, "right") - 1
-        ok = partner >= 0
-        p = np.where(ok, partner, 0)
-        lat = head + t.take(p)
-        work = np.where(ok & (lat <= limit), fw + w.take(p), _INF)
-        i = int(np.lexsort((lat, work))[0])
-        if work[i] < _INF and (best is None or (work[i], lat[i]) < best[:2]):
-            best = (float(work[i]), float(lat[i]), int(fwd[i]), int(sel[p[i]]))
-    if best is None:
-        return None
-    return best[0], None, None, best[2], best[3]
+    r, i = divmod(int(np.where(work == least, lat, _INF).argmin()), nf)
+    return float(least), None, None, i, nf + int(order[p[r, i]])
 
 
 def _cut_finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
     """`_finish` for `_cut_fronts`: both chains' units placed from their labels' picks."""
     _, _, _, i, j = best
-    picks, (fwd, bwd) = found[1], units.tolist()
-    on_client = np.zeros(c.work.shape[0], bool)
-    _cut_trace(on_client, picks, fwd, i)
-    _cut_trace(on_client, picks, bwd, j)
+    picks = found[1]
+    width = 2 << (units.shape[2] - 1)  # candidates per label
+    cands = [_cut_trace(picks, width, i), _cut_trace(picks, width, j)]
+    on_client = _place(units, cands, c.work.shape[0])
     if accept(on_client):
         return on_client
     return front.search(c, accept)
 
 
-def _cut_trace(on_client: np.ndarray, picks: list, units: list, i: int) -> None:
-    """Set the locations of one chain's units from its label `i` of the last step: a pick
-    is a flat candidate (label of the step before, to location, option), the option's bits
-    where the block's other units ran (as `_trace`)."""
-    L = on_client.shape[0]
-    B = len(units[0])
-    P = 1 << (B - 1)
+def _cut_trace(picks: list, width: int, i: int) -> list[int]:
+    """One chain's candidate at each step (`_block_places`' index) from its label `i` of
+    the last step: a pick is a flat candidate (label of the step before x `width` + the
+    candidate)."""
+    cands = [0] * len(picks)
     for k in range(len(picks) - 1, -1, -1):
-        i, cand = divmod(int(picks[k][i]), 2 * P)
-        loc, opt = divmod(cand, P)
-        _place_block(on_client, units[k], loc, opt, L)
+        i, cands[k] = divmod(picks[k].item(i), width)
+    return cands
