@@ -26,6 +26,7 @@ import numpy as np
 _INF = np.inf
 GRID = np.exp2(np.linspace(-1.25, 1.25, 21))  # the prices tried, relative to `reference`
 _ZERO = np.zeros(1)  # the only price when `reference` gives no scale
+_IDENTITY = np.array([[0.0, _INF], [_INF, 0.0]])[:, :, None]  # min-plus, per layer
 
 
 def _min_plus(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
@@ -55,14 +56,15 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
     return float(ratio[order[min(k, order.shape[0] - 1)]])
 
 
-def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """The chain as min-plus matrices [entry location, exit location] in its order and
-    reversed, (2S + 1, 2, 2, 2 x layers): per position, the first `layers` (= 1 +
-    len(lam)) the chain's (layer 0 the latency, one more per price in `lam`: lam x latency
-    + work; `lam[0]` is 0, the others > 0), the others the reversed chain's, transposed
-    (position q holds the chain's position 2S - q: from the output back). `blocks` (S,
-    latency / work, chain, to, from, options): `meet`'s steps; `cross` (from, to): the
-    switch at the middle boundary."""
+def _halves(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The chain's two halves as min-plus matrices [entry location, exit location], each
+    from the middle out, (S + 1, 2, 2, 2 x layers): per position, the first `layers` (= 1
+    + len(lam)) the second half's blocks in order after an identity (position j: the
+    block at chain position S + j), the others the first half's, from the switch at the
+    middle boundary back to the input, transposed (position j: chain position S - j).
+    Layer 0 is the latency, one more per price in `lam` (lam x latency + work; `lam[0]`
+    is 0, the others > 0). `blocks` (S, latency / work, chain, to, from, options):
+    `meet`'s steps; `cross` (from, to): the switch at the middle boundary."""
     # the layers first and the options next, the rest flat: numpy's inner loops then run
     # over the rest, contiguous (over the layers or a few axes of 2 they would be short)
     S, options = blocks.shape[0], blocks.shape[-1]
@@ -73,15 +75,15 @@ def _sequence(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndar
     vals[1] = priced(t, w, 0.0)
     np.multiply(lam[1:, None, None], t, out=vals[2:])
     vals[2:] += w
-    # (layer, S, chain, to, from); the backward chain's blocks run from the output
+    # (layer, S, chain, to, from); the backward chain's blocks run from the output, so
+    # both chains' blocks, last first, are from the middle out, transposed for the first
     vals = vals.min(axis=1).reshape((layers, S) + blocks.shape[2:5])
-    seq = np.empty((2 * S + 1, 2, 2, 2, layers))  # (position, entry, exit, order, layer)
-    seq[:S] = vals.transpose(1, 4, 3, 2, 0)  # forward blocks from -> to; reversed: backward
-    seq[S + 1 :] = vals[:, ::-1, ::-1].transpose(1, 3, 4, 2, 0)  # backward, forward reversed
+    seq = np.empty((S + 1, 2, 2, 2, layers))  # (position, entry, exit, half, layer)
+    seq[1:] = vals[:, ::-1, ::-1].transpose(1, 3, 4, 2, 0)
+    seq[0, :, :, 0] = _IDENTITY
     prices = np.concatenate(([1.0], lam))  # the latency's layer, then each price's
-    np.multiply(cross[:, :, None], prices, out=seq[S, :, :, 0])
-    np.multiply(cross.T[:, :, None], prices, out=seq[S, :, :, 1])
-    return seq.reshape(2 * S + 1, 2, 2, 2 * layers)
+    np.multiply(cross.T[:, :, None], prices, out=seq[0, :, :, 1])
+    return seq.reshape(S + 1, 2, 2, 2 * layers)
 
 
 def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
@@ -90,27 +92,35 @@ def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     step and row (chain, location), (steps, 4, 1): `limit` less the least latency of the
     rest of the chain, and lam x `limit` less its least lam x latency + work (forward half:
     what comes after the step's block; backward half: what comes before it, from the
-    input); both are views of one (steps, 4, 2) array."""
+    input); both are views of one (steps, 4, 2) array.
+
+    Each half is scanned from the middle out (`_halves`: S + 1 positions, both halves in
+    the same numpy calls); a rest of the chain is then one half's product from the
+    middle, met with the other half whole: the input's row of the first half (with the
+    switch at the middle) or the second half's column to the output."""
     S = blocks.shape[0]
     scaled = ref * GRID
-    # prices past the first are > 0 (`_sequence`: lam x an infinite time is infinite)
+    # prices past the first are > 0 (`_halves`: lam x an infinite time is infinite)
     grid = np.concatenate(([0.0], scaled)) if scaled[0] > 0 and scaled[-1] < _INF else _ZERO
-    # prefixes (the chain's layers) and suffixes (the reversed chain's) at once
-    scan = _sequence(blocks, cross, grid)
-    n, layers = scan.shape[0], scan.shape[3] // 2
+    scan = _halves(blocks, cross, grid)
+    layers = scan.shape[3] // 2
     s = 1
-    while s < n:
+    while s <= S:
         _min_plus(scan[:-s], scan[s:], scan[s:])
         s *= 2
-    full = scan[n - 1, 0, 0, 1:layers]  # the whole chain per price, client to client
+    second, first = scan[..., :layers], scan[..., layers:]  # per position j, from the middle
+    tail = second[S, :, 0]  # (location, layer): the second half, to the output's client
+    head = first[S, :, 0]  # the first half with the switch, from the input's client
+    full = np.minimum(head[0, 1:] + tail[0, 1:], head[1, 1:] + tail[1, 1:])  # per price
     i = int((full - grid * limit).argmax())
     lam, lower = float(grid[i]), float(full[i] - grid[i] * limit)
-    from_client = scan[:, 0]  # (position, to, layer)
     chosen = slice(0, i + 2, i + 1)  # the latency's layer and the price's: 0 and i + 1
-    suffix = slice(layers, layers + i + 2, i + 1)  # the same, of the reversed chain
+    head, tail = head[:, chosen], tail[:, chosen]
+    part = first[S - 1 :: -1, :, :, chosen]  # forward step k: chain positions k + 1..S
     rest = np.empty((S, 4, 2))  # (step, chain x location, latency / price)
-    rest[:, :2] = from_client[n - 2 : n - 2 - S : -1, :, suffix]  # suffix k + 1
-    rest[:, 2:] = from_client[2 * S - 1 : S - 1 : -1, :, chosen]  # prefix 2S - k - 1
+    np.minimum(part[:, 0] + tail[0], part[:, 1] + tail[1], out=rest[:, :2])
+    part = second[S - 1 :: -1, :, :, chosen]  # backward step k: positions S + 1..2S - 1 - k
+    np.minimum(head[0] + part[:, 0], head[1] + part[:, 1], out=rest[:, 2:])
     rows = np.subtract((limit, lam * limit), rest, out=rest)
     return lam, lower, rows[..., :1], rows[..., 1:]
 

@@ -63,6 +63,9 @@ GAP_UNIT = 0.3  # or + 0.3 x the mean work of a unit if more (loose deadlines: l
 _CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
 _ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
+_CHAINS = np.arange(2)[:, None, None]  # (chain, 1, 1): indexes `_costs`' table per chain
+# the unit L of `_costs` (padding a chain's first block): a label stays where it is, as it is
+_KEEP = np.array([[[0.0, _INF], [_INF, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
 
 
 @lru_cache(maxsize=32)
@@ -80,34 +83,34 @@ def _units(L: int, block: int) -> np.ndarray:
     return units
 
 
-def _costs(c: Criteria) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit (L + 1: the last keeps labels), what a label adds, (unit, from, to)
-    locations, in each direction (2, L + 1, 2, 2), and the work (L + 1, 2)."""
+def _costs(c: Criteria) -> np.ndarray:
+    """Per unit (L + 1: the last keeps labels), what a label adds in each direction, (chain,
+    unit, latency / work, from, to): forward the switch into unit u (at boundary u),
+    backward the switch out of it (at boundary u + 1); the work of the unit on the server."""
     L = c.work.shape[0]
     cc = np.where(c.allowed, c.cc[0], _INF)
     cs, up, dn = server_times(c), c.up[0], c.dn[0]
-    t = np.empty((2, L + 1, 2, 2))
-    t[:, :L, 0, 0] = cc
-    t[:, :L, 1, 1] = cs
-    t[0, :L, 1, 0] = dn[:L] + cc  # forward: the switch into unit u, at boundary u
-    t[0, :L, 0, 1] = up[:L] + cs
-    t[1, :L, 1, 0] = up[1:] + cc  # backward: the switch out of unit u, at boundary u + 1
-    t[1, :L, 0, 1] = dn[1:] + cs
-    t[:, L] = [[0.0, _INF], [_INF, 0.0]]
-    work = np.zeros((L + 1, 2))
-    work[:L, 1] = c.work
-    return t, work
+    table = np.empty((2, L + 1, 2, 2, 2))
+    t = table[:, :L, 0]
+    t[:, :, 0, 0] = cc
+    t[:, :, 1, 1] = cs
+    np.add(dn[:L], cc, out=t[0, :, 1, 0])
+    np.add(up[:L], cs, out=t[0, :, 0, 1])
+    np.add(up[1:], cc, out=t[1, :, 1, 0])
+    np.add(dn[1:], cs, out=t[1, :, 0, 1])
+    table[:, :L, 1, :, 0] = 0.0
+    table[:, :L, 1, :, 1] = c.work[:, None]
+    table[:, L] = _KEEP
+    return table
 
 
-def _blocks(t: np.ndarray, work: np.ndarray, units: np.ndarray) -> np.ndarray:
+def _blocks(table: np.ndarray, units: np.ndarray) -> np.ndarray:
     """What a label adds over each step's block of units in each chain (steps, latency /
     work, chain, to, from, option, 1): an option is where the block's other units run
-    (the first most significant bit, 1 = server), `to` where its last unit runs."""
+    (the first most significant bit, 1 = server), `to` where its last unit runs. `table`:
+    per unit, as `_costs`."""
     _, S, B = units.shape
-    table = np.empty(t.shape[:2] + (2, 2, 2))  # (chain, unit, latency / work, from, to)
-    table[:, :, 0] = t
-    table[:, :, 1] = work[None, :, None, :]
-    picked = table[np.arange(2)[:, None, None], units]  # (chain, S, B, plane, from, to)
+    picked = table[_CHAINS, units]  # (chain, S, B, plane, from, to)
     acc = picked[:, :, 0, :, :, None, :]  # (chain, S, plane, from, options, location)
     for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
         step = picked[:, :, j, :, None, None]
@@ -123,9 +126,9 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
         return front.search(c, accept)
     limit = float(c.limit[0]) * (1 + _SLACK)
     units = _units(L, block)
-    t, work = _costs(c)
-    add = _blocks(t, work, units)
-    ref = lagrange.reference(t[0, :L], work[:L], float(c.dn[0, L]), limit)
+    table = _costs(c)
+    add = _blocks(table, units)
+    ref = lagrange.reference(table[0, :L, 0], table[0, :L, 1, 0], float(c.dn[0, L]), limit)
     cross = _cross(c)
     lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
     total = float(c.work.sum())
@@ -299,7 +302,7 @@ def _block_places(block: int) -> np.ndarray:
 _T, _W, _T_SLACK, _KEY_SLACK, _ROW = range(5)  # a label's columns
 MAX_FLAT = 4096  # more labels than this after a step: the fronts with dominance take over
 _TOO_MANY = object()
-_ROW_CHANGE = np.subtract.outer(np.arange(2.0), np.arange(2.0)).T[:, :, None]  # (from, to, 1)
+_ROW_CHANGE = np.subtract.outer(np.arange(2.0), np.arange(2.0))[:, :, None]  # (to, from, 1)
 
 
 def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np.ndarray:
@@ -309,37 +312,53 @@ def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np
     guess of the optimum), and the change of its row. A label's slack is its value less
     the bound of its row; it changes by the value added plus the old row's bound less the
     new row's (the first step's old bounds are 0: the labels start at 0). `add`: as
-    `_blocks`."""
+    `_blocks`. The columns are made one by one in `add`'s order (contiguous, so numpy's
+    inner loops are long) and put in place by one copy."""
     S, P = add.shape[0], add.shape[5]
-    a = add[..., 0].transpose(0, 2, 4, 3, 5, 1)  # (S, chain, from, to, option, plane)
-    out = np.empty(a.shape[:5] + (5,))
-    out[..., :2] = a
-    out[..., _T_SLACK] = a[..., 0]
-    out[..., _KEY_SLACK] = lagrange.priced(a[..., 0], a[..., 1], lam)
+    t, w = add[:, 0, ..., 0], add[:, 1, ..., 0]  # (S, chain, to, from, option)
     now = np.concatenate([room, cut], axis=2).reshape(S, 2, 2, 2)  # (S, chain, loc, bound)
-    change = np.empty((S, 2, 2, 2, 2))  # (S, chain, from, to, bound): before less now
-    np.negative(now[0, :, None], out=change[0])
-    np.subtract(now[:-1, :, :, None], now[1:, :, None], out=change[1:])
-    out[..., _T_SLACK : _KEY_SLACK + 1] += change[:, :, :, :, None]
-    out[..., _ROW] = _ROW_CHANGE
+    now = now.transpose(3, 0, 1, 2)  # (bound, S, chain, location)
+    change = np.empty((2, S, 2, 2, 2))  # (bound, S, chain, to, from): before less now
+    np.negative(now[:, 0, :, :, None], out=change[:, 0])
+    np.subtract(now[:, :-1, :, None], now[:, 1:, :, :, None], out=change[:, 1:])
+    cols = np.empty((5,) + t.shape)  # (column, S, chain, to, from, option)
+    cols[_T] = t
+    cols[_W] = w
+    np.add(t, change[0, ..., None], out=cols[_T_SLACK])
+    key = cols[_KEY_SLACK]
+    if lam == 0:
+        np.copyto(key, lagrange.priced(t, w, lam))
+    else:
+        np.multiply(t, lam, out=key)
+        key += w
+    key += change[1, ..., None]
+    cols[_ROW] = _ROW_CHANGE
+    out = np.empty((S, 2, 2, 2, P, 5))  # (S, chain, from, to, option, column)
+    out[...] = cols.transpose(1, 2, 4, 3, 5, 0)
     return out.reshape(S, 4, 4 * P // 2, 5)
 
 
 def _cut_fronts(steps: np.ndarray, guess: float):
     """Both chains' labels after the last step (n, column), and each step's picks (the
-    flat candidate each label came from), or None when a chain has no label left. A label
-    stays while its latency slack is <= 0 and its work + lam x latency slack <= `guess`.
-    `_TOO_MANY` when a step keeps more than `MAX_FLAT` labels (a loose cut: without
-    dominance they would grow exponentially)."""
-    state = np.zeros((2, 5))
-    state[1, _ROW] = 2.0  # chain 1 (backward) on the client
-    picks = []
-    for k in range(steps.shape[0]):
-        rows = state[:, _ROW].astype(np.intp)
-        cand = (state[:, None, :] + steps[k].take(rows, axis=0)).reshape(-1, 5)
-        keep = cand[:, _T_SLACK] <= 0.0
-        keep &= cand[:, _KEY_SLACK] <= guess
-        idx = keep.nonzero()[0]
+    flat candidate each label came from), or None when no label is left. A label stays
+    while its latency slack is <= 0 and its work + lam x latency slack <= `guess` (that
+    column starts at -`guess`: one `maximum` tests both). `_TOO_MANY` when a step keeps
+    more than `MAX_FLAT` labels (a loose cut: without dominance they would grow
+    exponentially).
+
+    The first step keeps every candidate from the client, untested: the second step's
+    test drops every extension of one it would have dropped (a row's bounds are the
+    least of its extensions', so they only tighten; float noise can only keep a label
+    longer), and it saves a step's numpy calls."""
+    state = steps[0, ::2] + np.array([0.0, 0.0, 0.0, -guess, 0.0])  # rows 0, 2: the client
+    state[1, :, _ROW] += 2.0  # chain 1 (backward)
+    state = state.reshape(-1, 5)
+    picks = [np.arange(state.shape[0])]
+    for k in range(1, steps.shape[0]):
+        cand = steps[k].take(state[:, _ROW].astype(np.intp), axis=0)
+        cand += state[:, None, :]
+        cand = cand.reshape(-1, 5)
+        idx = (np.maximum(cand[:, _T_SLACK], cand[:, _KEY_SLACK]) <= 0.0).nonzero()[0]
         if idx.shape[0] == 0:
             return None
         if idx.shape[0] > MAX_FLAT:
