@@ -33,6 +33,7 @@ DP's).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -208,7 +209,7 @@ def solve_dp(
     own deadline too: any resource additive along the chain, e.g. the server KV bytes of
     the units on the server (their `server_time`, the free memory their `deadline`). A plan
     that meets the deadline but not those is a fallback (`feasible` false)."""
-    if not np.isfinite(problem.deadline):
+    if not math.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
     if not problem.client_allowed.any():
         on_server = np.zeros(problem.n_units, bool)

@@ -63,7 +63,6 @@ GAP_UNIT = 0.3  # or + 0.3 x the mean work of a unit if more (loose deadlines: l
 _CUT_SLACK = 1e-9  # relative: float noise of the bounds never cuts a label of that work
 _ROWS = np.arange(2)[None, :, None]  # (1, r, 1): each backward location's row
 MIN_UNITS = 24  # below it the forward search is as fast (fewer fixed costs)
-_CHAINS = np.arange(2)[:, None, None]  # (chain, 1, 1): indexes `_costs`' table per chain
 # the unit L of `_costs` (padding a chain's first block): a label stays where it is, as it is
 _KEEP = np.array([[[0.0, _INF], [_INF, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
 
@@ -81,6 +80,15 @@ def _units(L: int, block: int) -> np.ndarray:
     units = np.array([fwd, bwd]).reshape(2, steps, block)
     units.flags.writeable = False
     return units
+
+
+@lru_cache(maxsize=32)
+def _flat_units(L: int, block: int) -> np.ndarray:
+    """`_units(L, block)` as rows of `_costs`' table flattened over (chain, unit): one
+    `take` gathers the blocks' units. Cached: read only."""
+    flat = _units(L, block) + np.arange(2)[:, None, None] * (L + 1)
+    flat.flags.writeable = False
+    return flat
 
 
 def _costs(c: Criteria) -> np.ndarray:
@@ -108,9 +116,10 @@ def _blocks(table: np.ndarray, units: np.ndarray) -> np.ndarray:
     """What a label adds over each step's block of units in each chain (steps, latency /
     work, chain, to, from, option, 1): an option is where the block's other units run
     (the first most significant bit, 1 = server), `to` where its last unit runs. `table`:
-    per unit, as `_costs`."""
+    per unit, as `_costs`; `units`: `_units(L, block)`."""
     _, S, B = units.shape
-    picked = table[_CHAINS, units]  # (chain, S, B, plane, from, to)
+    flat = _flat_units(table.shape[1] - 1, B)  # units' rows in the flat table
+    picked = table.reshape(-1, 2, 2, 2).take(flat, axis=0)  # (chain, S, B, plane, from, to)
     acc = picked[:, :, 0, :, :, None, :]  # (chain, S, plane, from, options, location)
     for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
         step = picked[:, :, j, :, None, None]
@@ -217,7 +226,9 @@ def _start(add: np.ndarray) -> tuple[np.ndarray, list]:
 def _cross(c: Criteria) -> np.ndarray:
     """The switch at the middle boundary, (from, to) locations."""
     mid = c.work.shape[0] // 2
-    return np.array([[0.0, c.up[0, mid]], [c.dn[0, mid], 0.0]])
+    cross = np.zeros((2, 2))
+    cross[0, 1], cross[1, 0] = c.up[0, mid], c.dn[0, mid]
+    return cross
 
 
 def _best(cross: np.ndarray, state: np.ndarray, limit: float):
@@ -306,8 +317,8 @@ _ROW_CHANGE = np.subtract.outer(np.arange(2.0), np.arange(2.0))[:, :, None]  # (
 
 
 def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np.ndarray:
-    """What each step adds to a label, (steps, row, candidate, column): rows (chain, from
-    location), candidates (to location, option), columns latency, work, the change of the
+    """What each step adds to a label, (steps, candidate, row, column): candidates (to
+    location, option), rows (chain, from location), columns latency, work, the change of the
     label's slack to `room` (latency) and to `cut` (work + lam x latency: the cut less the
     guess of the optimum), and the change of its row. A label's slack is its value less
     the bound of its row; it changes by the value added plus the old row's bound less the
@@ -333,30 +344,31 @@ def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np
         key += w
     key += change[1, ..., None]
     cols[_ROW] = _ROW_CHANGE
-    out = np.empty((S, 2, 2, 2, P, 5))  # (S, chain, from, to, option, column)
-    out[...] = cols.transpose(1, 2, 4, 3, 5, 0)
-    return out.reshape(S, 4, 4 * P // 2, 5)
+    out = np.empty((S, 2, P, 2, 2, 5))  # (S, to, option, chain, from, column)
+    out[...] = cols.transpose(1, 3, 5, 2, 4, 0)
+    return out.reshape(S, 2 * P, 4, 5)
 
 
 def _cut_fronts(steps: np.ndarray, guess: float):
     """Both chains' labels after the last step (n, column), and each step's picks (the
-    flat candidate each label came from), or None when no label is left. A label stays
-    while its latency slack is <= 0 and its work + lam x latency slack <= `guess` (that
-    column starts at -`guess`: one `maximum` tests both). `_TOO_MANY` when a step keeps
-    more than `MAX_FLAT` labels (a loose cut: without dominance they would grow
-    exponentially).
+    flat candidate each label came from: candidate x the labels before + label), or None
+    when no label is left. A label stays while its latency slack is <= 0 and its work +
+    lam x latency slack <= `guess` (that column starts at -`guess`: one `maximum` tests
+    both). `_TOO_MANY` when a step keeps more than `MAX_FLAT` labels (a loose cut: without
+    dominance they would grow exponentially). Candidates come first in a step's flat
+    list, so adding the labels to them is one contiguous numpy loop per candidate.
 
     The first step keeps every candidate from the client, untested: the second step's
     test drops every extension of one it would have dropped (a row's bounds are the
     least of its extensions', so they only tighten; float noise can only keep a label
     longer), and it saves a step's numpy calls."""
-    state = steps[0, ::2] + np.array([0.0, 0.0, 0.0, -guess, 0.0])  # rows 0, 2: the client
-    state[1, :, _ROW] += 2.0  # chain 1 (backward)
+    state = steps[0, :, ::2] + np.array([0.0, 0.0, 0.0, -guess, 0.0])  # rows 0, 2: client
+    state[:, 1, _ROW] += 2.0  # chain 1 (backward)
     state = state.reshape(-1, 5)
     picks = [np.arange(state.shape[0])]
     for k in range(1, steps.shape[0]):
-        cand = steps[k].take(state[:, _ROW].astype(np.intp), axis=0)
-        cand += state[:, None, :]
+        cand = steps[k].take(state[:, _ROW].astype(np.intp), axis=1)
+        cand += state
         cand = cand.reshape(-1, 5)
         idx = (np.maximum(cand[:, _T_SLACK], cand[:, _KEY_SLACK]) <= 0.0).nonzero()[0]
         if idx.shape[0] == 0:
@@ -370,27 +382,27 @@ def _cut_fronts(steps: np.ndarray, guess: float):
 
 def _cut_best(cross: np.ndarray, state: np.ndarray, limit: float):
     """`_best` for `_cut_fronts`'s flat labels: (work, -, -, forward label, backward label)
-    or None. Per backward row, its labels sorted by latency are thinned to those with less
-    work than every faster one, so the slowest that fits a forward label is its least
-    work; ties: the least latency, then the client's row, then the first forward label.
-    The forward labels come first in the flat list (a step keeps its labels' order)."""
-    rows = state[:, _ROW]
-    nf = int(np.count_nonzero(rows < 2))
-    if not 0 < nf < rows.shape[0]:
+    or None. The labels sorted by row (forward 0, 1, backward 2, 3), then latency; per
+    backward row, they are thinned to those with less work than every faster one, so the
+    slowest that fits a forward label is its least work; ties: the least latency, then
+    the client's row, then the forward label first in that order."""
+    order = np.lexsort((state[:, _T], state[:, _ROW]))
+    srt = state.take(order, axis=0)
+    t, w, rows = srt[:, _T], srt[:, _W], srt[:, _ROW]
+    n = t.shape[0]
+    nf, split = rows.searchsorted((2.0, 3.0)).tolist()  # forward labels, then rows 2, 3
+    if not 0 < nf < n:
         return None  # a chain with no label left
-    ft, fw = state[:nf, _T], state[:nf, _W]
-    head = ft + cross.T.take(rows[:nf].astype(np.intp), axis=1)  # (row, forward label)
-    back = state[nf:]
-    order = np.lexsort((back[:, _T], rows[nf:]))  # by row, then latency (stable)
-    t, w = back[:, _T].take(order), back[:, _W].take(order)
-    split = int(np.count_nonzero(rows[nf:] == 2))  # row 2's labels, then row 3's
-    keep = np.empty(t.shape[0], bool)
-    for lo, hi in ((0, split), (split, t.shape[0])):
+    head = t[:nf] + cross.T.take(rows[:nf].astype(np.intp), axis=1)  # (row, forward label)
+    fw = w[:nf]
+    keep = np.empty(n, bool)
+    keep[:nf] = False
+    for lo, hi in ((nf, split), (split, n)):
         if hi > lo:
             keep[lo] = True
             keep[lo + 1 : hi] = w[lo + 1 : hi] < np.minimum.accumulate(w[lo:hi])[:-1]
-    split = int(np.count_nonzero(keep[:split]))
-    order, t, w = order[keep], t[keep], w[keep]
+    split = int(np.count_nonzero(keep[:split]))  # row 3's first among the thinned
+    back, t, w = order[keep], t[keep], w[keep]
     room = limit - head
     partner = np.empty(head.shape, np.intp)  # per row, in its thinned labels
     partner[0] = t[:split].searchsorted(room[0], "right")
@@ -405,26 +417,26 @@ def _cut_best(cross: np.ndarray, state: np.ndarray, limit: float):
     if not least < _INF:
         return None
     r, i = divmod(int(np.where(work == least, lat, _INF).argmin()), nf)
-    return float(least), None, None, i, nf + int(order[p[r, i]])
+    return float(least), None, None, int(order[i]), int(back[p[r, i]])
 
 
 def _cut_finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
     """`_finish` for `_cut_fronts`: both chains' units placed from their labels' picks."""
     _, _, _, i, j = best
     picks = found[1]
-    width = 2 << (units.shape[2] - 1)  # candidates per label
-    cands = [_cut_trace(picks, width, i), _cut_trace(picks, width, j)]
+    labels = [2] + [p.shape[0] for p in picks[:-1]]  # before each step (2: the start)
+    cands = [_cut_trace(picks, labels, i), _cut_trace(picks, labels, j)]
     on_client = _place(units, cands, c.work.shape[0])
     if accept(on_client):
         return on_client
     return front.search(c, accept)
 
 
-def _cut_trace(picks: list, width: int, i: int) -> list[int]:
+def _cut_trace(picks: list, labels: list, i: int) -> list[int]:
     """One chain's candidate at each step (`_block_places`' index) from its label `i` of
-    the last step: a pick is a flat candidate (label of the step before x `width` + the
-    candidate)."""
+    the last step: a pick is a flat candidate (the candidate x `labels` before the step +
+    the label it extends)."""
     cands = [0] * len(picks)
     for k in range(len(picks) - 1, -1, -1):
-        i, cands[k] = divmod(picks[k].item(i), width)
+        cands[k], i = divmod(picks[k].item(i), labels[k])
     return cands
