@@ -148,7 +148,7 @@ def test_bounds_are_the_least_cost_of_the_rest():
         table = meet._costs(c)
         blocks = meet._blocks(table, units)[..., 0]
         ref = lagrange.reference(table[0, :n, 0], table[0, :n, 1, 0], float(c.dn[0, n]), p.deadline)
-        lam, _, room, cut = lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)
+        lam, _, rest = lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)
         assert lam > 0
         xs = _placements(p.client_allowed)
         for k in range(units.shape[1]):
@@ -160,7 +160,7 @@ def test_bounds_are_the_least_cost_of_the_rest():
                 if len(here) == 0:  # the unit cannot be there: no label needs the row
                     continue
                 want = [min(_parts(p, x, u, price)[chain] for x in here) for price in (None, lam)]
-                got = p.deadline - room[k, row, 0], lam * p.deadline - cut[k, row, 0]
+                got = p.deadline - rest[k, row, 0], lam * p.deadline - rest[k, row, 1]
                 np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 

@@ -43,14 +43,14 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
     when there is none). Units pinned to the client (infinite server time) start there."""
     cc, cs, w = t[:, 0, 0], t[:, 1, 1], work[:, 1]
     extra = cc - cs
-    movable = np.flatnonzero(np.isfinite(extra) & (extra > 0))
-    if movable.shape[0] == 0:
-        return 0.0
+    movable = (extra > 0) & (extra < _INF)
     gain = extra[movable]
+    if gain.shape[0] == 0:
+        return 0.0
     ratio = w[movable] / gain
     order = (-ratio).argsort()
-    pinned = np.isinf(cs)
-    start = t[0, 0, 1] - cs[0] if not pinned[0] else 0.0  # the uplink into unit 0
+    pinned = cs == _INF
+    start = t[0, 0, 1] - cs[0] if cs[0] < _INF else 0.0  # the uplink into unit 0
     budget = limit - (start + np.where(pinned, cc, cs).sum() + end)
     k = int(gain[order].cumsum().searchsorted(budget))
     return float(ratio[order[min(k, order.shape[0] - 1)]])
@@ -89,10 +89,10 @@ def _halves(blocks: np.ndarray, cross: np.ndarray, lam: np.ndarray) -> np.ndarra
 def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     """The price with the largest bound from the start (0, the least work whatever the
     latency, or one of the grid around `ref` when it gives a scale), that bound, and per
-    step and row (chain, location), (steps, 4, 1): `limit` less the least latency of the
-    rest of the chain, and lam x `limit` less its least lam x latency + work (forward half:
-    what comes after the step's block; backward half: what comes before it, from the
-    input); both are views of one (steps, 4, 2) array.
+    step, row (chain, location) and bound, (steps, 4, 2): `limit` less the least latency
+    of the rest of the chain (the room), and lam x `limit` less its least lam x latency +
+    work (the cut) (forward half: what comes after the step's block; backward half: what
+    comes before it, from the input).
 
     Each half is scanned from the middle out (`_halves`: S + 1 positions, both halves in
     the same numpy calls); a rest of the chain is then one half's product from the
@@ -121,8 +121,7 @@ def bounds(blocks: np.ndarray, cross: np.ndarray, limit: float, ref: float):
     np.minimum(part[:, 0] + tail[0], part[:, 1] + tail[1], out=rest[:, :2])
     part = second[S - 1 :: -1, :, :, chosen]  # backward step k: positions S + 1..2S - 1 - k
     np.minimum(head[0] + part[:, 0], head[1] + part[:, 1], out=rest[:, 2:])
-    rows = np.subtract((limit, lam * limit), rest, out=rest)
-    return lam, lower, rows[..., :1], rows[..., 1:]
+    return lam, lower, np.subtract((limit, lam * limit), rest, out=rest)
 
 
 def priced(t: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:

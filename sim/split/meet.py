@@ -139,11 +139,12 @@ def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
     add = _blocks(table, units)
     ref = lagrange.reference(table[0, :L, 0], table[0, :L, 1, 0], float(c.dn[0, L]), limit)
     cross = _cross(c)
-    lam, lower, room, cut = lagrange.bounds(add[..., 0], cross, limit, ref)
+    lam, lower, rest = lagrange.bounds(add[..., 0], cross, limit, ref)
     total = float(c.work.sum())
-    cut = cut + _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
+    rest[..., 1] += _CUT_SLACK * (lam * limit + total)  # bounds' float noise never cuts
+    room, cut = rest[..., :1], rest[..., 1:]
     guess = lower + max(GAP * abs(lower), GAP_UNIT * total / L)
-    steps = _steps(add, lam, room, cut)
+    steps = _steps(add, lam, rest)
 
     def cut_pass(bound: float):
         """The best plan of work <= `bound` (None when there is none: the cut is tight)
@@ -316,19 +317,19 @@ _TOO_MANY = object()
 _ROW_CHANGE = np.subtract.outer(np.arange(2.0), np.arange(2.0))[:, :, None]  # (to, from, 1)
 
 
-def _steps(add: np.ndarray, lam: float, room: np.ndarray, cut: np.ndarray) -> np.ndarray:
+def _steps(add: np.ndarray, lam: float, rest: np.ndarray) -> np.ndarray:
     """What each step adds to a label, (steps, candidate, row, column): candidates (to
     location, option), rows (chain, from location), columns latency, work, the change of the
-    label's slack to `room` (latency) and to `cut` (work + lam x latency: the cut less the
-    guess of the optimum), and the change of its row. A label's slack is its value less
+    label's slack to its room (latency) and to its cut (work + lam x latency: the cut less
+    the guess of the optimum), and the change of its row. A label's slack is its value less
     the bound of its row; it changes by the value added plus the old row's bound less the
     new row's (the first step's old bounds are 0: the labels start at 0). `add`: as
-    `_blocks`. The columns are made one by one in `add`'s order (contiguous, so numpy's
-    inner loops are long) and put in place by one copy."""
+    `_blocks`; `rest`: the room and the cut per step and row, as `lagrange.bounds`. The
+    columns are made one by one in `add`'s order (contiguous, so numpy's inner loops are
+    long) and put in place by one copy."""
     S, P = add.shape[0], add.shape[5]
     t, w = add[:, 0, ..., 0], add[:, 1, ..., 0]  # (S, chain, to, from, option)
-    now = np.concatenate([room, cut], axis=2).reshape(S, 2, 2, 2)  # (S, chain, loc, bound)
-    now = now.transpose(3, 0, 1, 2)  # (bound, S, chain, location)
+    now = rest.reshape(S, 2, 2, 2).transpose(3, 0, 1, 2)  # (bound, S, chain, location)
     change = np.empty((2, S, 2, 2, 2))  # (bound, S, chain, to, from): before less now
     np.negative(now[:, 0, :, :, None], out=change[:, 0])
     np.subtract(now[:, :-1, :, None], now[:, 1:, :, :, None], out=change[:, 1:])
@@ -409,15 +410,14 @@ def _cut_best(cross: np.ndarray, state: np.ndarray, limit: float):
     partner[1] = t[split:].searchsorted(room[1], "right")
     partner -= 1
     ok = partner >= 0
-    partner[1] += split  # in both rows' thinned labels
-    p = np.where(ok, partner, 0)
-    lat = head + t.take(p)
-    work = np.where(ok & (lat <= limit), fw + w.take(p), _INF)
+    partner[1] += split  # in both rows' thinned labels (-1, none: any label, not ok)
+    lat = head + t.take(partner)
+    work = np.where(ok & (lat <= limit), fw + w.take(partner), _INF)
     least = work.min()
     if not least < _INF:
         return None
     r, i = divmod(int(np.where(work == least, lat, _INF).argmin()), nf)
-    return float(least), None, None, int(order[i]), int(back[p[r, i]])
+    return float(least), None, None, int(order[i]), int(back[partner[r, i]])
 
 
 def _cut_finish(c: Criteria, found, best, units, accept) -> np.ndarray | None:
