@@ -12,11 +12,14 @@ The chain is read as `meet` walks it, block by block: the forward half's blocks,
 switch at the middle boundary, the backward half's blocks (each block a 2 x 2 matrix, the
 least cost over its options). The price: of 0 (the least work whatever the latency: a
 deadline that does not bind) and a grid around a knapsack ratio (`reference`), the one
-whose bound from the start is the largest (the Lagrangian dual). Prefix and suffix
-products by doubling (log2 of the blocks numpy steps), for the latency and every price at
-once, give both: the whole chain's product per price (the last prefix) and, for the price
-chosen and for the latency alone, the least cost of what is left of the chain after each
-step of each half.
+whose bound from the start is the largest (the Lagrangian dual). Each half's products
+from the middle out, by doubling (`_halves`: log2(S + 1) numpy steps for S blocks a half,
+both halves, the latency and every price at once), give both: the whole chain per price
+(the first half's row from the input met with the second half's column to the output)
+and, for the price chosen and for the latency alone, the least cost of what is left of
+the chain after each step of each half (one half's product from the middle met with the
+other half whole). The arrays hold positions first and the layers (latency, prices) last,
+so numpy's inner loops run over the layers, contiguous.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ def reference(t: np.ndarray, work: np.ndarray, end: float, limit: float) -> floa
     """A price near the best one, as for a knapsack without switches: units moved from the
     server to the client in order of work saved per second added, until the latency left
     over the all-server placement is spent; the ratio of the unit that does not fit (0
-    when there is none). Units pinned to the client (infinite server time) start there."""
+    when there is none). Units pinned to the client (infinite server time) start there.
+    `t` (unit, from, to): what each unit adds to the latency (its forward table in
+    `meet._costs`), `work` (unit, location): its work."""
     cc, cs, w = t[:, 0, 0], t[:, 1, 1], work[:, 1]
     extra = cc - cs
     movable = (extra > 0) & (extra < _INF)

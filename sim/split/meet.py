@@ -42,6 +42,16 @@ a handful of numpy calls. The best pair is found as below, the backward labels o
 first thinned to their front. Without dominance a loose cut could keep exponentially many
 labels: past `MAX_FLAT` after a step the pass runs again with the fronts below.
 
+Speed (numpy's fixed cost per call, about a microsecond here, outweighs the arithmetic on
+arrays of a few hundred elements, so the code counts calls and keeps inner loops long,
+contiguous): a step's flat list holds
+its candidates first (candidate x labels + label), so adding the labels to a candidate's
+additions is one contiguous loop; the first step keeps every candidate from the client
+untested (the second step's test drops every extension of one it would have dropped);
+one `maximum` tests both slacks. The blocks' tables are gathered from the units' by
+fixed index arrays (`_paths`, cached per chain length), and the bounds are two scans
+from the middle out (`sim.split.lagrange`).
+
 Layout: a front is (plane, chain, location, M): planes latency, work and (with the cut)
 work + lam x latency; M the widest row's labels, shorter rows padded with an infinite
 latency (dropped at the next step).
@@ -83,12 +93,22 @@ def _units(L: int, block: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _flat_units(L: int, block: int) -> np.ndarray:
-    """`_units(L, block)` as rows of `_costs`' table flattened over (chain, unit): one
-    `take` gathers the blocks' units. Cached: read only."""
-    flat = _units(L, block) + np.arange(2)[:, None, None] * (L + 1)
-    flat.flags.writeable = False
-    return flat
+def _paths(L: int, block: int) -> np.ndarray:
+    """Per unit j of a block, where `_blocks` reads what it adds in `_costs`' table
+    flattened, (block, steps, latency / work, chain, to, from, option): on an option's
+    path, unit j is entered from unit j - 1's location (the block's `from` for the first)
+    and runs at its own (the option's bit for j, the first unit's most significant, 1 =
+    server; `to` for the last). Cached: read only."""
+    units = _units(L, block)  # (chain, S, B)
+    S, P = units.shape[1], 1 << (block - 1)
+    step, plane, chain, to, src, opt = np.ix_(*(np.arange(k) for k in (S, 2, 2, 2, 2, P)))
+    loc = [(opt >> (block - 2 - j)) & 1 for j in range(block - 1)] + [to]
+    paths = np.empty((block, S, 2, 2, 2, 2, P), np.intp)
+    for j in range(block):
+        unit = chain * (L + 1) + units[chain, step, j]
+        paths[j] = ((unit * 2 + plane) * 2 + (loc[j - 1] if j else src)) * 2 + loc[j]
+    paths.flags.writeable = False
+    return paths
 
 
 def _costs(c: Criteria) -> np.ndarray:
@@ -116,15 +136,14 @@ def _blocks(table: np.ndarray, units: np.ndarray) -> np.ndarray:
     """What a label adds over each step's block of units in each chain (steps, latency /
     work, chain, to, from, option, 1): an option is where the block's other units run
     (the first most significant bit, 1 = server), `to` where its last unit runs. `table`:
-    per unit, as `_costs`; `units`: `_units(L, block)`."""
-    _, S, B = units.shape
-    flat = _flat_units(table.shape[1] - 1, B)  # units' rows in the flat table
-    picked = table.reshape(-1, 2, 2, 2).take(flat, axis=0)  # (chain, S, B, plane, from, to)
-    acc = picked[:, :, 0, :, :, None, :]  # (chain, S, plane, from, options, location)
-    for j in range(1, B):  # (..., options, location of unit j - 1) -> unit j
-        step = picked[:, :, j, :, None, None]
-        acc = (acc[..., None] + step).reshape(2, S, 2, 2, -1, 2)
-    return np.ascontiguousarray(acc.transpose(1, 2, 0, 5, 3, 4)[..., None])
+    per unit, as `_costs`; `units`: `_units(L, block)`. The units' values are summed in
+    the block's order, each gathered by one `take` (`_paths`)."""
+    flat = table.reshape(-1)
+    paths = _paths(table.shape[1] - 1, units.shape[2])
+    out = flat.take(paths[0])
+    for path in paths[1:]:
+        out += flat.take(path)
+    return out[..., None]
 
 
 def search(c: Criteria, accept, block: int = BLOCK) -> np.ndarray | None:
