@@ -9,7 +9,7 @@ layers, `sim.split.structural`); for one latency, no generation loop and mostly 
 units, both halves of the chain at once with a Lagrangian cut (`sim.split.meet`, the
 method and its proof of optimality there; `sim.split.front` below 24 units); else the
 label front over runs (`sim.split.labels`: generation loops, token SLAs). On a random
-50-unit chain with continuous times (`benchmarks/bench_dp.py`) it takes ~0.39 ms on
+50-unit chain with continuous times (`benchmarks/bench_dp.py`) it takes ~0.28 ms on
 one core, against ~7 ms for the label front alone and ~170 ms for a MILP (HiGHS).
 
 `dp_grid` (`solve_dp_grid`) is the paper's: it runs over units in order; for each unit,
