@@ -145,10 +145,10 @@ def test_bounds_are_the_least_cost_of_the_rest():
         p = _random(rng, n, 0.5)
         c = criteria_of([p], [p.deadline], p.server_work)
         units = meet._units(n, 3)
-        t, work = meet._costs(c)
-        blocks = meet._blocks(t, work, units)[..., 0]
-        ref = lagrange.reference(t[0, :n], work[:n], float(c.dn[0, n]), p.deadline)
-        lam, _, room, cut = lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)
+        table = meet._costs(c)
+        blocks = meet._blocks(table, units)[..., 0]
+        ref = lagrange.reference(table[0, :n, 0], table[0, :n, 1, 0], float(c.dn[0, n]), p.deadline)
+        lam, _, rest = lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)
         assert lam > 0
         xs = _placements(p.client_allowed)
         for k in range(units.shape[1]):
@@ -160,7 +160,7 @@ def test_bounds_are_the_least_cost_of_the_rest():
                 if len(here) == 0:  # the unit cannot be there: no label needs the row
                     continue
                 want = [min(_parts(p, x, u, price)[chain] for x in here) for price in (None, lam)]
-                got = p.deadline - room[k, row, 0], lam * p.deadline - cut[k, row, 0]
+                got = p.deadline - rest[k, row, 0], lam * p.deadline - rest[k, row, 1]
                 np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -171,9 +171,9 @@ def test_the_price_bounds_the_optimum_from_below():
     def lower(p: SplitProblem) -> float:
         c = criteria_of([p], [p.deadline], p.server_work)
         n = p.n_units
-        t, work = meet._costs(c)
-        blocks = meet._blocks(t, work, meet._units(n, 3))[..., 0]
-        ref = lagrange.reference(t[0, :n], work[:n], float(c.dn[0, n]), p.deadline)
+        table = meet._costs(c)
+        blocks = meet._blocks(table, meet._units(n, 3))[..., 0]
+        ref = lagrange.reference(table[0, :n, 0], table[0, :n, 1, 0], float(c.dn[0, n]), p.deadline)
         return lagrange.bounds(blocks, meet._cross(c), p.deadline, ref)[1]
 
     rng = np.random.default_rng(11)

@@ -9,7 +9,7 @@ layers, `sim.split.structural`); for one latency, no generation loop and mostly 
 units, both halves of the chain at once with a Lagrangian cut (`sim.split.meet`, the
 method and its proof of optimality there; `sim.split.front` below 24 units); else the
 label front over runs (`sim.split.labels`: generation loops, token SLAs). On a random
-50-unit chain with continuous times (`benchmarks/bench_dp.py`) it takes ~0.39 ms on
+50-unit chain with continuous times (`benchmarks/bench_dp.py`) it takes ~0.28 ms on
 one core, against ~7 ms for the label front alone and ~170 ms for a MILP (HiGHS).
 
 `dp_grid` (`solve_dp_grid`) is the paper's: it runs over units in order; for each unit,
@@ -33,6 +33,7 @@ DP's).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -208,7 +209,7 @@ def solve_dp(
     own deadline too: any resource additive along the chain, e.g. the server KV bytes of
     the units on the server (their `server_time`, the free memory their `deadline`). A plan
     that meets the deadline but not those is a fallback (`feasible` false)."""
-    if not np.isfinite(problem.deadline):
+    if not math.isfinite(problem.deadline):
         raise ValueError("dp needs a finite deadline")
     if not problem.client_allowed.any():
         on_server = np.zeros(problem.n_units, bool)

@@ -70,6 +70,8 @@ def criteria_of(problems: list, limits: list[float], work: np.ndarray) -> Criter
     n = problems[0].n_units
 
     def rows(name: str, width: int) -> np.ndarray:
+        if len(problems) == 1:  # a view of the problem's array (read only here), no copy
+            return np.asarray(getattr(problems[0], name), float).reshape(1, width)
         out = np.empty((len(problems), width))
         for k, p in enumerate(problems):
             out[k] = getattr(p, name)  # broadcast: a scalar wait fills its row

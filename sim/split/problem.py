@@ -213,8 +213,8 @@ def evaluate(problem: SplitProblem, on_client) -> tuple[float, float]:
     compute = np.where(oc, problem.client_time, problem.server_time).sum()
     path = np.ones(oc.shape[0] + 2, bool)  # the client at both ends
     path[1:-1] = oc
-    up = path[:-1] & ~path[1:]
-    down = ~path[:-1] & path[1:]
+    up = path[:-1] > path[1:]  # client before boundary b, server after
+    down = path[:-1] < path[1:]
     links = up[None, :].astype(float) @ problem.entry_times + (
         down[None, :].astype(float) @ problem.downlink_time
     )
