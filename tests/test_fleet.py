@@ -288,3 +288,19 @@ def test_routing_without_a_fleet_is_refused(tmp_path):
     del raw["servers"]
     with pytest.raises(UserError, match="routing needs a fleet"):
         _load(tmp_path, raw)
+
+
+def test_capacity_search_per_routing_and_policy(tmp_path, capsys):
+    """A capacity sweep over a fleet: routing policies as a grid factor, allocation
+    policies searched per point."""
+    (tmp_path / "ec.yaml").write_text(yaml.safe_dump({**edge_cloud(), "requests": 200}))
+    (tmp_path / "cap.yaml").write_text(yaml.safe_dump({
+        "name": "cap", "base": "ec.yaml", "replications": 2,
+        "grid": {"routing.policy": ["random", "split_aware"]},
+        "capacity": {"policies": ["server_only", "dp"], "rel_tol": 0.2},
+    }))  # fmt: skip
+    assert main(["sweep", str(tmp_path / "cap.yaml"), "-o", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "capacity.csv")
+    assert table["error"].isna().all()
+    assert len(table) == 2 * 2 * 2  # routers x policies x replications
+    assert (table["capacity_rps"] > 0).all()
