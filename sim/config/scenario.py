@@ -413,9 +413,10 @@ class Scenario(Section):
             return self
         if "server" in self.model_fields_set:
             raise ValueError("give server (one server) or servers (a fleet), not both")
-        if self.simulation.granularity == "token" and self.fleet_size > 1:
+        if self.simulation.granularity == "token":
             raise ValueError(
-                "a fleet of several servers runs at simulation.granularity: request for now"
+                "a fleet (servers:) runs at simulation.granularity: request for now; "
+                "use server: for one batching server"
             )
         return self
 
