@@ -267,8 +267,11 @@ BAD = [
     ),
     (lambda r: r["servers"].append(dict(r["servers"][0])), "servers", "unique"),
     (lambda r: r.update(simulation={"granularity": "token"}), "(top level)", "granularity"),
-    (lambda r: [r.update(simulation={"granularity": "token"}), r["servers"].pop()],
-     "(top level)", "use server: for one batching server"),
+    (
+        lambda r: [r.update(simulation={"granularity": "token"}), r["servers"].pop()],
+        "(top level)",
+        "use server: for one batching server",
+    ),
 ]
 
 
