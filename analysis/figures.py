@@ -20,7 +20,13 @@ from matplotlib.figure import Figure
 from analysis.cost_figures import KIND_STYLE, unit_costs
 from analysis.cost_figures import _names as _names
 from analysis.cost_figures import _unit_times as _unit_times
-from analysis.run_figures import TOKEN_LATENCIES, latency_cdf, server_timeline, token_latency_cdf
+from analysis.run_figures import (
+    TOKEN_LATENCIES,
+    fleet_timeline,
+    latency_cdf,
+    server_timeline,
+    token_latency_cdf,
+)
 from analysis.run_figures import _cdf as _cdf
 from analysis.run_figures import _completed as _completed
 from analysis.run_figures import _line_kwargs as _line_kwargs
@@ -64,6 +70,7 @@ __all__ = [
     "queueing",
     "sensitivity",
     "server_timeline",
+    "fleet_timeline",
     "sla_vs_load_queue_aware",
     "throughput_vs_batch",
     "token_latency_cdf",
@@ -105,4 +112,6 @@ FIGURES: dict[str, FigureSpec] = {
                                           "sweep_ci.csv of a load sweep with dp_queue_aware"),
     "server_timeline": FigureSpec(server_timeline, ("timeseries",),
                                   "timeseries.csv: server utilisation and queue length"),
+    "fleet_timeline": FigureSpec(fleet_timeline, ("server_timeseries",),
+                                 "timeseries_servers.csv of a fleet run: each server over time"),
 }  # fmt: skip

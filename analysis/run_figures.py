@@ -16,8 +16,18 @@ from matplotlib.figure import Figure
 from analysis.draw import figure_legend, panel_figure, policy_line, set_xlabels
 from analysis.io import MissingData, require_columns, require_rows
 from analysis.labels import time_unit
-from analysis.style import COLUMN_WIDTH_IN, ordered_policies, policy_style, styled
+from analysis.style import (
+    COLUMN_WIDTH_IN,
+    DOUBLE_WIDTH_IN,
+    OKABE_ITO,
+    ordered_policies,
+    policy_style,
+    styled,
+)
 from sim.records import STATUS_COMPLETED
+
+# a fleet's servers: colour-blind-safe colours in turn (servers are not policies)
+SERVER_COLORS = tuple(OKABE_ITO.values())
 
 TOKEN_LATENCIES = {  # column -> (axis name, short name, deadline column)
     "ttft_s": ("Time to first token", "TTFT", "ttft_deadline_s"),
@@ -145,4 +155,37 @@ def server_timeline(timeseries: pd.DataFrame, replication: int | None = None) ->
     axes[1].set_ylim(bottom=0)
     set_xlabels(axes, "Time (s)")
     figure_legend(fig, axes)
+    return fig
+
+
+@styled
+def fleet_timeline(server_timeseries: pd.DataFrame, replication: int | None = None) -> Figure:
+    """Each fleet server's utilisation and queue length over time: a column per policy,
+    a line per server (one replication)."""
+    need = ("policy", "server", "time_s", "server_utilization", "queue_length")
+    require_columns(server_timeseries, need, "timeseries_servers")
+    require_rows(server_timeseries, "timeseries_servers")
+    rows = server_timeseries
+    rep = rows["replication"].min() if replication is None else replication
+    rows = rows[rows["replication"] == rep]
+    if rows.empty:
+        raise MissingData(f"timeseries_servers has no replication {replication}")
+    policies = ordered_policies(rows["policy"])
+    servers = list(dict.fromkeys(rows["server"]))
+    fig = Figure(figsize=(DOUBLE_WIDTH_IN, 3.6), layout="constrained")
+    axes = fig.subplots(2, len(policies), sharex=True, sharey="row", squeeze=False)
+    colors = SERVER_COLORS
+    for j, policy in enumerate(policies):
+        for k, server in enumerate(servers):
+            r = rows[(rows["policy"] == policy) & (rows["server"] == server)].sort_values("time_s")
+            style = {"color": colors[k % len(colors)], "linewidth": 1.1, "label": server}
+            axes[0][j].plot(r["time_s"], r["server_utilization"] * 100, **style)
+            axes[1][j].plot(r["time_s"], r["queue_length"], **style)
+        axes[0][j].set_title(policy_style(policy).label)
+        axes[1][j].set_xlabel("Time (s)")
+    axes[0][0].set_ylabel("Utilisation (%)")
+    axes[0][0].set_ylim(0, 105)
+    axes[1][0].set_ylabel("Queue (requests)")
+    axes[1][0].set_ylim(bottom=0)
+    figure_legend(fig, [axes[0][0]], ncols=min(len(servers), 6))
     return fig

@@ -179,4 +179,21 @@ def capacity(ci: pd.DataFrame) -> Figure:
 def _point_label(rows: pd.DataFrame) -> str:
     """A capacity point's bar-group label from its factor values: "load=0.5, slots=2"."""
     factors = [c for c in rows.columns if "." in c]
-    return ", ".join(f"{c.rsplit('.', 1)[-1]}={rows[c].iloc[0]:g}" for c in factors) or "all"
+    return (
+        ", ".join(f"{_factor_name(c)}={_factor_value(rows[c].iloc[0])}" for c in factors) or "all"
+    )
+
+
+def _factor_name(column: str) -> str:
+    """A factor's short name: its last part, or the part before a generic last part
+    (`routing.policy` -> routing)."""
+    parts = column.split(".")
+    return parts[-2] if parts[-1] in ("policy", "kind", "path") and len(parts) > 1 else parts[-1]
+
+
+def _factor_value(value) -> str:
+    """A factor value as a label: numbers compact (%g), anything else as written."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)

@@ -162,6 +162,7 @@ NAME = Annotated[str, BeforeValidator(_check_name)]
 
 # Server and clients
 SLOTS = Bound(1, 4096, integer=True)
+SERVERS = Bound(1, 1024, integer=True)  # identical servers of one fleet group
 QUEUE = Bound(1, 10_000_000, integer=True)
 CLIENTS = Bound(1, 1_000_000, integer=True)
 RESIDENT_UNITS = Bound(0, 100_000, integer=True)

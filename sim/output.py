@@ -240,6 +240,11 @@ class PendingResult:
                 result.summary.to_csv(self.tmp / "summary.csv", index=False)
                 write_json(self.tmp / "summary.json", result.summary.to_dict(orient="records"))
                 result.timeseries.to_csv(self.tmp / "timeseries.csv", index=False)
+                if getattr(result, "servers", None) is not None:  # a fleet
+                    result.servers.to_csv(self.tmp / "servers.csv", index=False)
+                    result.server_timeseries.to_csv(
+                        self.tmp / "timeseries_servers.csv", index=False
+                    )
             write_json(self.tmp / MARKER, manifest)  # last: its presence marks a whole folder
         except BaseException:
             self.discard()

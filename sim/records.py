@@ -147,6 +147,38 @@ TIMESERIES_COLUMNS: tuple[str, ...] = (
     "kv_memory_gb",  # token granularity only: server KV cache in use
 )
 
+# A fleet (`servers:`): requests.csv gains the server that served each request after this
+# column; servers.csv has one row per policy, replication and server (its window after
+# warm-up, as the summary); timeseries_servers.csv the server state per server.
+FLEET_REQUEST_COLUMN, FLEET_AFTER = "server", "client_class"
+SERVER_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "server",
+    "server_group",
+    "device",
+    "slots",
+    "requests",  # routed there, arriving after warm-up
+    "completed",
+    "rejected",
+    "throughput_rps",
+    "server_utilization",
+    "queue_length_mean",
+    "server_wait_mean_s",
+    "server_busy_mean_s",
+    "sla_violation_rate",
+    "server_work_per_request",
+)
+SERVER_TIMESERIES_COLUMNS: tuple[str, ...] = (
+    "policy",
+    "replication",
+    "server",
+    "time_s",
+    "server_busy_slots",
+    "server_utilization",
+    "queue_length",
+)
+
 # Static allocation studies (allocation.csv): one row per study point, model and policy,
 # from solving placement problems directly (no queueing). `study` names the varied factor
 # (sla | tokens | client_speed | bandwidth) and `x` its value in `x_name` units.

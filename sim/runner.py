@@ -16,15 +16,28 @@ import pandas as pd
 
 import sim
 from sim.config import LoadedScenario, effective_dict
+from sim.engine.fleet import FleetBooks, FleetSimulation
 from sim.engine.load import exact_mean_server_only_s
 from sim.engine.planner import ProblemBook
 from sim.engine.recorder import RunResult
 from sim.engine.registry import engine_for
-from sim.engine.workload import Streams, generate_arrivals, offered_rate, replication_seeds
+from sim.engine.workload import (
+    Streams,
+    generate_arrivals,
+    offered_rate,
+    replication_seeds,
+    server_capacity_per_s,
+)
 from sim.errors import UserError
 from sim.output import KIND_RUN, PendingResult, failure_error, os_error_line
 from sim.records import (
+    FLEET_AFTER,
+    FLEET_REQUEST_COLUMN,
     REQUEST_COLUMNS,
+    SERVER_COLUMNS,
+    SERVER_TIMESERIES_COLUMNS,
+    STATUS_COMPLETED,
+    STATUS_REJECTED,
     SUMMARY_COLUMNS,
     TIMESERIES_COLUMNS,
     RequestStatus,
@@ -42,6 +55,8 @@ class ScenarioResult:
     timeseries: pd.DataFrame
     effective: dict
     manifest: dict = field(default_factory=dict)
+    servers: pd.DataFrame | None = None  # a fleet: one row per policy, replication, server
+    server_timeseries: pd.DataFrame | None = None  # a fleet: server state per server
 
 
 def scenario_hash(effective: dict) -> str:
@@ -105,7 +120,51 @@ def _frame(ld: LoadedScenario, res: RunResult, replication: int) -> pd.DataFrame
         "ttft_deadline_s": ttft_dl,
         "tpot_deadline_s": tpot_dl,
     }
-    return pd.DataFrame(cols, columns=list(REQUEST_COLUMNS))
+    columns = list(REQUEST_COLUMNS)
+    if res.server_of is not None:  # a fleet: the server of each request
+        cols[FLEET_REQUEST_COLUMN] = np.array([s.name for s in ld.fleet])[res.server_of]
+        columns.insert(columns.index(FLEET_AFTER) + 1, FLEET_REQUEST_COLUMN)
+    return pd.DataFrame(cols, columns=columns)
+
+
+def _server_rows(ld: LoadedScenario, res: RunResult, frame: pd.DataFrame, rep: int) -> list:
+    """servers.csv rows of one run: each fleet server over the window after warm-up."""
+    warmup, end = ld.scenario.warmup_s, res.end_s
+    window = max(end - warmup, 0.0)
+    df = frame[frame["arrival_s"] >= warmup]
+    rows = []
+    for s, (site, levels) in enumerate(zip(ld.fleet, res.fleet, strict=True)):
+        mine = df[res.server_of[df.index] == s]
+        done = mine[mine["status"] == STATUS_COMPLETED]
+        admitted = mine[mine["status"] != STATUS_REJECTED]
+        n = len(mine)
+        rows.append({
+            "policy": res.policy, "replication": rep, "server": site.name,
+            "server_group": ld.scenario.servers[site.group].name, "device": site.device.name,
+            "slots": levels.slots, "requests": n, "completed": len(done),
+            "rejected": int((mine["status"] == STATUS_REJECTED).sum()),
+            "throughput_rps": len(done) / window if window > 0 else float("nan"),
+            "server_utilization": levels.utilization(warmup, end),
+            "queue_length_mean": levels.mean_queue(warmup, end),
+            "server_wait_mean_s": float(admitted["server_wait_s"].mean()) if len(admitted) else float("nan"),
+            "server_busy_mean_s": float(admitted["server_busy_s"].mean()) if len(admitted) else float("nan"),
+            "sla_violation_rate": float(1 - done["sla_met"].sum() / n) if n else float("nan"),
+            "server_work_per_request": float(admitted["server_work"].mean()) if len(admitted) else float("nan"),
+        })  # fmt: skip
+    return rows
+
+
+def _server_timeseries(ld: LoadedScenario, res: RunResult, rep: int, bins: int) -> pd.DataFrame:
+    """timeseries_servers.csv rows of one run: each fleet server's busy slots and queue."""
+    parts = []
+    for site, levels in zip(ld.fleet, res.fleet, strict=True):
+        t, busy, queue = levels.binned(res.end_s, bins)
+        parts.append(pd.DataFrame({
+            "policy": res.policy, "replication": rep, "server": site.name, "time_s": t,
+            "server_busy_slots": busy, "server_utilization": busy / levels.slots,
+            "queue_length": queue,
+        }, columns=list(SERVER_TIMESERIES_COLUMNS)))  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
 
 
 def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
@@ -128,7 +187,16 @@ def _timeseries(res: RunResult, replication: int, bins: int) -> pd.DataFrame:
     )
 
 
-def _server_only_time(ld: LoadedScenario, book: ProblemBook):
+def _book(ld: LoadedScenario):
+    """The placement problems shared by every policy: one book, or a fleet's, per site."""
+    return ProblemBook(ld) if ld.scenario.servers is None else FleetBooks.of(ld)
+
+
+def _server_only_time(ld: LoadedScenario, book):
+    """A request's server-only time (s) by (class, group, prompt, output, service); for a
+    fleet's books, one such function per server group."""
+    if isinstance(book, FleetBooks):
+        return [_server_only_time(b.ld, b) for b in book]
     synthetic = [c.task == "synthetic" for c in ld.scenario.workload.mix]
 
     def server_only_s(klass: int, group: int, prompt: int, output: int, service: float) -> float:
@@ -144,11 +212,14 @@ def server_only_capacity(ld: LoadedScenario) -> float:
 
     The scenario's arrival must be `load: 1.0`; its offered rate is exactly that capacity.
     """
-    return offered_rate(ld, _server_only_time(ld, ProblemBook(ld)), check=False)
+    return offered_rate(ld, _server_only_time(ld, _book(ld)), check=False)
 
 
 def _engine(ld: LoadedScenario) -> type:
-    """The engine of the scenario's granularity (`sim.engine.registry`)."""
+    """The engine of the scenario's granularity (`sim.engine.registry`); a fleet's
+    (`servers:`) runs at request granularity (`sim.engine.fleet`)."""
+    if ld.scenario.servers is not None:
+        return FleetSimulation
     return engine_for(ld.scenario.simulation.granularity)
 
 
@@ -162,7 +233,7 @@ def run_one(
     ld: LoadedScenario, policy: str, replication: int = 0, log: list | None = None
 ) -> RunResult:
     """One policy on one replication's arrivals, in memory; `log` collects the event timeline."""
-    book = ProblemBook(ld)
+    book = _book(ld)
     rate = offered_rate(ld, _server_only_time(ld, book))
     arrivals, jitter_seed = _replication_arrivals(ld, replication, rate)
     return _engine(ld)(ld, policy, arrivals, jitter_seed, book, log=log).run()
@@ -193,7 +264,7 @@ def prepare(ld: LoadedScenario) -> tuple[ProblemBook, float]:
     This is where the work a scenario asks for is checked (at most 1e7 arrivals per
     replication), so `run_scenario` calls it before it makes any folder.
     """
-    book = ProblemBook(ld)
+    book = _book(ld)
     return book, offered_rate(ld, _server_only_time(ld, book))
 
 
@@ -222,6 +293,14 @@ def _offered_utilization(
     return rate_per_s * mean_s / ld.scenario.server.slots
 
 
+def _fleet_capacity_per_s(ld: LoadedScenario, book) -> float | None:
+    """A fleet's server-only capacity (req/s; None without a fleet): the offered
+    utilisation is the offered rate over it."""
+    if not isinstance(book, FleetBooks):
+        return None
+    return server_capacity_per_s(ld, _server_only_time(ld, book))
+
+
 def simulate(
     ld: LoadedScenario,
     progress: Callable[[int], None] | None = None,
@@ -231,9 +310,11 @@ def simulate(
     """Run the scenario's replications (all, or the listed ones) and policies in memory."""
     sc = ld.scenario
     frames, summaries, series = [], [], []
+    server_rows, server_series = [], []
     book, rate = prepared if prepared is not None else prepare(ld)
     engine = _engine(ld)
     mean_s = exact_mean_server_only_s(ld) if np.isfinite(rate) else None
+    fleet_capacity = _fleet_capacity_per_s(ld, book)
     for rep in replications if replications is not None else range(sc.replications):
         arrivals, jitter_seed = _replication_arrivals(ld, rep, rate)
         for policy in sc.policies:
@@ -243,14 +324,18 @@ def simulate(
             queue = res.server.mean_queue(sc.warmup_s, res.end_s)
             row = summarize(frame, sc.warmup_s, res.end_s, util, queue, res.backlog_at_stop)
             row["offered_rate_per_s"] = _offered(rate, len(arrivals), res.stop_s)
-            row["offered_utilization"] = _offered_utilization(
-                ld, book, row["offered_rate_per_s"], mean_s, arrivals
-            )
+            row["offered_utilization"] = (
+                _offered_utilization(ld, book, row["offered_rate_per_s"], mean_s, arrivals)
+                if fleet_capacity is None else row["offered_rate_per_s"] / fleet_capacity
+            )  # fmt: skip
             row["overload_stop_s"] = res.overload_stop_s  # NaN unless max_in_flight stopped it
             row.update(_token_row(frame, res, sc.warmup_s))
             summaries.append({"policy": policy, "replication": rep, **row})
             frames.append(frame)
             series.append(_timeseries(res, rep, sc.output.timeseries_bins))
+            if res.fleet is not None:
+                server_rows += _server_rows(ld, res, frame, rep)
+                server_series.append(_server_timeseries(ld, res, rep, sc.output.timeseries_bins))
             if progress:
                 progress(-1)
     effective = effective_dict(ld)
@@ -259,6 +344,8 @@ def simulate(
         summary=pd.DataFrame(summaries, columns=list(SUMMARY_COLUMNS)),
         timeseries=pd.concat(series, ignore_index=True),
         effective=effective,
+        servers=pd.DataFrame(server_rows, columns=list(SERVER_COLUMNS)) if server_series else None,
+        server_timeseries=pd.concat(server_series, ignore_index=True) if server_series else None,
     )
 
 

@@ -195,10 +195,10 @@ def visible_axes(fig: Figure):
 # --- every figure on synthetic data -------------------------------------------------------
 
 
-def test_registry_names_twelve_figures_with_known_tables():
+def test_registry_names_thirteen_figures_with_known_tables():
     from analysis.io import TABLES
 
-    assert len(FIGURES) == 12
+    assert len(FIGURES) == 13
     for name, spec in FIGURES.items():
         assert callable(spec.function) and spec.about, name
         assert all(t in TABLES for t in spec.needs), name
@@ -405,7 +405,8 @@ def test_server_timeline_plots_one_replication():
 def test_every_axis_label_carries_a_unit():
     frames = {"unit_costs": unit_cost_frame(), "allocation": allocation_frame(),
               "sweep_ci": sweep_ci_frame(), "capacity_ci": capacity_ci_frame(),
-              "requests": requests_frame(), "timeseries": timeseries_frame()}  # fmt: skip
+              "requests": requests_frame(), "timeseries": timeseries_frame(),
+              "server_timeseries": server_timeseries_frame()}  # fmt: skip
     own = {"throughput_vs_batch": [batch_ci_frame()], "token_latency_cdf": [token_requests_frame()],
            "sla_vs_load_queue_aware": [queue_aware_ci_frame()]}  # fmt: skip
     for name, spec in FIGURES.items():
@@ -551,3 +552,35 @@ def test_importing_analysis_loads_no_engine_module():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert set(ast.literal_eval(out.stdout.strip())) <= {"sim"} | ALLOWED_SIM
+
+
+def server_timeseries_frame() -> pd.DataFrame:
+    rows = []
+    for policy in ("server_only", "dp"):
+        for server in ("edge", "cloud-0", "cloud-1"):
+            for rep in (0, 1):
+                for t in range(5):
+                    rows.append({"policy": policy, "replication": rep, "server": server,
+                                 "time_s": t + 0.5, "server_busy_slots": 1.0,
+                                 "server_utilization": 0.1 * t + rep, "queue_length": t})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_fleet_timeline_draws_each_server_per_policy():
+    fig = FIGURES["fleet_timeline"].function(server_timeseries_frame())
+    axes = visible_axes(fig)
+    assert len(axes) == 4  # utilisation and queue, a column per policy
+    top_left = axes[0]
+    assert [line.get_label() for line in top_left.get_lines()] == ["edge", "cloud-0", "cloud-1"]
+    assert list(top_left.get_lines()[0].get_ydata()) == pytest.approx([0, 10, 20, 30, 40])
+
+
+def test_capacity_labels_a_routing_factor_by_name():
+    ci = pd.DataFrame({
+        "point": [0, 0, 1, 1], "routing.policy": ["random", "random", "split_aware", "split_aware"],
+        "policy": ["server_only", "dp"] * 2, "capacity_rps_mean": [10.0, 12.0, 11.0, 15.0],
+        "capacity_rps_ci95": [1.0] * 4,
+    })  # fmt: skip
+    fig = FIGURES["capacity"].function(ci)
+    labels = [t.get_text() for t in visible_axes(fig)[0].get_xticklabels()]
+    assert labels == ["routing=random", "routing=split_aware"]

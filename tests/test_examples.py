@@ -34,6 +34,7 @@ RESULT_FILES = {
 }
 EXPECTED_EXAMPLES = {
     "quickstart",
+    "edge_cloud",
     "fleet",
     "long_context",
     "shared_cell",
@@ -76,7 +77,8 @@ def test_example_runs(path: Path, tmp_path):
     out = tmp_path / path.stem
     result = run_scenario(ld, out, command=["test"])
 
-    assert {p.name for p in out.iterdir()} == RESULT_FILES
+    fleet = {"servers.csv", "timeseries_servers.csv"} if ld.scenario.servers else set()
+    assert {p.name for p in out.iterdir()} == RESULT_FILES | fleet
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "ok"
     assert manifest["seed"] == ld.scenario.seed

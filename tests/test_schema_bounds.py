@@ -111,7 +111,15 @@ SYNTH_BASE["workload"]["mix"][0] = {
     "service_s": {"kind": "exponential", "mean": 0.01},
     "deadline_factor": 4,
 }
-BASES = {"request": REQUEST_BASE, "token": TOKEN_BASE, "synthetic": SYNTH_BASE}
+FLEET_BASE = copy.deepcopy(REQUEST_BASE)
+del FLEET_BASE["server"]
+FLEET_BASE["servers"] = [{"name": "g", "device": "srv", "slots": 1, "max_queue": 50, "count": 2}]
+FLEET_BASE["routing"] = {"policy": "least_outstanding"}
+FLEET_BASE["clients"][0]["sites"] = {"g": {"uplink_mbps": 40, "downlink_mbps": 100, "rtt_ms": 10}}
+FLEET_BASE["workload"]["mix"][0].pop("deadline_factor")
+FLEET_BASE["workload"]["mix"][0]["deadline_s"] = 1.0  # the sites differ: seconds
+BASES = {"request": REQUEST_BASE, "token": TOKEN_BASE, "synthetic": SYNTH_BASE,
+         "fleet": FLEET_BASE}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,9 @@ PROMPT = "workload.mix.0.prompt_tokens"
 SITES: dict[type, Site] = {
     sc.Scenario: Site("request", ""),
     sc.ServerConfig: Site("request", "server"),
+    sc.ServerGroup: Site("fleet", "servers.0"),
+    sc.SiteLink: Site("fleet", "clients.0.sites.g"),
+    sc.RoutingConfig: Site("fleet", "routing"),
     sc.LinkConfig: Site("request", "clients.0.link"),
     sc.ClientGroup: Site("request", "clients.0"),
     sc.ArrivalConfig: Site(
@@ -169,6 +180,9 @@ LONG_AT_MAX = {
     (sc.ClientGroup, "count"),
     (sc.ServerConfig, "slots"),
     (sc.ServerConfig, "max_queue"),
+    (sc.ServerGroup, "slots"),
+    (sc.ServerGroup, "max_queue"),
+    (sc.ServerGroup, "count"),
     (ModelSpec, "layers"),
 }
 # Valid, but hours of simulated requests: only validated (the arrivals bound caps the work).

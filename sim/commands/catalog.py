@@ -24,7 +24,7 @@ def _devices(ld) -> list:
     if ld is None:
         return list(devices().values())
     found = dict(ld.devices)
-    for d in [ld.server_device, *ld.client_devices]:
+    for d in [*ld.group_devices, *ld.client_devices]:
         if d is not None:
             found.setdefault(d.name, d)
     return list(found.values())

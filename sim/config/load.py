@@ -21,6 +21,7 @@ from sim.catalog import devices as catalog_devices
 from sim.catalog import models as catalog_models
 from sim.catalog.specs import DeviceSpec, ModelSpec
 from sim.config.base import Empirical
+from sim.config.fleet import ServerSite, check_fleet, fleet_servers
 from sim.config.scenario import SIZE_BOUNDS, Scenario
 from sim.config.yamlio import YamlProblem, parse_yaml
 from sim.costs.precision import own_precision
@@ -49,6 +50,8 @@ class LoadedScenario:
     arrival_trace: pd.DataFrame | None = None
     bandwidth_traces: list[np.ndarray | None] = field(default_factory=list)
     pinned: list[np.ndarray | None] = field(default_factory=list)  # per class: client_required
+    group_devices: list[DeviceSpec] = field(default_factory=list)  # per server group
+    fleet: list[ServerSite] = field(default_factory=list)  # every server (one for server:)
 
 
 def _format_validation(source: str, err: ValidationError) -> str:
@@ -193,7 +196,7 @@ def _resolve_names(ld: LoadedScenario) -> None:
     for name, fields in sc.devices.items():
         spec = build_spec(DeviceSpec, name, fields, f"devices.{name}", src)
         ld.devices[name] = _with_table(ld, spec, f"devices.{name}")
-    ld.server_device = _device(ld, sc.server.device, "server.device")
+    _resolve_fleet(ld)
     ld.client_devices = [
         _device(ld, g.device, f"clients.{i}.device") for i, g in enumerate(sc.clients)
     ]
@@ -211,6 +214,22 @@ def _resolve_names(ld: LoadedScenario) -> None:
                 f"{src}: {where}.task: model '{model.name}' cannot generate; use forward"
             )
     _check_client_precision(ld)
+    check_fleet(ld)
+
+
+def _resolve_fleet(ld: LoadedScenario) -> None:
+    """The server devices: `server:`'s, or one per group of `servers:`; the fleet's
+    servers; `server_device` is the first group's (a fleet's sites: `site_view`)."""
+    sc = ld.scenario
+    if sc.servers is None:
+        ld.group_devices = [_device(ld, sc.server.device, "server.device")]
+        ld.fleet = [ServerSite("server", 0, ld.group_devices[0])]
+    else:
+        ld.group_devices = [
+            _device(ld, g.device, f"servers.{i}.device") for i, g in enumerate(sc.servers)
+        ]
+        ld.fleet = fleet_servers(sc.servers, ld.group_devices)
+    ld.server_device = ld.group_devices[0]
 
 
 def _check_client_precision(ld: LoadedScenario) -> None:
@@ -460,4 +479,11 @@ def effective_dict(loaded: LoadedScenario) -> dict:
             del group["weight_dtype"]
     if out["workload"]["arrival"]["prompt_scale"] == 1:  # unset: prompts as recorded
         del out["workload"]["arrival"]["prompt_scale"]
+    for group in out["clients"]:
+        if not group["sites"]:  # no fleet sites: as before
+            del group["sites"]
+    if out["servers"] is None:  # one server: as before
+        del out["servers"], out["routing"]
+    else:
+        del out["server"]
     return out

@@ -46,6 +46,39 @@ class ServerConfig(Section):
     )
 
 
+class ServerGroup(ServerConfig):
+    """Identical GPU servers of a fleet (`servers:`) at one site: a device, how many, how
+    each runs (slots, queue order, `max_queue`) and, optionally, the models they hold."""
+
+    name: lim.NAME
+    count: lim.SERVERS.type = Field(1, description="identical servers in this group")
+    models: list[str] | None = Field(
+        None, min_length=1, description="the models these servers hold (default: every model)"
+    )
+
+
+ROUTING_POLICIES = (
+    "round_robin",
+    "random",
+    "least_outstanding",
+    "power_of_two",
+    "shortest_expected_wait",
+    "split_aware",
+)
+
+
+class RoutingConfig(Section):
+    """How a fleet's router picks each request's server, from what it sees at arrival."""
+
+    policy: Literal[ROUTING_POLICIES] = Field(  # type: ignore[valid-type]
+        "round_robin",
+        description="round_robin | random | least_outstanding | power_of_two (two random "
+        "servers, fewer outstanding) | shortest_expected_wait (queued and in-service work per "
+        "slot plus the request's own time there) | split_aware (each server's split plan at "
+        "its live wait: least server work per slot that meets the SLA, else least latency)",
+    )
+
+
 class JitterConfig(Section):
     """Extra delay added to every transfer, drawn per transfer (milliseconds)."""
 
@@ -69,6 +102,14 @@ class LinkConfig(Section):
     shared: str | None = Field(None, description="name of a medium shared with other clients")
 
 
+class SiteLink(Section):
+    """A client group's link to one server site: the fields that differ from its `link`."""
+
+    uplink_mbps: lim.BANDWIDTH_MBPS.optional = None
+    downlink_mbps: lim.BANDWIDTH_MBPS.optional = None
+    rtt_ms: lim.RTT_MS.optional = None
+
+
 Resident = Literal["all", "none", "fit"] | dict
 
 
@@ -87,6 +128,11 @@ class ClientGroup(Section):
         "server at the model's weight_dtype; default (null): the model's own weight_dtype",
     )
     link: LinkConfig = Field(default_factory=LinkConfig)
+    sites: dict[str, SiteLink] = Field(
+        default_factory=dict,
+        description="per server group (servers: name): the link fields that differ there, "
+        "e.g. {edge: {rtt_ms: 5}, cloud: {rtt_ms: 40}}",
+    )
 
     @field_validator("resident")
     @classmethod
@@ -339,6 +385,10 @@ class Scenario(Section):
     models: dict[str, dict] = Field(default_factory=dict, description="extra model specs")
     devices: dict[str, dict] = Field(default_factory=dict, description="extra device specs")
     server: ServerConfig = Field(default_factory=ServerConfig)
+    servers: list[ServerGroup] | None = Field(
+        None, min_length=1, description="a fleet: server groups (instead of server)"
+    )
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     clients: list[ClientGroup] = Field(min_length=1)
     workload: WorkloadConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -349,6 +399,31 @@ class Scenario(Section):
     @classmethod
     def _unique_clients(cls, v: list[ClientGroup]) -> list[ClientGroup]:
         return _unique_names(v, "client group")
+
+    @field_validator("servers")
+    @classmethod
+    def _unique_servers(cls, v: list[ServerGroup] | None) -> list[ServerGroup] | None:
+        return v if v is None else _unique_names(v, "server group")
+
+    @model_validator(mode="after")
+    def _one_server_form(self) -> Scenario:
+        if self.servers is None:
+            if "routing" in self.model_fields_set:
+                raise ValueError("routing needs a fleet: give servers (a list of server groups)")
+            return self
+        if "server" in self.model_fields_set:
+            raise ValueError("give server (one server) or servers (a fleet), not both")
+        if self.simulation.granularity == "token":
+            raise ValueError(
+                "a fleet (servers:) runs at simulation.granularity: request for now; "
+                "use server: for one batching server"
+            )
+        return self
+
+    @property
+    def fleet_size(self) -> int:
+        """Servers in the fleet (1 for `server:`)."""
+        return 1 if self.servers is None else sum(g.count for g in self.servers)
 
     @model_validator(mode="after")
     def _stop_rule(self) -> Scenario:

@@ -189,3 +189,29 @@ class ServerLevels:
             self.busy.binned(end_s, bins),
             self.queue.binned(end_s, bins),
         )
+
+
+def merged_levels(parts: list[ServerLevels], now: float) -> ServerLevels:
+    """The fleet's levels: busy slots and queue lengths of `parts` summed over time (their
+    slots, integrals and finished holds summed), closed at `now`."""
+    out = ServerLevels(sum(p.slots for p in parts))
+    out.busy, out.queue = (_summed([getattr(p, name) for p in parts]) for name in ("busy", "queue"))
+    out.busy_slots = sum(p.busy_slots for p in parts)
+    out.queue_length = sum(p.queue_length for p in parts)
+    out.busy_integral = sum(p.busy_integral for p in parts)
+    out.queue_integral = sum(p.queue_integral for p in parts)
+    out.busy_time_total = sum(p.busy_time_total for p in parts)
+    out._last_t = now
+    return out
+
+
+def _summed(series: list[LevelSeries]) -> LevelSeries:
+    """The sum of piecewise-constant levels: each part's steps merged in time order."""
+    times = np.concatenate([np.asarray(s.t) for s in series])
+    steps = np.concatenate([np.diff(np.asarray(s.level), prepend=0.0) for s in series])
+    order = np.argsort(times, kind="stable")
+    times, level = times[order], np.cumsum(steps[order])
+    last = np.append(times[1:] != times[:-1], True)  # the level after each instant
+    out = LevelSeries()
+    out.extend(times[last], level[last])
+    return out

@@ -68,6 +68,10 @@ class RunResult:
     client_energy_j: np.ndarray | None = None
     token: object | None = None  # token granularity: `sim.engine.token.TokenStats`
     overload_stop_s: float = float("nan")  # when `max_in_flight` stopped the run (NaN: never)
+    server_of: np.ndarray | None = None  # a fleet: each request's server (index into fleet)
+    fleet: tuple[ServerLevels, ...] | None = (
+        None  # a fleet: each server's levels (`server`: summed)
+    )
 
 
 def _sliced(record, n_total: int, n: int):

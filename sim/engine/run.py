@@ -94,6 +94,7 @@ class Simulation:
         elif stop_s + sc.drain_s > self.env.now:  # SimPy refuses until <= now (drain_s 0)
             self.env.run(until=stop_s + sc.drain_s)
         self.server.finish()
+        self._before_result()
         return self.rec.result(
             setup.arrived, setup.overload_stop_s,
             policy=self.policy, arrivals=self.arr, server=self.server.levels, stop_s=stop_s,
@@ -101,6 +102,10 @@ class Simulation:
             cached_plans=self.planner.cached_plans,
             events=next(self.env._eid),  # events SimPy scheduled (ids are consecutive from 0)
         )  # fmt: skip
+
+    def _before_result(self) -> None:
+        """Called when the run has ended, before its result is built (a fleet records its
+        servers' plan columns here)."""
 
     def prepare(self) -> None:
         """Plan every request before the run (`RunSetup.index_plans`) and turn each static
@@ -113,10 +118,10 @@ class Simulation:
         self._plan_of, self._deadline = self.setup.plan_of, self.setup.deadline
         self._service = self.setup.service
 
-    def _program(self, group: int, planned) -> tuple:
+    def _program(self, group: int, planned, links: list[LinkModel] | None = None) -> tuple:
         """(ops, segments, has_server, server busy, client busy, client energy) of one plan
-        on one client group's link."""
-        link = self._links[group]
+        on one client group's link (of `links`: a fleet site's; default the server's)."""
+        link = (links or self._links)[group]
         ops = []
         s_busy = c_busy = nbytes = 0.0
         for seg in planned.segments:
@@ -171,13 +176,14 @@ class Simulation:
             program = self._programs[p]
         self.rec.admitted()
         if log is None:
-            env.process(self._run_program(i, program))
+            env.process(self._run_program(i, program, self.server, self._links))
         else:
-            env.process(self._request(i, program[1], self._deadline[i]))
+            env.process(self._request(i, program[1], self._deadline[i], self.server, self._links))
 
-    def _run_program(self, i: int, program: tuple):
-        """A request without the event log: the same events as `_request`, less overhead."""
-        env, server = self.env, self.server
+    def _run_program(self, i: int, program: tuple, server: ServerPool, links: list[LinkModel]):
+        """A request without the event log: the same events as `_request`, less overhead.
+        `server` serves it; `links` are the client groups' links to that server."""
+        env = self.env
         timeout = env.timeout
         ops, _, _, s_busy, c_busy, energy = program
         priority = env.now + self._deadline[i] if server.edf else 0.0
@@ -211,18 +217,20 @@ class Simulation:
                 device.release(req)
                 c_used += op[1]
             else:
-                yield from self._transfer(self._links[self._group[i]], op[1], op[2], op[3])
+                yield from self._transfer(links[self._group[i]], op[1], op[2], op[3])
                 xfer += env.now - t0
                 sent += op[2]
         self.rec.completed(i, env.now, s_wait, s_busy, c_wait, c_busy, xfer, energy)
 
-    def _request(self, i: int, segments: tuple, deadline_s: float):
+    def _request(
+        self, i: int, segments: tuple, deadline_s: float, server: ServerPool, links: list[LinkModel]
+    ):
         """A request with the event log (the reference the fast path must match)."""
-        env, server = self.env, self.server
+        env = self.env
         t_arrival = env.now
         priority = t_arrival + deadline_s if server.edf else 0.0
         device = self.devices[self._client[i]]
-        link = self._links[self._group[i]]
+        link = links[self._group[i]]
         log = self.log
         s_wait = s_busy = c_wait = c_busy = xfer = nbytes = 0.0
         for seg in segments:

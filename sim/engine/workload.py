@@ -180,8 +180,8 @@ def offered_rate(
     """Total Poisson arrival rate of the scenario (NaN for trace replay).
 
     With `load`, the rate is that fraction of the server-only capacity: slots divided by
-    the mean server-only service time (`mean_server_only_s`), the same for every policy
-    and replication. `server_only_s(klass, group, prompt, output, service)` is a
+    the mean server-only service time (`mean_server_only_s`), summed over a fleet
+    (`server_capacity_per_s`), the same for every policy and replication. `server_only_s(klass, group, prompt, output, service)` is a
     request's server-only time. With `check`, a rate bringing more than MAX_ARRIVALS per
     replication is refused (`check_arrivals`); without, it is only computed (e.g. as a
     capacity estimate).
@@ -194,8 +194,22 @@ def offered_rate(
         return _checked(ld, arrival.rate_per_s, check)
     if arrival.per_client_rate_per_s is not None:
         return _checked(ld, arrival.per_client_rate_per_s * sc.total_clients, check)
-    mean_s = mean_server_only_s(ld, server_only_s)
-    return _checked(ld, float(arrival.load * sc.server.slots / mean_s), check)
+    return _checked(ld, float(arrival.load * server_capacity_per_s(ld, server_only_s)), check)
+
+
+def server_capacity_per_s(ld: LoadedScenario, server_only_s) -> float:
+    """Requests per second the server completes serving everything itself: its slots over
+    the mean server-only time; a fleet's, summed over its servers, each at its own
+    device's mean (`server_only_s` is then one callable per server group)."""
+    sc = ld.scenario
+    if sc.servers is None:
+        return sc.server.slots / mean_server_only_s(ld, server_only_s)
+    from sim.config.fleet import site_view
+
+    return sum(
+        g.count * g.slots / mean_server_only_s(site_view(ld, k), server_only_s[k])
+        for k, g in enumerate(sc.servers)
+    )
 
 
 def mean_server_only_s(
