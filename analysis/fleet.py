@@ -125,6 +125,14 @@ def summary(table: pd.DataFrame) -> str:
     pairs.sort(key=lambda x: -x[0] if np.isfinite(x[0]) else np.inf)
     for m, h, r, p in pairs:
         lines.append(f"- {r} + {policy_style(p).label}: {_fmt(m, h)}")
+    lines += ["", "## Split-aware routing against the best other router, same policy", ""]
+    for p in policies:
+        others = [r for r in routers if r != "split_aware"]
+        if "split_aware" not in routers or not others:
+            break
+        best = max(others, key=lambda r: means.get((r, p), -np.inf))
+        g = paired_gain(cap, ("split_aware", p), (best, p))
+        lines.append(f"- {policy_style(p).label}: {_fmt(*g[:2])} over {best}")
     m, h, r, p = pairs[0]
     joint = [x for x in pairs if x[2] == "split_aware" and x[3] != BASE]
     lines += ["", "## Headline", ""]

@@ -34,6 +34,9 @@ def test_gains_are_paired_and_routing_alone_is_the_best_server_only_router():
     assert "split_aware + DP queue-aware: +56.0 +/- 0.0 %" in text
     assert "random + server-only: -20.0 +/- 0.0 %" in text
     assert "(wins)" in text.split("## Headline")[1]
+    same = text.split("same policy")[1].split("##")[0]
+    assert "- DP queue-aware: +20.0 +/- 0.0 % over least_outstanding" in same
+    assert "- DP: +0.0 +/- 0.0 % (tie) over least_outstanding" in same
 
 
 def test_failed_searches_are_left_out():
