@@ -162,17 +162,35 @@ def summary(table: pd.DataFrame, folder: Path) -> str:
             f"{worst['gain_ci95']:.1f} %)."
         )
     lines += ["", "## Where splitting beats server-only", ""] + _wins(g[g["policy"] != BASE])
-    top = g[g["policy"] != BASE].sort_values("gain_pct", ascending=False).iloc[0]
-    lines += [
-        "",
-        "## Headline",
-        "",
-        f"The largest gain: {policy_style(top['policy']).label} at {_where(top)}, "
-        f"{top['gain_pct']:+.1f} +/- {top['gain_ci95']:.1f} % capacity over server-only "
-        f"({top['verdict']}).",
-        "",
-    ]
+    lines += ["", "## Headline", "", *_headline(g[g["policy"] != BASE]), ""]
     return "\n".join(lines)
+
+
+def _headline(g: pd.DataFrame) -> list[str]:
+    """Measured statements: at how many points some policy wins and the largest gain whose
+    interval excludes zero; at how many every policy loses; the largest mean gain."""
+    n = g["point"].nunique()
+    won = g[g["verdict"] == "wins"]
+    lost = g.groupby("point")["verdict"].agg(lambda v: (v == "loses").all())
+    out = []
+    if won.empty:
+        out.append(f"No policy raises capacity over server-only at any of the {n} points "
+                   "(no gain interval lies above zero).")  # fmt: skip
+    else:
+        top = won.sort_values("gain_pct").iloc[-1]
+        out.append(
+            f"Splitting raises capacity over server-only at {won['point'].nunique()} of {n} "
+            f"points; the largest gain whose interval excludes zero: "
+            f"{policy_style(top['policy']).label} at {_where(top)}, "
+            f"{top['gain_pct']:+.1f} +/- {top['gain_ci95']:.1f} %."
+        )
+    out.append(f"Every split policy loses at {int(lost.sum())} of {n} points.")
+    top = g.sort_values("gain_pct").iloc[-1]
+    out.append(
+        f"The largest mean gain: {policy_style(top['policy']).label} at {_where(top)}, "
+        f"{top['gain_pct']:+.1f} +/- {top['gain_ci95']:.1f} % ({top['verdict']})."
+    )
+    return out
 
 
 def _wins(g: pd.DataFrame) -> list[str]:
@@ -228,10 +246,13 @@ def figure(table: pd.DataFrame):
                     ax.bar(x + (k - (len(policies) - 1) / 2) * width, y, width, yerr=e,
                            color=st.color, label=st.label, error_kw={"elinewidth": 0.6})  # fmt: skip
                 ax.axhline(0, color="black", linewidth=0.6)
-                ax.set_xticks(x, [f"{s:.0%}\n" + (link if link == "base" else
-                                                   f"{link.split('/')[0]} up")
+                one_link = pts["link"].nunique() == 1
+                ax.set_xticks(x, [f"{s:.0%}" if one_link else f"{s:.0%}\n" + (
+                                      link if link == "base" else f"{link.split('/')[0]} up")
                                   for s, link in groups.itertuples(index=False, name=None)])  # fmt: skip
-                ax.set_xlabel("laptop share, laptop uplink (Mb/s)")
+                if i == len(rows_) - 1:
+                    ax.set_xlabel("laptop share" if one_link else
+                                  "laptop share, laptop uplink (Mb/s)")  # fmt: skip
                 ax.set_title(f"{trace} trace, prompts {prompts}, KV {kv}")
                 if j == 0:
                     ax.set_ylabel("capacity vs server-only (%)")

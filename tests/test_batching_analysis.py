@@ -43,7 +43,10 @@ def test_summary_states_wins_losses_and_ties():
     text = batching.summary(_table(), None)
     assert "beats server-only at 1 of 2 points, loses at 1" in text
     assert "80% laptops" in text and "KV 2 GB" in text and "KV full" in text
-    assert "+20.0 +/- 0.0 % capacity over server-only (wins)" in text
+    headline = text.split("## Headline")[1]
+    assert "raises capacity over server-only at 1 of 2 points" in headline
+    assert "code trace" in headline and "+20.0 +/- 0.0 %." in headline
+    assert "Every split policy loses at 0 of 2 points" in headline  # dp ties at point 0
 
 
 def test_factors_the_sweep_does_not_vary_read_as_the_base():
@@ -77,3 +80,4 @@ def test_no_wins_says_so():
     table.loc[table["policy"] == "dp_batched_phases", "capacity_rps"] *= 0.5
     text = batching.summary(table, None)
     assert "Nowhere: no policy's gain interval lies above zero" in text
+    assert "No policy raises capacity over server-only at any of the 2 points" in text
