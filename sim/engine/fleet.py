@@ -123,6 +123,11 @@ class FleetSimulation(Simulation):
              if holds(self.groups[site.group], None if c.task == "synthetic" else c.model)]
             for c in mix
         ]  # fmt: skip
+        self._eligible_groups = [
+            [servers for servers in ([s for s in eligible if self._group_of[s] == g]
+                                     for g in range(len(self.groups))) if servers]
+            for eligible in self._eligible
+        ]  # fmt: skip
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -180,6 +185,10 @@ class FleetSimulation(Simulation):
     def is_synthetic(self, i: int) -> bool:
         """Whether request i is a validation request (a drawn service time, no model)."""
         return self._plan_of[i] == SYNTHETIC
+
+    def eligible_by_group(self, i: int) -> list[list[int]]:
+        """The servers that hold request i's model, per server group (in fleet order)."""
+        return self._eligible_groups[int(self.arr.klass[i])]
 
     def eligible(self, i: int) -> list[int]:
         """The servers that hold request i's model."""

@@ -111,20 +111,41 @@ class SplitAware(Router):
         fleet = self.fleet
         if fleet.is_synthetic(i):  # nothing to split: the shortest expected wait
             return ShortestExpectedWait.route(self, i)  # type: ignore[arg-type]
+        if not fleet.plans_at_arrival:
+            return self._route_static(i)
         best = None
         for s in fleet.eligible(i):
             planned = fleet.plan_for(i, s)
-            pool = fleet.servers[s]
-            latency = planned.plan.latency + pool.expected_wait_s() * fleet.entries(planned)
-            meets = planned.plan.feasible and latency <= planned.deadline_s
-            work = planned.plan.server_work / pool.slots
-            score = (0, work, latency) if meets else (1, latency, work)
+            score = self._score(planned, fleet.servers[s], fleet.servers[s].expected_wait_s())
             if best is None or score < best[0]:
                 best = (score, s, planned)
         _, s, planned = best  # type: ignore[misc]
-        if fleet.plans_at_arrival:  # the plan made now is the one the request runs
-            self.chosen[i] = planned
+        self.chosen[i] = planned  # the plan made now is the one the request runs
         return s
+
+    def _route_static(self, i: int) -> int:
+        """As `route` for plans made before the run: the servers of a group share one plan
+        and one number of slots, so within a group only the least expected wait can win
+        (the first such server); one plan per group is scored."""
+        fleet = self.fleet
+        best = None
+        for servers in fleet.eligible_by_group(i):
+            waits = [fleet.servers[s].expected_wait_s() for s in servers]
+            k = min(range(len(servers)), key=waits.__getitem__)
+            s = servers[k]
+            planned = fleet.plan_for(i, s)
+            score = self._score(planned, fleet.servers[s], waits[k])
+            if best is None or score < best[0]:
+                best = (score, s)
+        return best[1]  # type: ignore[index]
+
+    def _score(self, planned, pool, wait_s: float) -> tuple:
+        """(0, work per slot, latency) for a plan that meets the SLA at `wait_s` per server
+        segment, else (1, latency, work per slot): smaller is better."""
+        latency = planned.plan.latency + wait_s * self.fleet.entries(planned)
+        work = planned.plan.server_work / pool.slots
+        meets = planned.plan.feasible and latency <= planned.deadline_s
+        return (0, work, latency) if meets else (1, latency, work)
 
 
 ROUTERS = {
