@@ -309,3 +309,51 @@ def test_capacity_search_per_routing_and_policy(tmp_path, capsys):
     assert table["error"].isna().all()
     assert len(table) == 2 * 2 * 2  # routers x policies x replications
     assert (table["capacity_rps"] > 0).all()
+
+
+VARIANTS = {
+    "overload_stop": {"simulation": {"max_in_flight": 40}, "workload.arrival.rate_per_s": 20_000},
+    "edf_and_queue": {"servers.0.discipline": "edf", "servers.1.discipline": "edf"},
+    "link_estimate_ewma": {"split": {"link_estimate": "ewma"}},
+    "link_estimate_oracle": {"split": {"link_estimate": "oracle"}},
+    "busy_shedding": {"split": {"busy_utilization": 0.5}},
+    "warmup_and_replications": {"warmup_s": 0.5, "replications": 2},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("routing", ["power_of_two", "split_aware"])
+def test_fleet_variants_run_and_conserve(tmp_path, variant, routing):
+    """Settings a fleet combines with: each runs, every arrived request has a server, and
+    each server's busy time is what its requests record."""
+    raw = edge_cloud(routing, ["server_only", "dp", "dp_queue_aware"])
+    for key, value in VARIANTS[variant].items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    ld = _load(tmp_path, raw)
+    for policy in ld.scenario.policies:
+        res = run_one(ld, policy, ld.scenario.replications - 1)
+        assert len(res.server_of) == len(res.arrivals) and (res.server_of >= 0).all()
+        for s, levels in enumerate(res.fleet):
+            mine = res.server_of == s
+            assert res.server_busy_s[mine].sum() == pytest.approx(levels.busy_integral, rel=1e-9)
+        if variant == "overload_stop":
+            assert np.isfinite(res.overload_stop_s) and len(res.arrivals) < 400
+
+
+def test_a_fleet_replays_a_trace(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    pd.DataFrame({"arrival_s": np.cumsum(rng.exponential(0.01, 300)),
+                  "prompt_tokens": rng.integers(32, 400, 300), "output_tokens": 0}).to_csv(
+        tmp_path / "t.csv", index=False)  # fmt: skip
+    raw = edge_cloud("least_outstanding", ["dp"])
+    raw["workload"]["arrival"] = {"kind": "trace", "path": "t.csv"}
+    del raw["requests"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["run", str(tmp_path / "s.yaml"), "-o", str(tmp_path / "out"), "--quiet"]) == 0
+    requests = pd.read_csv(tmp_path / "out" / "requests.csv")
+    assert len(requests) == 300 and requests["server"].notna().all()
+    assert (tmp_path / "out" / "servers.csv").is_file()
