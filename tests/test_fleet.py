@@ -14,8 +14,10 @@ from scipy import stats
 from sim.cli import main
 from sim.config import load_scenario
 from sim.config.fleet import site_view
+from sim.engine.fleet import FleetBooks
+from sim.engine.planner import Planner, ProblemBook
 from sim.errors import UserError
-from sim.runner import run_one
+from sim.runner import prepare, run_one
 
 MEAN_SERVICE_S = 0.01  # mu = 100 / s per server
 
@@ -138,9 +140,6 @@ def test_split_aware_picks_the_least_work_per_slot_that_meets_the_sla(tmp_path):
     raw["requests"] = 60
     ld = _load(tmp_path, raw)
     res = run_one(ld, "dp", 0)
-    from sim.engine.fleet import FleetBooks
-    from sim.engine.planner import Planner
-
     books = FleetBooks.of(ld)
     planners = [Planner(b, "dp") for b in books]
     slots = [1, 1, 1]
@@ -234,8 +233,6 @@ def test_load_is_the_fleet_capacity(tmp_path):
     raw["servers"][0]["slots"] = 2
     raw["workload"]["arrival"] = {"kind": "poisson", "load": 0.8}
     ld = _load(tmp_path, raw)
-    from sim.runner import prepare
-
     _, rate = prepare(ld)
     assert rate == pytest.approx(0.8 * 3 * 2 / MEAN_SERVICE_S)
 
@@ -252,11 +249,6 @@ BAD = [
         lambda r: [g.update(models=["gpt2"]) for g in r["servers"]],
         "workload.mix.0.model",
         "no server group holds 'gpt2-large'",
-    ),
-    (
-        lambda r: r["workload"]["mix"][0].update(deadline_s=None, deadline_factor=3),
-        "workload.mix.0.deadline_factor",
-        "give deadline_s",
     ),
     (lambda r: r["servers"][1].update(count=0), "servers.1.count", "1"),
     (lambda r: r["routing"].update(policy="fastest"), "routing.policy", "round_robin"),
@@ -357,3 +349,41 @@ def test_a_fleet_replays_a_trace(tmp_path, capsys):
     requests = pd.read_csv(tmp_path / "out" / "requests.csv")
     assert len(requests) == 300 and requests["server"].notna().all()
     assert (tmp_path / "out" / "servers.csv").is_file()
+
+
+@pytest.mark.parametrize("policy", ["dp", "dp_queue_aware", "server_only"])
+def test_a_relative_sla_is_a_multiple_of_the_fastest_site(tmp_path, policy):
+    """deadline_factor on a fleet whose sites differ: each request's SLA is the factor
+    times the least server-only latency over the sites holding its model, whichever
+    server it runs on (plans made before the run and at arrival alike)."""
+    raw = edge_cloud("random", [policy])
+    raw["workload"]["mix"][0].pop("deadline_s")
+    raw["workload"]["mix"][0]["deadline_factor"] = 3
+    raw["requests"] = 120
+    ld = _load(tmp_path, raw)
+    res = run_one(ld, policy, 0)
+    alone = [ProblemBook(site_view(ld, g)) for g in range(2)]  # no peers: own latency
+    one_by_one = FleetBooks.of(ld)  # no batch built: each problem on its own
+    arr = res.arrivals
+    for i in range(len(arr)):
+        key = (int(arr.klass[i]), int(arr.group[i]), int(arr.prompt_tokens[i]), 0)
+        own = [b.get(*key).deadline_s / 3 for b in alone]
+        assert res.deadline_s[i] == pytest.approx(3 * min(own), rel=1e-12)
+        for book in one_by_one:
+            assert book.get(*key).deadline_s == pytest.approx(3 * min(own), rel=1e-12)
+    assert len(set(res.server_of.tolist())) > 1  # served at both sites
+
+
+def test_a_relative_sla_counts_only_sites_holding_the_model(tmp_path):
+    raw = edge_cloud("round_robin", ["server_only"])
+    raw["workload"]["mix"][0].pop("deadline_s")
+    raw["workload"]["mix"][0]["deadline_factor"] = 3
+    raw["servers"][0]["models"] = ["gpt2"]  # the edge cannot serve gpt2-large
+    raw["requests"] = 40
+    ld = _load(tmp_path, raw)
+    res = run_one(ld, "server_only", 0)
+    cloud = ProblemBook(site_view(ld, 1))
+    arr = res.arrivals
+    for i in range(len(arr)):
+        key = (int(arr.klass[i]), int(arr.group[i]), int(arr.prompt_tokens[i]), 0)
+        assert res.deadline_s[i] == pytest.approx(cloud.get(*key).deadline_s, rel=1e-12)

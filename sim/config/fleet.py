@@ -60,17 +60,9 @@ def check_fleet(ld) -> None:
         for m, model in enumerate(group.models or []):
             if model not in ld.models:
                 raise UserError(f"{ld.source}: servers.{g}.models.{m}: unknown model '{model}'")
-    devices = ld.group_devices
-    alike = all(d == devices[0] for d in devices) and not any(c.sites for c in sc.clients)
     for k, cls in enumerate(sc.workload.mix):
         if cls.task == "synthetic" or not groups:
             continue
-        if cls.deadline_factor is not None and not alike:
-            raise UserError(
-                f"{ld.source}: workload.mix.{k}.deadline_factor: a multiple of the server-only "
-                "latency needs one such latency, but this fleet's sites differ (devices or "
-                "client links); give deadline_s (seconds) instead"
-            )
         if not any(g.models is None or cls.model in g.models for g in groups):
             raise UserError(
                 f"{ld.source}: workload.mix.{k}.model: no server group holds '{cls.model}' "

@@ -44,7 +44,13 @@ class FleetBooks(list):
 
     @classmethod
     def of(cls, ld: LoadedScenario) -> FleetBooks:
-        return cls(ProblemBook(site_view(ld, g)) for g in range(len(ld.group_devices)))
+        """The books of every site; each knows the others (`ProblemBook.peers`), so a
+        relative SLA is a multiple of the least server-only latency over the fleet."""
+        books = cls(ProblemBook(site_view(ld, g)) for g in range(len(ld.group_devices)))
+        for book, group in zip(books, ld.scenario.servers or [], strict=True):
+            book.peers = [b for b in books if b is not book]
+            book.models_held = None if group.models is None else frozenset(group.models)
+        return books
 
 
 def child_seed(seed: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:

@@ -157,6 +157,13 @@ def build_batch(book: ProblemBook, klass: int, group: int, sizes: list[tuple[int
     else:  # relative SLA: the server-only plan must fit the provisional deadline 1.0
         latency = server_only_latency(whole)
         ok &= latency <= 1.0 * (1 + 1e-12)
+        for peer in book.peers:  # a fleet: the least server-only latency over its sites
+            if not peer.holds(klass):
+                continue
+            other = build_arrays(peer, klass, group, prompts, outputs, peer.nominal_link(group))
+            if other is None:
+                return None
+            latency = np.minimum(latency, server_only_latency(other))
         deadline = cls.deadline_factor * latency
     keep = 1 - book.split.slack_fraction
     plan_deadline = deadline * keep

@@ -179,6 +179,40 @@ class ProblemBook:
         # and `steps(row)` give the size's
         self.pending: dict[tuple, tuple] = {}
         self.pending_work: dict[tuple, tuple] = {}
+        # a fleet's other sites (`sim.engine.fleet.FleetBooks`): a relative SLA
+        # (deadline_factor) multiplies the least server-only latency over every site
+        self.peers: list[ProblemBook] = []
+        self.models_held: frozenset[str] | None = None  # a fleet site's models (None: all)
+        self._server_only_s: dict[tuple, float] = {}
+
+    def holds(self, klass: int) -> bool:
+        """Whether this book's server holds the class's model (a fleet's group may not)."""
+        held = self.models_held
+        return held is None or self.ld.scenario.workload.mix[klass].model in held
+
+    def nominal_link(self, group: int) -> Link:
+        """A client group's nominal link (to this book's server)."""
+        cfg = self.ld.scenario.clients[group].link
+        return Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+
+    def server_only_latency_s(self, klass: int, group: int, prompt: int, output: int) -> float:
+        """A size's server-only latency (s) on this book's server over the group's nominal
+        link (cached)."""
+        key = (klass, group, prompt, output)
+        found = self._server_only_s.get(key)
+        if found is None:
+            problem = self._problem(klass, group, prompt, output, self.nominal_link(group), 1.0)
+            found = self._server_only_s[key] = solve(problem, "server_only").latency
+        return found
+
+    def reference_latency_s(self, own_s: float, klass: int, group: int, prompt: int,
+                            output: int) -> float:  # fmt: skip
+        """What a relative SLA multiplies: `own_s` (this server's server-only latency), or
+        for a fleet the least over every site that holds the model."""
+        for peer in self.peers:
+            if peer.holds(klass):
+                own_s = min(own_s, peer.server_only_latency_s(klass, group, prompt, output))
+        return own_s
 
     def unit_times_s(
         self, klass: int, prompt: int, output: int, device: DeviceSpec, weight_dtype=None
@@ -367,7 +401,8 @@ class ProblemBook:
             )
         if deadline is None:  # relative SLA: a multiple of the server-only nominal latency
             server_only = solve(problem, "server_only")
-            deadline = cls.deadline_factor * server_only.latency  # type: ignore[operator]
+            reference = self.reference_latency_s(server_only.latency, klass, group, prompt, output)
+            deadline = cls.deadline_factor * reference  # type: ignore[operator]
         # plans aim at the SLA less the slack kept for queueing and link variation
         keep = 1 - self.split.slack_fraction
         problem = problem.with_deadline(deadline * keep)
