@@ -168,6 +168,9 @@ SERVER_COLUMNS: tuple[str, ...] = (
     "server_busy_mean_s",
     "sla_violation_rate",
     "server_work_per_request",
+    "server_tokens_per_s",  # token granularity only (NaN otherwise)
+    "batch_size_mean",  # token granularity only: requests per iteration of this server
+    "kv_memory_gb_mean",  # token granularity only: this server's KV cache in use
 )
 SERVER_TIMESERIES_COLUMNS: tuple[str, ...] = (
     "policy",

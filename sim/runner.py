@@ -21,6 +21,7 @@ from sim.engine.load import exact_mean_server_only_s
 from sim.engine.planner import ProblemBook
 from sim.engine.recorder import RunResult
 from sim.engine.registry import engine_for
+from sim.engine.token_fleet import TokenFleetSimulation
 from sim.engine.workload import (
     Streams,
     generate_arrivals,
@@ -150,8 +151,22 @@ def _server_rows(ld: LoadedScenario, res: RunResult, frame: pd.DataFrame, rep: i
             "server_busy_mean_s": float(admitted["server_busy_s"].mean()) if len(admitted) else float("nan"),
             "sla_violation_rate": float(1 - done["sla_met"].sum() / n) if n else float("nan"),
             "server_work_per_request": float(admitted["server_work"].mean()) if len(admitted) else float("nan"),
+            **_server_token_columns(res, s, warmup, end),
         })  # fmt: skip
     return rows
+
+
+def _server_token_columns(res: RunResult, s: int, warmup: float, end: float) -> dict:
+    """servers.csv's token columns of server s (NaN at request granularity)."""
+    if res.fleet_token is None or end <= warmup:
+        return dict.fromkeys(("server_tokens_per_s", "batch_size_mean", "kv_memory_gb_mean"),
+                             float("nan"))  # fmt: skip
+    tokens, batch, kv = res.fleet_token[s]
+    return {
+        "server_tokens_per_s": (tokens.at(end) - tokens.at(warmup)) / (end - warmup),
+        "batch_size_mean": batch.mean(warmup, end),
+        "kv_memory_gb_mean": kv.mean(warmup, end) / 1e9,
+    }
 
 
 def _server_timeseries(ld: LoadedScenario, res: RunResult, rep: int, bins: int) -> pd.DataFrame:
@@ -217,9 +232,10 @@ def server_only_capacity(ld: LoadedScenario) -> float:
 
 def _engine(ld: LoadedScenario) -> type:
     """The engine of the scenario's granularity (`sim.engine.registry`); a fleet's
-    (`servers:`) runs at request granularity (`sim.engine.fleet`)."""
+    (`servers:`) at either granularity (`sim.engine.fleet`, `sim.engine.token_fleet`)."""
     if ld.scenario.servers is not None:
-        return FleetSimulation
+        token = ld.scenario.simulation.granularity == "token"
+        return TokenFleetSimulation if token else FleetSimulation
     return engine_for(ld.scenario.simulation.granularity)
 
 

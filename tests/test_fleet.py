@@ -258,12 +258,6 @@ BAD = [
         ">= 0",
     ),
     (lambda r: r["servers"].append(dict(r["servers"][0])), "servers", "unique"),
-    (lambda r: r.update(simulation={"granularity": "token"}), "(top level)", "granularity"),
-    (
-        lambda r: [r.update(simulation={"granularity": "token"}), r["servers"].pop()],
-        "(top level)",
-        "use server: for one batching server",
-    ),
 ]
 
 
@@ -387,3 +381,67 @@ def test_a_relative_sla_counts_only_sites_holding_the_model(tmp_path):
     for i in range(len(arr)):
         key = (int(arr.klass[i]), int(arr.group[i]), int(arr.prompt_tokens[i]), 0)
         assert res.deadline_s[i] == pytest.approx(cloud.get(*key).deadline_s, rel=1e-12)
+
+
+def chat_fleet(routing: str, policies: list[str]) -> dict:
+    """Token granularity: an L4 near the laptops, two A100s far away, Qwen2.5-0.5B chat."""
+    return {
+        "name": "tf", "seed": 5, "requests": 200, "policies": policies,
+        "servers": [{"name": "edge", "device": "l4", "max_queue": 40},
+                    {"name": "cloud", "device": "a100-80gb", "count": 2}],
+        "routing": {"policy": routing},
+        "simulation": {"granularity": "token", "max_batch_requests": 32},
+        "clients": [
+            {"name": "laptops", "count": 2000, "device": "laptop-m2", "weight_dtype": "int4",
+             "resident": "fit", "link": {"uplink_mbps": 50, "downlink_mbps": 200, "rtt_ms": 20},
+             "sites": {"edge": {"rtt_ms": 5}, "cloud": {"rtt_ms": 40}}},
+            {"name": "phones", "count": 2000, "device": "phone-flagship", "resident": "none"},
+        ],
+        "workload": {"arrival": {"kind": "poisson", "rate_per_s": 30}, "mix": [{
+            "name": "chat", "model": "qwen2.5-0.5b", "task": "generate",
+            "prompt_tokens": {"kind": "uniform", "low": 64, "high": 1024},
+            "output_tokens": {"kind": "uniform", "low": 8, "high": 96},
+            "ttft_deadline_s": 0.5, "tpot_deadline_s": 0.05,
+        }]},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("routing", ["random", "least_outstanding", "split_aware"])
+@pytest.mark.parametrize("policy", ["server_only", "dp", "dp_batched", "dp_phases"])
+def test_a_token_fleet_runs_and_conserves_waits_per_server(tmp_path, routing, policy):
+    """Token granularity: every request is served at one server; per server, the waits
+    its requests record are its queue integral; the fleet's series are the servers' sums."""
+    ld = _load(tmp_path, chat_fleet(routing, [policy]))
+    res = run_one(ld, policy, 0)
+    assert res.token is not None and len(res.fleet) == 3 and (res.server_of >= 0).all()
+    done = res.status == 1
+    assert done.mean() > 0.9
+    for s, levels in enumerate(res.fleet):
+        mine = res.server_of == s
+        assert res.server_wait_s[mine].sum() == pytest.approx(levels.queue_integral, rel=1e-9,
+                                                              abs=1e-12)  # fmt: skip
+    end = res.end_s
+    tokens = sum(series[0].at(end) for series in res.fleet_token)
+    assert res.token.server_tokens.at(end) == pytest.approx(tokens)
+
+
+@pytest.mark.parametrize("granularity", ["request", "token"])
+def test_a_fleet_of_one_is_the_one_server(tmp_path, granularity):
+    """`servers:` with one server (same device, settings, links) gives the requests
+    `server:` gives, in both engines: the fleet adds routing, not behaviour."""
+    if granularity == "token":
+        raw = chat_fleet("round_robin", ["server_only", "dp_batched", "dp_phases"])
+    else:
+        raw = edge_cloud("round_robin", ["server_only", "dp", "dp_queue_aware"])
+    for c in raw["clients"]:
+        c.pop("sites", None)
+    raw["servers"] = [{"name": "only", "device": "a100-80gb", "max_queue": 40}]
+    one = copy.deepcopy(raw)
+    del one["servers"], one["routing"]
+    one["server"] = {"device": "a100-80gb", "max_queue": 40}
+    fleet_ld, one_ld = _load(tmp_path, raw, "f.yaml"), _load(tmp_path, one, "o.yaml")
+    for policy in raw["policies"]:
+        a, b = run_one(fleet_ld, policy, 0), run_one(one_ld, policy, 0)
+        assert np.array_equal(a.finish_s, b.finish_s, equal_nan=True), policy
+        assert np.array_equal(a.server_wait_s, b.server_wait_s), policy
+        assert np.array_equal(a.status, b.status), policy

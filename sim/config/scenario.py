@@ -413,11 +413,6 @@ class Scenario(Section):
             return self
         if "server" in self.model_fields_set:
             raise ValueError("give server (one server) or servers (a fleet), not both")
-        if self.simulation.granularity == "token":
-            raise ValueError(
-                "a fleet (servers:) runs at simulation.granularity: request for now; "
-                "use server: for one batching server"
-            )
         return self
 
     @property

@@ -1,5 +1,6 @@
 """The request engine over a fleet of servers (`servers:`): a router picks each request's
-server at arrival, and the request runs its plan for that server's site there.
+server at arrival, and the request runs its plan for that server's site there (the token
+engine's fleet: `sim.engine.token_fleet`, sharing `FleetBase`).
 
 Each server group is a site (`sim.config.fleet.site_view`): its own placement problems
 (its device's unit times, the client groups' links to it), its own planner for the policy
@@ -74,7 +75,68 @@ class FleetRecorder(RequestRecorder):
         self._fleet.outstanding[self._fleet._server_of[i]] -= 1
 
 
-class FleetSimulation(Simulation):
+class FleetBase:
+    """What both engines' fleets share: the servers, the sites' links, the router and
+    what it reads (outstanding requests, eligible servers, plans per site)."""
+
+    planners: list[Planner]
+
+    def _init_fleet(self, ld: LoadedScenario, arrivals: Arrivals, jitter_seed, servers) -> None:
+        """The fleet's state over `servers` (one per fleet server, in fleet order)."""
+        sc, env = ld.scenario, self.env  # type: ignore[attr-defined]
+        self.groups = sc.servers
+        self.sites = ld.fleet
+        self.servers = servers
+        self.site_links = [
+            build_links(env, site_view(ld, g), child_seed(jitter_seed, _SITE_KEY, g))
+            for g in range(len(self.groups))
+        ]
+        self.outstanding = [0] * len(self.sites)  # routed, neither finished nor rejected
+        self._group_of = [site.group for site in self.sites]
+        self.rec = self.setup.rec = FleetRecorder(len(arrivals), self)  # type: ignore[attr-defined]
+        self._server_of = [-1] * len(arrivals)  # per request: its server (a list: hot path)
+        self._entries: dict[int, int] = {}
+        rng = np.random.default_rng(child_seed(jitter_seed, _ROUTING_KEY))
+        self.router: Router = make_router(sc.routing.policy, self, rng)
+        mix = sc.workload.mix
+        self._eligible = [
+            [s for s, site in enumerate(self.sites)
+             if holds(self.groups[site.group], None if c.task == "synthetic" else c.model)]
+            for c in mix
+        ]  # fmt: skip
+        self._eligible_groups = [
+            [servers for servers in ([s for s in eligible if self._group_of[s] == g]
+                                     for g in range(len(self.groups))) if servers]
+            for eligible in self._eligible
+        ]  # fmt: skip
+
+    def eligible_by_group(self, i: int) -> list[list[int]]:
+        """The servers that hold request i's model, per server group (in fleet order)."""
+        return self._eligible_groups[int(self.arr.klass[i])]  # type: ignore[attr-defined]
+
+    def eligible(self, i: int) -> list[int]:
+        """The servers that hold request i's model."""
+        return self._eligible[int(self.arr.klass[i])]  # type: ignore[attr-defined]
+
+    def entries(self, planned) -> int:
+        """Server segments of a plan (each waits for the server once)."""
+        found = self._entries.get(id(planned))
+        if found is None:
+            found = self._entries[id(planned)] = sum(seg[0] == SERVER for seg in planned.segments)
+        return found
+
+    def link_mbps(self, link) -> tuple[float, float]:
+        """The planner's view of a link now (`split.link_estimate`)."""
+        estimate = self.setup.link_estimate  # type: ignore[attr-defined]
+        if estimate == "oracle":
+            now = self.env.now  # type: ignore[attr-defined]
+            return link.mbps(UP, now), link.mbps(DOWN, now)
+        if estimate == "ewma":
+            return link.estimate_mbps
+        return link.nominal_mbps
+
+
+class FleetSimulation(FleetBase, Simulation):
     """`Simulation` with one server pool per fleet server and a router (see module doc)."""
 
     def __init__(
@@ -95,45 +157,21 @@ class FleetSimulation(Simulation):
         self.planners = [Planner(b, policy) for b in book]
         super().__init__(ld, policy, arrivals, jitter_seed, book[0], progress, log,
                          self.planners[0])  # fmt: skip
-        sc, env = ld.scenario, self.env
-        self.groups = sc.servers
-        self.sites = ld.fleet
-        self.servers = [
+        servers = [
             ServerPool(
-                env,
-                self.groups[s.group].slots,
-                self.groups[s.group].discipline == "edf",
-                self.groups[s.group].max_queue,
-                hold_alpha=sc.split.wait_ewma_alpha,
+                self.env,
+                ld.scenario.servers[s.group].slots,
+                ld.scenario.servers[s.group].discipline == "edf",
+                ld.scenario.servers[s.group].max_queue,
+                hold_alpha=ld.scenario.split.wait_ewma_alpha,
                 track_recent=self.setup.load_aware,
             )  # fmt: skip
-            for s in self.sites
+            for s in ld.fleet
         ]
-        self.site_links = [
-            build_links(env, site_view(ld, g), child_seed(jitter_seed, _SITE_KEY, g))
-            for g in range(len(self.groups))
-        ]
+        self._init_fleet(ld, arrivals, jitter_seed, servers)
         self._links = self.site_links[0]  # `links` (e.g. tests reading link state)
         self.server = self.servers[0]  # the base class's one pool: finished with the rest
-        self.outstanding = [0] * len(self.sites)  # routed, neither finished nor rejected
-        self._group_of = [site.group for site in self.sites]
-        self.rec = self.setup.rec = FleetRecorder(len(arrivals), self)
-        self._server_of = [-1] * len(arrivals)  # per request: its server (a list: hot path)
         self._site_programs: dict[tuple[int, int], tuple] = {}
-        self._entries: dict[int, int] = {}
-        rng = np.random.default_rng(child_seed(jitter_seed, _ROUTING_KEY))
-        self.router: Router = make_router(sc.routing.policy, self, rng)
-        mix = sc.workload.mix
-        self._eligible = [
-            [s for s, site in enumerate(self.sites)
-             if holds(self.groups[site.group], None if c.task == "synthetic" else c.model)]
-            for c in mix
-        ]  # fmt: skip
-        self._eligible_groups = [
-            [servers for servers in ([s for s in eligible if self._group_of[s] == g]
-                                     for g in range(len(self.groups))) if servers]
-            for eligible in self._eligible
-        ]  # fmt: skip
 
     # --- set-up --------------------------------------------------------------------------
 
@@ -192,14 +230,6 @@ class FleetSimulation(Simulation):
         """Whether request i is a validation request (a drawn service time, no model)."""
         return self._plan_of[i] == SYNTHETIC
 
-    def eligible_by_group(self, i: int) -> list[list[int]]:
-        """The servers that hold request i's model, per server group (in fleet order)."""
-        return self._eligible_groups[int(self.arr.klass[i])]
-
-    def eligible(self, i: int) -> list[int]:
-        """The servers that hold request i's model."""
-        return self._eligible[int(self.arr.klass[i])]
-
     def plan_for(self, i: int, s: int):
         """Request i's plan for server s (its site's planner, at that server's live load)."""
         g = self.sites[s].group
@@ -213,25 +243,8 @@ class FleetSimulation(Simulation):
         if planner.load_aware and limit < 1:
             busy = server.recent_utilization() >= limit
         link = self.site_links[g][key[1]]
-        up, down = self._link_mbps(link)
+        up, down = self.link_mbps(link)
         return planner.get_at(key, wait if planner.load_aware else 0.0, up, down, busy)
-
-    def _link_mbps(self, link) -> tuple[float, float]:
-        """The planner's view of a link now (`split.link_estimate`)."""
-        estimate = self.setup.link_estimate
-        if estimate == "oracle":
-            now = self.env.now
-            return link.mbps(UP, now), link.mbps(DOWN, now)
-        if estimate == "ewma":
-            return link.estimate_mbps
-        return link.nominal_mbps
-
-    def entries(self, planned) -> int:
-        """Server segments of a plan (each waits for the server once)."""
-        found = self._entries.get(id(planned))
-        if found is None:
-            found = self._entries[id(planned)] = sum(seg[0] == SERVER for seg in planned.segments)
-        return found
 
     def server_only_s(self, i: int, s: int) -> float:
         """Request i's server-only time on server s (its drawn time for a validation one)."""

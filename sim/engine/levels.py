@@ -195,7 +195,9 @@ def merged_levels(parts: list[ServerLevels], now: float) -> ServerLevels:
     """The fleet's levels: busy slots and queue lengths of `parts` summed over time (their
     slots, integrals and finished holds summed), closed at `now`."""
     out = ServerLevels(sum(p.slots for p in parts))
-    out.busy, out.queue = (_summed([getattr(p, name) for p in parts]) for name in ("busy", "queue"))
+    out.busy, out.queue = (
+        summed_series([getattr(p, name) for p in parts]) for name in ("busy", "queue")
+    )
     out.busy_slots = sum(p.busy_slots for p in parts)
     out.queue_length = sum(p.queue_length for p in parts)
     out.busy_integral = sum(p.busy_integral for p in parts)
@@ -205,7 +207,7 @@ def merged_levels(parts: list[ServerLevels], now: float) -> ServerLevels:
     return out
 
 
-def _summed(series: list[LevelSeries]) -> LevelSeries:
+def summed_series(series: list[LevelSeries]) -> LevelSeries:
     """The sum of piecewise-constant levels: each part's steps merged in time order."""
     times = np.concatenate([np.asarray(s.t) for s in series])
     steps = np.concatenate([np.diff(np.asarray(s.level), prepend=0.0) for s in series])

@@ -69,9 +69,10 @@ class RunResult:
     token: object | None = None  # token granularity: `sim.engine.token.TokenStats`
     overload_stop_s: float = float("nan")  # when `max_in_flight` stopped the run (NaN: never)
     server_of: np.ndarray | None = None  # a fleet: each request's server (index into fleet)
-    fleet: tuple[ServerLevels, ...] | None = (
-        None  # a fleet: each server's levels (`server`: summed)
-    )
+    # a fleet: each server's levels (`server`: their sum); at token granularity each
+    # server's (tokens, batch, KV) series
+    fleet: tuple[ServerLevels, ...] | None = None
+    fleet_token: tuple | None = None
 
 
 def _sliced(record, n_total: int, n: int):

@@ -104,6 +104,7 @@ class TokenSimulation:
             self.env, ld, planner.book, self.server, sc.server.max_queue,
             self._after_server, self._reject, self._split_step,
         )  # fmt: skip
+        self.token_servers = [self.token_server]  # a fleet's: one per server
         self.links = self.setup.links
         self._observe, self._link_alpha = self.setup.observe, self.setup.link_alpha
         self.request_events = 0  # client legs and transfers of all requests
@@ -146,19 +147,25 @@ class TokenSimulation:
         found = self._tp_programs.get(id(planned))
         if found is not None:
             return found
+        p = self._tp_programs[id(planned)] = self.build_token_program(
+            self.book, self.token_server, key, planned
+        )
+        return p
+
+    def build_token_program(self, book: ProblemBook, ts: TokenServer, key: tuple, planned):
+        """The token program of `planned` for `key` on server `ts` (its cost model) with
+        `book`'s work (the server's site)."""
         klass, group, prompt, output = key
-        work = self.book.work(klass, prompt, output)
-        model = self.token_server.cost_model(klass)
+        work = book.work(klass, prompt, output)
+        model = ts.cost_model(klass)
         dtype = self.ld.models[self.ld.scenario.workload.mix[klass].model].activation_dtype
         dev = self.ld.client_devices[group]
         on_client = planned.plan.on_client
-        client_work = self.book.client_work(klass, group, prompt, output)  # its precision
+        client_work = book.client_work(klass, group, prompt, output)  # its precision
         decode = planned.plan.decode_on_client  # a phase plan's decode placement, or None
-        kv = None if decode is None else self.book.work(klass, prompt, 1).kv_bytes
-        p = build_program(work, on_client, (klass, prompt, output), model, dev, dtype,
-                          client_work, decode, kv)  # fmt: skip
-        self._tp_programs[id(planned)] = p
-        return p
+        kv = None if decode is None else book.work(klass, prompt, 1).kv_bytes
+        return build_program(work, on_client, (klass, prompt, output), model, dev, dtype,
+                             client_work, decode, kv)  # fmt: skip
 
     # --- run -----------------------------------------------------------------------------
 
@@ -175,31 +182,41 @@ class TokenSimulation:
         setup, rec = self.setup, self.rec
         self.prepare()
         freeze_now()  # the plans live as long as the run
-        self.env.process(self.token_server.run())
+        for ts in self.token_servers:
+            self.env.process(ts.run())
         source = self.env.process(setup.arrival_process(self._admit))
         self.env.run(until=source)
         stop_s = self.env.now
         backlog_at_stop = rec.backlog(stop_s, setup.arrived)  # not those kept out
         if setup.overloaded:  # overload stop: no drain
             end_s = stop_s
-            self.token_server.flush(end_s)
+            for ts in self.token_servers:
+                ts.flush(end_s)
         else:
             end_s = self._drain(stop_s)
         rec.unfinished_at(end_s)
-        self.server.finish(self.env.now)
-        self.server.queue_from_waits(*self.token_server.waits())
-        ts = self.token_server
-        token = TokenStats(
+        for ts in self.token_servers:
+            ts.levels.finish(self.env.now)
+            ts.levels.queue_from_waits(*ts.waits())
+        token = self.token_stats(self.token_server)
+        return rec.result(
+            setup.arrived, setup.overload_stop_s,
+            policy=self.policy, arrivals=self.arr, server=self.server_levels(), stop_s=stop_s,
+            end_s=float(end_s), backlog_at_stop=backlog_at_stop,
+            cached_plans=self.planner.cached_plans, events=next(self.env._eid), token=token,
+        )  # fmt: skip
+
+    def token_stats(self, ts) -> TokenStats:
+        """The run's token metrics with `ts`'s batch state (a fleet passes its sum)."""
+        return TokenStats(
             self.ttft, self.tpot, self.itl50, self.itl99, self.itlmax, self.gaps,
             ts.series_tokens, ts.series_batch, ts.series_kv, ts.kv_capacity,
             ts.iterations, ts.preemptions, self.request_events + ts.visits + ts.span_events + ts.step_events,
         )  # fmt: skip
-        return rec.result(
-            setup.arrived, setup.overload_stop_s,
-            policy=self.policy, arrivals=self.arr, server=self.server, stop_s=stop_s,
-            end_s=float(end_s), backlog_at_stop=backlog_at_stop,
-            cached_plans=self.planner.cached_plans, events=next(self.env._eid), token=token,
-        )  # fmt: skip
+
+    def server_levels(self) -> ServerLevels:
+        """The levels the result reports (a fleet's: its servers' summed)."""
+        return self.server
 
     def _drain(self, stop_s: float) -> float:
         """Run past the last arrival (to the end, or for `drain_s`); the run's end (s)."""
@@ -210,12 +227,14 @@ class TokenSimulation:
         until = stop_s + drain_s
         if until > self.env.now:
             self.env.run(until=until)
-        self.token_server.flush(until)
+        for ts in self.token_servers:
+            ts.flush(until)
         return until
 
     # --- requests ------------------------------------------------------------------------
 
-    def _admit(self, i: int) -> None:
+    def _route(self, i: int) -> tuple:
+        """Request i's (token program, link, batching server): its plan on the one server."""
         setup = self.setup
         key = setup.keys[i]
         if setup.plan_of[i] == AT_ARRIVAL:
@@ -223,15 +242,20 @@ class TokenSimulation:
             prog = self._token_program(key, planned)
         else:
             prog = self._token_program(key)
-        r = TokenRequest(i, prog, setup.client[i], self.links[setup.group[i]], self.env.now)
-        link = r.link
+        return prog, self.links[setup.group[i]], self.token_server
+
+    def _admit(self, i: int) -> None:
+        setup = self.setup
+        prog, link, ts = self._route(i)
+        r = TokenRequest(i, prog, setup.client[i], link, self.env.now)
+        r.ts = ts
         if self._coalesce and link.fixed and not self._observe:
             if prog.span_ok:
                 r.span_ok = prog.step_out > 0  # as `_xfer` computes a token's way down:
                 r.down_s = link.serialisation_s(DOWN, prog.step_out, 0.0) + link.delay_s(1.0)
             elif prog.split_ok and self.split_steps:
                 self._fix_split_step(r, prog, link)
-        if self.token_server.edf:
+        if ts.edf:
             r.priority = self.env.now + setup.deadline[i]
         self.rec.admitted()
         t = self.env.now
@@ -277,7 +301,7 @@ class TokenSimulation:
             legs = prog.pass_legs if r.k == 0 else prog.step_legs
             if r.leg < len(legs):
                 if legs[r.leg][0] == SERVER_LEG:
-                    self.token_server.push(t, r)
+                    r.ts.push(t, r)
                     return
                 t = self._client_leg(r, t)
                 r.leg += 1

@@ -300,7 +300,7 @@ class TokenRequest:
         "admitted", "recompute", "kv", "grow", "admit_seq", "priority", "t_ready",
         "s_wait", "s_busy", "c_wait", "c_busy", "xfer", "nbytes", "done", "chunk",
         "span_ok", "down_s", "split_ok", "up_s", "step_events", "step_times", "c_from",
-        "c_key",
+        "c_key", "ts",
     )  # fmt: skip
 
     def __init__(self, i: int, prog: TokenProgram, client: int, link: LinkModel, arrival: float):
@@ -322,6 +322,7 @@ class TokenRequest:
         self.up_s = 0.0  # the fixed time of the activation's transfer to the server (s),
         self.step_events = 0  # request events per step (transfers and the client leg)
         self.step_times: list[float] | None = None  # and its client leg's time per step
+        self.ts = None  # the batching server that serves it (`TokenServer`)
         self.c_from = 0  # in the server's decode cohort: its first iteration not applied,
         self.c_key: tuple = ()  # and its place in the block (`sim.engine.cohort`)
 

@@ -52,6 +52,8 @@ def kv_capacity_bytes(ld: LoadedScenario, book: ProblemBook) -> float:
     weights = 0.0
     for name in {c.model for c in mix}:
         k = next(i for i, c in enumerate(mix) if c.model == name)
+        if not book.holds(k):  # a fleet site that does not hold this model
+            continue
         work = book.work(k, 1, 1 if mix[k].task == "generate" else 0)
         weights += float(work.weight_bytes.sum())
     free = ld.server_device.memory_bytes - weights
