@@ -16,8 +16,9 @@ from sim.config import load_scenario
 from sim.config.fleet import site_view
 from sim.engine.fleet import FleetBooks
 from sim.engine.planner import Planner, ProblemBook
+from sim.engine.token_fleet import TokenFleetSimulation
 from sim.errors import UserError
-from sim.runner import prepare, run_one
+from sim.runner import _replication_arrivals, prepare, run_one
 
 MEAN_SERVICE_S = 0.01  # mu = 100 / s per server
 
@@ -445,3 +446,29 @@ def test_a_fleet_of_one_is_the_one_server(tmp_path, granularity):
         assert np.array_equal(a.finish_s, b.finish_s, equal_nan=True), policy
         assert np.array_equal(a.server_wait_s, b.server_wait_s), policy
         assert np.array_equal(a.status, b.status), policy
+
+
+def test_a_server_group_sets_its_own_batching(tmp_path):
+    """servers[].max_batch_requests / max_batch_tokens / kv_memory_gb override the
+    simulation's for that group's servers only."""
+    raw = chat_fleet("least_outstanding", ["server_only"])
+    raw["servers"][0].update(max_batch_requests=4, max_batch_tokens=600, kv_memory_gb=0.5)
+    ld = _load(tmp_path, raw)
+    books = FleetBooks.of(ld)
+    arrivals, seed = _replication_arrivals(ld, 0, float("nan"))
+    sim = TokenFleetSimulation(ld, "server_only", arrivals, seed, books)
+    edge, cloud = sim.token_servers[0], sim.token_servers[1]
+    assert (edge.max_batch, edge.max_tokens, edge.kv_capacity) == (4, 600, 0.5e9)
+    assert (cloud.max_batch, cloud.max_tokens) == (32, 8192) and cloud.kv_capacity > 10e9
+    res = sim.run()
+    assert res.fleet_token[0][1].max(0, res.end_s) <= 4  # the edge's batch never exceeds 4
+
+
+def test_group_batching_needs_token_granularity(tmp_path, capsys):
+    raw = edge_cloud()
+    raw["servers"][0]["max_batch_requests"] = 8
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "servers.0.max_batch_requests" in err and "token" in err

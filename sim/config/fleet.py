@@ -3,8 +3,9 @@
 Each server group (`servers[g]`) is one site: its servers share a device, how they run and
 the links the client groups have to them (`clients[].link`, with the fields of
 `clients[].sites[<group name>]` replaced). `site_view(ld, g)` is the scenario as seen from
-group g's site: a `LoadedScenario` whose one server is that group's device and whose client
-links are the links to that site, so everything built for one server (placement problems,
+group g's site: a `LoadedScenario` whose one server is that group's device (with the
+group's own batching settings, where it gives them) and whose client links are the links
+to that site, so everything built for one server (placement problems,
 planners, link models) is built per site unchanged.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from sim.catalog.specs import DeviceSpec
-from sim.config.scenario import ServerConfig, ServerGroup
+from sim.config.scenario import GROUP_BATCHING, ServerConfig, ServerGroup
 from sim.errors import UserError
 
 
@@ -81,7 +82,11 @@ def site_view(ld, g: int):
         c.model_copy(update={"link": c.link.model_copy(update=_site_fields(c, group.name))})
         for c in sc.clients
     ]
-    view = sc.model_copy(update={"server": server_config(group), "clients": clients})
+    batching = {k: getattr(group, k) for k in GROUP_BATCHING if getattr(group, k) is not None}
+    simulation = sc.simulation.model_copy(update=batching) if batching else sc.simulation
+    view = sc.model_copy(
+        update={"server": server_config(group), "clients": clients, "simulation": simulation}
+    )
     return replace(ld, scenario=view, server_device=ld.group_devices[g])
 
 

@@ -55,7 +55,20 @@ class ServerGroup(ServerConfig):
     models: list[str] | None = Field(
         None, min_length=1, description="the models these servers hold (default: every model)"
     )
+    # token granularity: this group's batching, where it differs from `simulation:`'s
+    max_batch_requests: lim.BATCH_REQUESTS.optional = Field(
+        None, description="token: requests running at once on each server (default simulation's)"
+    )
+    max_batch_tokens: lim.BATCH_TOKENS.optional = Field(
+        None, description="token: new tokens per iteration (default simulation's)"
+    )
+    kv_memory_gb: lim.MEMORY_GB.optional = Field(
+        None, description="token: each server's KV-cache memory (default simulation's)"
+    )
 
+
+# a server group's own batching settings (token granularity), overriding `simulation:`'s
+GROUP_BATCHING = ("max_batch_requests", "max_batch_tokens", "kv_memory_gb")
 
 ROUTING_POLICIES = (
     "round_robin",
@@ -413,6 +426,14 @@ class Scenario(Section):
             return self
         if "server" in self.model_fields_set:
             raise ValueError("give server (one server) or servers (a fleet), not both")
+        if self.simulation.granularity == "request":
+            for g, group in enumerate(self.servers):
+                for name in GROUP_BATCHING:
+                    if getattr(group, name) is not None:
+                        raise ValueError(
+                            f"servers.{g}.{name} sets a batching server: it needs "
+                            "simulation.granularity: token"
+                        )
         return self
 
     @property
