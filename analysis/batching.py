@@ -1,6 +1,6 @@
 """The batching study's report (`results/batching/`): where splitting pays on a batching server.
 
-Run: python -m analysis.batching results/batching
+Run: python -m analysis.batching results/batching [--sweep scenarios/batching/capacity.yaml]
 
 Reads the capacity search's `capacity.csv` (`scenarios/batching/capacity.yaml`: one row per
 point, policy and replication) and writes, in the same folder, `summary.md` (capacity of
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from analysis.regenerate import run_sweep  # noqa: E402
 from analysis.style import (  # noqa: E402
     DOUBLE_WIDTH_IN,
     ordered_policies,
@@ -282,7 +283,12 @@ def figure(table: pd.DataFrame):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="the study's sweep folder")
+    parser.add_argument("--sweep", type=Path, metavar="FILE",
+                        help="run this sweep file into the folder first (--fresh)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.sweep is not None and run_sweep(args.sweep, args.folder) != 0:
+        print(f"analysis.batching: the sweep {args.sweep} failed", file=sys.stderr)
+        return 2
     path = args.folder / "capacity.csv"
     if not path.is_file():
         print(f"analysis.batching: {path}: not found; run the sweep first", file=sys.stderr)

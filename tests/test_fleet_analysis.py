@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis import fleet
 
@@ -53,3 +56,18 @@ def test_the_command_writes_report_and_figure(tmp_path):
     assert (tmp_path / "summary.md").read_text().startswith("# Routing and splitting together")
     assert (tmp_path / "figures" / "capacity_by_routing.png").stat().st_size > 10_000
     assert fleet.main([str(tmp_path / "missing")]) == 2
+
+
+def test_one_command_runs_the_sweep_then_writes_the_report(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "cap.yaml").write_text(yaml.safe_dump({
+        "name": "cap", "base": str(root / "scenarios" / "examples" / "edge_cloud.yaml"),
+        "replications": 2, "set": {"requests": 300, "warmup_s": 0.1},
+        "grid": {"routing.policy": ["least_outstanding", "split_aware"]},
+        "capacity": {"policies": ["server_only"], "rel_tol": 0.3},
+    }))  # fmt: skip
+    out = tmp_path / "study"
+    assert fleet.main([str(out), "--sweep", str(tmp_path / "cap.yaml")]) == 0
+    assert (out / "capacity.csv").is_file() and (out / "summary.md").is_file()
+    (tmp_path / "bad.yaml").write_text("name: bad\n")
+    assert fleet.main([str(tmp_path / "other"), "--sweep", str(tmp_path / "bad.yaml")]) == 2
