@@ -239,7 +239,7 @@ def test_load_is_the_fleet_capacity(tmp_path):
 
 
 BAD = [
-    (lambda r: r.update(server={"device": "a100-80gb"}), "servers", "not both"),
+    (lambda r: r.update(server={"device": "h100-sxm"}), "servers", "not both"),
     (
         lambda r: r["clients"][0]["sites"].update(moon={"rtt_ms": 1}),
         "clients.0.sites.moon",

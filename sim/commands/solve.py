@@ -57,7 +57,9 @@ def _with_table(device, path: str | None, flag: str):
     return device.model_copy(update={"cost_table": str(Path(path).resolve())})
 
 
-def run_solve(args: argparse.Namespace) -> int:
+def solve_request(args: argparse.Namespace) -> tuple:
+    """The placement problem of `splitsim solve`'s flags, the model's units, and the plans of
+    the policy, server_only and greedy (the Python API's `sim.solve` too)."""
     model = get_model(args.model, "--model")
     client = get_device(args.client, "--client")
     server = get_device(args.server, "--server")
@@ -93,6 +95,15 @@ def run_solve(args: argparse.Namespace) -> int:
     units = model_units(model, args.granularity)
     shown = [args.policy] + [p for p in ("server_only", "greedy") if p != args.policy]
     plans = {name: solve(problem, name, args.time_step_s) for name in shown}
+    return problem, units, plans
+
+
+def run_solve(args: argparse.Namespace) -> int:
+    problem, units, plans = solve_request(args)
+    model, client, server = (get_model(args.model, "--model"), get_device(args.client, "--client"),
+                             get_device(args.server, "--server"))  # fmt: skip
+    task = args.task or ("generate" if args.output_tokens > 0 else "forward")
+    client_dtype = getattr(args, "client_weight_dtype", None)
     main = plans[args.policy]
     print(
         f"{model.name} {task}, {args.tokens} tokens"

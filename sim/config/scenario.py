@@ -420,11 +420,12 @@ class Scenario(Section):
 
     @model_validator(mode="after")
     def _one_server_form(self) -> Scenario:
+        # compared with the defaults, not by presence: a dumped scenario names every field
         if self.servers is None:
-            if "routing" in self.model_fields_set:
+            if self.routing != RoutingConfig():
                 raise ValueError("routing needs a fleet: give servers (a list of server groups)")
             return self
-        if "server" in self.model_fields_set:
+        if self.server != ServerConfig():
             raise ValueError("give server (one server) or servers (a fleet), not both")
         if self.simulation.granularity == "request":
             for g, group in enumerate(self.servers):
