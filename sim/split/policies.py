@@ -198,7 +198,8 @@ def _prefixes(problem: SplitProblem) -> np.ndarray:
 def greedy(problem: SplitProblem, **_) -> Plan:
     """Prefix offload: move units to the client from the input side while the SLA holds.
 
-    Stops at the first unit whose move would break the deadline (the reported greedy).
+    Stops at the first unit whose move would break the deadline (our greedy: prefix offload;
+    the paper does not publish its rule).
     """
     candidates = _prefixes(problem)
     latency, _ = evaluate_many(problem, candidates)
