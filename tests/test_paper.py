@@ -71,11 +71,15 @@ def test_reductions_use_summed_work_over_the_mix():
     assert r["dp_vs_server_only"] == pytest.approx(1 - 10 / 20)
     assert r["dp_over_greedy"] == pytest.approx(1 - 10 / 18)
     head = headline_table(frame, 3.0)
-    assert list(head["model"]) == ["m", "n", "all (mix)"]
+    assert list(head["model"]) == ["m", "n", "all (mix)", "all (models weighted equally)"]
     assert head.loc[0, "dp_vs_server_only"] == pytest.approx(0.4)
+    # equal weights: the mean of m's 40 % and n's 60 %; over greedy the mean of 25 % and 60 %
+    assert head.loc[3, "dp_vs_server_only"] == pytest.approx(0.5)
+    assert head.loc[3, "dp_over_greedy"] == pytest.approx((0.25 + 0.6) / 2)
     text = claims_markdown(frame, 3.0)
-    assert "roughly 1/3 | 50.0 %" in text
-    assert "19 % | 44.4 %" in text
+    assert "roughly 1/3 | 50.0 % | 50.0 %" in text
+    assert "(its greedy is not published) | 44.4 % | 42.5 %" in text
+    assert "m 50 %, n 50 %" in text  # each model's share of the mix's server-only work
 
 
 @pytest.mark.slow
