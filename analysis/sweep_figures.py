@@ -35,13 +35,18 @@ PERCENT = (0.0, 100.0)
 
 
 def _load_axis(ci: pd.DataFrame) -> str:
-    """The column to plot against: the offered rate when it varies, else a varied load/rate."""
+    """The column to plot against: a varied `load` (the normalised load the sweep set, as
+    claims.md reports it), else the offered rate when it varies, else a varied rate."""
+    varied = [c for c in ci.columns if "." in c and ci[c].nunique() > 1]
+    numeric = [c for c in varied if pd.api.types.is_numeric_dtype(ci[c])]
+    load = [c for c in numeric if c.rsplit(".", 1)[-1] == "load"]
+    if load:
+        return load[0]
     col = "offered_rate_per_s_mean"
     if col in ci and ci[col].round(9).nunique() > 1:
         return col
-    varied = [c for c in ci.columns if "." in c and ci[c].nunique() > 1]
-    rate = [c for c in varied if c.rsplit(".", 1)[-1] in ("load", "rate_per_s")]
-    if rate and pd.api.types.is_numeric_dtype(ci[rate[0]]):
+    rate = [c for c in numeric if c.rsplit(".", 1)[-1] == "rate_per_s"]
+    if rate:
         return rate[0]
     raise MissingData("sweep_ci: the arrival rate does not vary across the sweep's points")
 
@@ -89,7 +94,19 @@ def queueing(ci: pd.DataFrame) -> Figure:
     panels = [("wait_mean_s", f"Mean wait ({unit})", scale, POSITIVE),
               ("wait_max_s", f"Max. wait ({unit})", scale, POSITIVE),
               ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)]  # fmt: skip
-    return _ci_panels(ci, x, panels)[0]
+    fig, axes = _ci_panels(ci, x, panels)
+    for ax, metric in zip(axes[:2], ("wait_mean_s", "wait_max_s"), strict=True):
+        _log_waits(ax, ci[f"{metric}_mean"].to_numpy(float) * scale)
+    return fig
+
+
+def _log_waits(ax: Axes, values: np.ndarray) -> None:
+    """A wait axis spanning decades (one policy overloaded, another near zero): log above
+    the smallest positive wait's decade, linear below it, so zero waits stay on the axis."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size and positive.max() / positive.min() > 20:
+        ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())))
+        ax.set_ylim(bottom=0)
 
 
 @styled
