@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.draw import figure_legend, panel_figure, policy_line, set_xlabels
+from analysis.draw import figure_legend, panel_figure, policy_line
 from analysis.io import MissingData, require_columns, require_rows
 from analysis.labels import time_unit
 from analysis.style import (
@@ -134,7 +134,9 @@ def _line_kwargs(policy: str, label: str) -> dict:
 
 @styled
 def server_timeline(timeseries: pd.DataFrame, replication: int | None = None) -> Figure:
-    """Server utilisation and queue length over time for one run (one replication)."""
+    """Server utilisation and queue length over time for one run (one replication): a row
+    per policy (small multiples sharing their axes, so no line hides another), utilisation
+    on the left, queue on the right."""
     need = ("policy", "time_s", "server_utilization", "queue_length")
     require_columns(timeseries, need, "timeseries")
     require_rows(timeseries, "timeseries")
@@ -144,17 +146,21 @@ def server_timeline(timeseries: pd.DataFrame, replication: int | None = None) ->
         rows = rows[rows["replication"] == rep]
         if rows.empty:
             raise MissingData(f"timeseries has no replication {replication}")
-    fig, axes = panel_figure(2, sharex=True, panel_height=1.45)
-    for policy in ordered_policies(rows["policy"]):
+    policies = ordered_policies(rows["policy"])
+    fig = Figure(figsize=(DOUBLE_WIDTH_IN, 0.35 + 0.95 * len(policies)), layout="constrained")
+    axes = fig.subplots(len(policies), 2, sharex=True, sharey="col", squeeze=False)
+    top = min(105.0, max(5.0, 115.0 * float(rows["server_utilization"].max())))
+    for (util, queue), policy in zip(axes, policies, strict=True):
         r = rows[rows["policy"] == policy].sort_values("time_s")
-        policy_line(axes[0], policy, r["time_s"], r["server_utilization"] * 100, markers=False)
-        policy_line(axes[1], policy, r["time_s"], r["queue_length"], markers=False)
-    axes[0].set_ylabel("Server utilisation (%)")
-    axes[0].set_ylim(0, min(105.0, max(5.0, 115.0 * float(rows["server_utilization"].max()))))
-    axes[1].set_ylabel("Queue length (requests)")
-    axes[1].set_ylim(bottom=0)
-    set_xlabels(axes, "Time (s)")
-    figure_legend(fig, axes)
+        policy_line(util, policy, r["time_s"], r["server_utilization"] * 100, markers=False)
+        policy_line(queue, policy, r["time_s"], r["queue_length"], markers=False)
+        util.set_title(policy_style(policy).label, loc="left", fontsize="small")
+        util.set_ylim(0, top)
+        queue.set_ylim(bottom=0)
+    axes[0][0].set_title("Server utilisation (%)", fontsize="medium")
+    axes[0][1].set_title("Queue length (requests)", fontsize="medium")
+    for ax in axes[-1]:
+        ax.set_xlabel("Time (s)")
     return fig
 
 

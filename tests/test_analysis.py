@@ -396,13 +396,15 @@ def test_sla_vs_load_queue_aware_skips_sweeps_without_it():
 
 def test_server_timeline_plots_one_replication():
     fig = FIGURES["server_timeline"].function(timeseries_frame())
-    util, queue = visible_axes(fig)
-    assert util.get_ylabel() == "Server utilisation (%)"
-    assert queue.get_ylabel() == "Queue length (requests)"
-    assert queue.get_xlabel() == "Time (s)"
-    for ax in (util, queue):
-        assert policy_artists(ax) == POLICIES
-        assert len(ax.get_lines()[0].get_xdata()) == 40  # replication 0 only
+    axes = visible_axes(fig)
+    assert len(axes) == 2 * len(POLICIES)  # a row per policy: utilisation, queue
+    assert axes[0].get_title() == "Server utilisation (%)"
+    assert axes[1].get_title() == "Queue length (requests)"
+    assert axes[-1].get_xlabel() == "Time (s)" and axes[-2].get_xlabel() == "Time (s)"
+    for row, policy in enumerate(POLICIES):  # one line per panel: none hides another
+        util, queue = axes[2 * row], axes[2 * row + 1]
+        assert policy_artists(util) == policy_artists(queue) == [policy]
+        assert len(util.get_lines()[0].get_xdata()) == 40  # replication 0 only
 
 
 def test_every_axis_label_carries_a_unit():
