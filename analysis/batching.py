@@ -15,7 +15,6 @@ the interval is the paired one (Student t over the replications).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import sys
@@ -29,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from analysis.regenerate import run_sweep  # noqa: E402
+from analysis.regenerate import study_main  # noqa: E402
 from analysis.style import (  # noqa: E402
     DOUBLE_WIDTH_IN,
     ordered_policies,
@@ -280,26 +279,17 @@ def figure(table: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the study's sweep folder")
-    parser.add_argument("--sweep", type=Path, metavar="FILE",
-                        help="run this sweep file into the folder first (--fresh)")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.sweep is not None and run_sweep(args.sweep, args.folder) != 0:
-        print(f"analysis.batching: the sweep {args.sweep} failed", file=sys.stderr)
-        return 2
-    path = args.folder / "capacity.csv"
-    if not path.is_file():
-        print(f"analysis.batching: {path}: not found; run the sweep first", file=sys.stderr)
-        return 2
-    table = pd.read_csv(path)
-    atomic_write_text(args.folder / "summary.md", summary(table, args.folder))
+def write_report(table: pd.DataFrame, folder: Path) -> None:
+    """summary.md and figures/capacity_gain in `folder`."""
+    atomic_write_text(folder / "summary.md", summary(table, folder))
     fig = figure(table)
-    save_figure(fig, args.folder / "figures" / "capacity_gain")
+    save_figure(fig, folder / "figures" / "capacity_gain")
     plt.close(fig)
-    print(f"analysis.batching: {args.folder / 'summary.md'}, figures/capacity_gain.(pdf|png)")
-    return 0
+    print(f"analysis.batching: {folder / 'summary.md'}, figures/capacity_gain.(pdf|png)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main(argv, "batching", __doc__.splitlines()[0], write_report)
 
 
 if __name__ == "__main__":

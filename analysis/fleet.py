@@ -16,7 +16,6 @@ crosses zero is reported as a tie.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.draw import policy_bars  # noqa: E402
-from analysis.regenerate import run_sweep  # noqa: E402
+from analysis.regenerate import study_main  # noqa: E402
 from analysis.style import (  # noqa: E402
     COLUMN_WIDTH_IN,
     ordered_policies,
@@ -168,30 +167,20 @@ def figure(table: pd.DataFrame):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the study's sweep folder")
-    parser.add_argument("--sweep", type=Path, metavar="FILE",
-                        help="run this sweep file into the folder first (--fresh)")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.sweep is not None and run_sweep(args.sweep, args.folder) != 0:
-        print(f"analysis.fleet: the sweep {args.sweep} failed", file=sys.stderr)
-        return 2
-    path = args.folder / "capacity.csv"
-    if not path.is_file():
-        print(f"analysis.fleet: {path}: not found; run the sweep first", file=sys.stderr)
-        return 2
-    table = pd.read_csv(path)
+def write_report(table: pd.DataFrame, folder: Path) -> str | None:
+    """summary.md and figures/capacity_by_routing in `folder`, or why it cannot."""
     if ROUTING not in table:
-        print(f"analysis.fleet: {path}: no {ROUTING} column (not a routing sweep)",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    atomic_write_text(args.folder / "summary.md", summary(table))
+        return f"no {ROUTING} column (not a routing sweep)"
+    atomic_write_text(folder / "summary.md", summary(table))
     fig = figure(table)
-    save_figure(fig, args.folder / "figures" / "capacity_by_routing")
+    save_figure(fig, folder / "figures" / "capacity_by_routing")
     plt.close(fig)
-    print(f"analysis.fleet: {args.folder / 'summary.md'}, figures/capacity_by_routing.(pdf|png)")
-    return 0
+    print(f"analysis.fleet: {folder / 'summary.md'}, figures/capacity_by_routing.(pdf|png)")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return study_main(argv, "fleet", __doc__.splitlines()[0], write_report)
 
 
 if __name__ == "__main__":

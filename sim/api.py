@@ -97,18 +97,25 @@ def run(
                   res.server_timeseries, Path(output) if output else None)  # fmt: skip
 
 
-def _command(argv: list[str]) -> None:
-    """Run a `splitsim` command in this process; a usage error becomes a `UserError`."""
-    import importlib
-
-    from sim.cli import _COMMANDS, build_parser
+def _parse(argv: list[str]):
+    """`splitsim`'s parsed arguments; a usage error becomes a `UserError` (its one line)."""
+    from sim.cli import build_parser
 
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            args = build_parser().parse_args(argv)
+            return build_parser().parse_args(argv)
     except SystemExit:
         raise UserError(err.getvalue().strip().splitlines()[-1]) from None
+
+
+def _command(argv: list[str]) -> None:
+    """Run a `splitsim` command in this process (its printed report discarded)."""
+    import importlib
+
+    from sim.cli import _COMMANDS
+
+    args = _parse(argv)
     module, function = _COMMANDS[args.command]
     with contextlib.redirect_stdout(io.StringIO()):
         getattr(importlib.import_module(module), function)(args)
@@ -169,20 +176,13 @@ def solve(
     (`deadline_s`, `uplink_mbps`, `output_tokens`, `granularity`, ...). Returns
     {"problem": SplitProblem, "units": unit names, "plans": {policy: Plan}} for the policy,
     server_only and greedy."""
-    from sim.cli import build_parser
     from sim.commands.solve import solve_request
 
     argv = ["solve", "--model", model, "--client", client, "--server", server,
             "--tokens", str(tokens), "--policy", policy]  # fmt: skip
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(argv)
-    except SystemExit:
-        raise UserError(err.getvalue().strip().splitlines()[-1]) from None
-    problem, units, plans = solve_request(args)
+    problem, units, plans = solve_request(_parse(argv))
     return {"problem": problem, "units": [u.name for u in units], "plans": plans}
 
 

@@ -25,7 +25,6 @@ from sim.config import LoadedScenario
 from sim.config.fleet import holds, site_view
 from sim.engine.heap import frozen_heap
 from sim.engine.levels import merged_levels
-from sim.engine.network import DOWN, UP
 from sim.engine.plan_batch import prefetch
 from sim.engine.planner import SERVER, Planner, ProblemBook
 from sim.engine.recorder import RequestRecorder, RunResult
@@ -62,7 +61,7 @@ def child_seed(seed: np.random.SeedSequence, *key: int) -> np.random.SeedSequenc
 class FleetRecorder(RequestRecorder):
     """The run's record, counting each server's outstanding requests down as they end."""
 
-    def __init__(self, n: int, fleet: FleetSimulation):
+    def __init__(self, n: int, fleet: FleetBase):
         super().__init__(n)
         self._fleet = fleet
 
@@ -124,16 +123,6 @@ class FleetBase:
         if found is None:
             found = self._entries[id(planned)] = sum(seg[0] == SERVER for seg in planned.segments)
         return found
-
-    def link_mbps(self, link) -> tuple[float, float]:
-        """The planner's view of a link now (`split.link_estimate`)."""
-        estimate = self.setup.link_estimate  # type: ignore[attr-defined]
-        if estimate == "oracle":
-            now = self.env.now  # type: ignore[attr-defined]
-            return link.mbps(UP, now), link.mbps(DOWN, now)
-        if estimate == "ewma":
-            return link.estimate_mbps
-        return link.nominal_mbps
 
 
 class FleetSimulation(FleetBase, Simulation):
@@ -243,7 +232,7 @@ class FleetSimulation(FleetBase, Simulation):
         if planner.load_aware and limit < 1:
             busy = server.recent_utilization() >= limit
         link = self.site_links[g][key[1]]
-        up, down = self.link_mbps(link)
+        up, down = self.setup.link_mbps(link)
         return planner.get_at(key, wait if planner.load_aware else 0.0, up, down, busy)
 
     def server_only_s(self, i: int, s: int) -> float:
@@ -301,24 +290,19 @@ class FleetSimulation(FleetBase, Simulation):
         self.server_of = np.array(self._server_of, np.int32)
         if self._static is None:
             return
-        rec, groups = self.rec, np.array(self._group_of)
-        routed = self.server_of >= 0
+        # each routed request's plan: its (site, size) in one flat list, as `_record_static`
+        # takes the plans of a single server
+        flat: list = []
+        table = np.full((len(self._static), len(self._static[0])), -1, np.intp)
         for g, plans in enumerate(self._static):
-            idx = np.flatnonzero(routed & (groups[np.maximum(self.server_of, 0)] == g))
-            idx = idx[np.asarray(self._plan_of)[idx] != SYNTHETIC]
-            if not idx.size:
-                continue
-            at = self._of_request[idx]
-            pick = lambda f, plans=plans: np.array(  # noqa: E731
-                [f(p[1]) if p is not None else np.nan for p in plans]
-            )
-            rec.deadline_s[idx] = pick(lambda p: p.deadline_s)[at]
-            rec.planned_latency_s[idx] = pick(lambda p: p.plan.latency)[at]
-            rec.plan_feasible[idx] = pick(lambda p: p.plan.feasible)[at].astype(bool)
-            rec.server_work[idx] = pick(lambda p: p.plan.server_work)[at]
-            rec.server_only_work[idx] = pick(lambda p: p.server_only_work)[at]
-            rec.client_units[idx] = pick(lambda p: p.plan.client_units)[at]
-            rec.switches[idx] = pick(lambda p: p.plan.switches)[at]
+            for d, found in enumerate(plans):
+                if found is not None:
+                    table[g, d] = len(flat)
+                    flat.append(found[1])
+        groups = np.array(self._group_of)[np.maximum(self.server_of, 0)]
+        pid = np.where(self.server_of >= 0, table[groups, self._of_request], -1)
+        pid[np.asarray(self._plan_of) == SYNTHETIC] = -1  # recorded before the run
+        self.setup._record_static(pid, flat)
 
     # --- result --------------------------------------------------------------------------
 
@@ -327,6 +311,5 @@ class FleetSimulation(FleetBase, Simulation):
         levels = [pool.levels for pool in self.servers]
         res.server = merged_levels(levels, float(self.env.now))
         res.fleet = tuple(levels)  # a tuple: never cut as a per-request list
-        res.server_of = self.server_of if len(self.server_of) == len(res.arrivals) else (
-            self.server_of[: len(res.arrivals)])  # fmt: skip
+        res.server_of = self.server_of[: len(res.arrivals)]  # cut as the arrivals were
         return res

@@ -141,8 +141,8 @@ class Batch:
 def build_batch(book: ProblemBook, klass: int, group: int, sizes: list[tuple[int, int]]):
     """Every size's problem and phases of a (class, group), or None (one at a time then)."""
     sc = book.ld.scenario
-    cls, cfg = sc.workload.mix[klass], sc.clients[group].link
-    link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+    cls = sc.workload.mix[klass]
+    link = book.nominal_link(group)
     prompts = np.array([s[0] for s in sizes], np.int64)
     outputs = np.array([s[1] for s in sizes], np.int64)
     whole = build_arrays(book, klass, group, prompts, outputs, link)
@@ -235,8 +235,7 @@ class _Maker:
 
     def __init__(self, book: ProblemBook, b: Batch):
         self.book, self.b = book, b
-        cfg = book.ld.scenario.clients[b.group].link
-        self.link = Link(cfg.uplink_mbps, cfg.downlink_mbps, cfg.rtt_ms)
+        self.link = book.nominal_link(b.group)
 
     def work(self, i: int):
         return self.b.whole.work.row(i)

@@ -388,10 +388,10 @@ class ProblemBook:
         self, klass: int, group: int, prompt: int, output: int, link: Link | None = None
     ) -> RequestProblem:
         sc = self.ld.scenario
-        cls, grp = sc.workload.mix[klass], sc.clients[group]
+        cls = sc.workload.mix[klass]
         work = self.work(klass, prompt, output)
         if link is None:
-            link = Link(grp.link.uplink_mbps, grp.link.downlink_mbps, grp.link.rtt_ms)
+            link = self.nominal_link(group)
         problem = self._problem(klass, group, prompt, output, link, cls.deadline_s or 1.0)
         deadline = cls.deadline_s
         if deadline is None and cls.deadline_factor is None:

@@ -94,11 +94,15 @@ class ShortestExpectedWait(Router):
     there plus its own server-only time on that device."""
 
     def route(self, i: int) -> int:
-        fleet = self.fleet
-        return min(
-            fleet.eligible(i),
-            key=lambda s: fleet.servers[s].expected_wait_s() + fleet.server_only_s(i, s),
-        )
+        return shortest_expected_wait(self.fleet, i)
+
+
+def shortest_expected_wait(fleet, i: int) -> int:
+    """The eligible server with the least expected wait plus request i's own time there."""
+    return min(
+        fleet.eligible(i),
+        key=lambda s: fleet.servers[s].expected_wait_s() + fleet.server_only_s(i, s),
+    )
 
 
 class SplitAware(Router):
@@ -110,7 +114,7 @@ class SplitAware(Router):
     def route(self, i: int) -> int:
         fleet = self.fleet
         if fleet.is_synthetic(i):  # nothing to split: the shortest expected wait
-            return ShortestExpectedWait.route(self, i)  # type: ignore[arg-type]
+            return shortest_expected_wait(fleet, i)
         if not fleet.plans_at_arrival:
             return self._route_static(i)
         best = None

@@ -218,17 +218,20 @@ class RunSetup:
         planner = self.planner
         wait, busy = live_load() if planner.load_aware else (0.0, False)
         batch = live_batch() if planner.batched and live_batch is not None else (0, 0.0, np.inf)
-        link = self.links[self.group[i]]
-        if self.link_estimate == "oracle":
-            now = self.env.now
-            up, down = link.mbps(UP, now), link.mbps(DOWN, now)
-        elif self.link_estimate == "ewma":
-            up, down = link.estimate_mbps
-        else:
-            up, down = link.nominal_mbps
+        up, down = self.link_mbps(self.links[self.group[i]])
         planned = planner.get_at(self.keys[i], wait, up, down, busy, batch)
         self.rec.plan(i, planned)
         return planned
+
+    def link_mbps(self, link: LinkModel) -> tuple[float, float]:
+        """A link's (uplink, downlink) Mb/s as planning sees it now: the oracle's current
+        bandwidth, the EWMA's estimate or the nominal one (`split.link_estimate`)."""
+        if self.link_estimate == "oracle":
+            now = self.env.now
+            return link.mbps(UP, now), link.mbps(DOWN, now)
+        if self.link_estimate == "ewma":
+            return link.estimate_mbps
+        return link.nominal_mbps
 
     # --- arrivals ------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ class TokenFleetSimulation(FleetBase, TokenSimulation):
         ts = self.token_servers[s]
         wait = ts.wait_per_pass_s() if planner.load_aware else 0.0
         batch = ts.live_batch() if planner.batched else (0, 0.0, float("inf"))
-        up, down = self.link_mbps(self.site_links[g][key[1]])
+        up, down = self.setup.link_mbps(self.site_links[g][key[1]])
         return planner.get_at(key, wait, up, down, False, batch)
 
     def server_only_s(self, i: int, s: int) -> float:
