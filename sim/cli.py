@@ -169,3 +169,7 @@ def internal_error_line(err: Exception) -> str:
         f"splitsim: internal error: {type(err).__name__}: {message} "
         f"(a bug; please report it; traceback in {where}{tail})"
     )
+
+
+if __name__ == "__main__":  # `python -m sim.cli` as well as `python -m sim`
+    raise SystemExit(main())
