@@ -107,8 +107,34 @@ def test_claims_read_a_real_load_sweep(tmp_path):
     out = run_sweep(spec, base, tmp_path, "inline", tmp_path / "q", jobs=1, progress=False)
     alloc = pd.DataFrame([_rows("server_only", 10), _rows("dp", 5), _rows("greedy", 8),
                           _rows("greedy_ratio", 6), _rows("best_cut", 5)])  # fmt: skip
-    text = claims_markdown(alloc, 3.0, queueing_ci=out.ci)
+    text = claims_markdown(alloc, 3.0, queueing_ci=out.ci, queueing_runs=out.table)
     rows = [line for line in text.splitlines() if line.startswith("| 0.")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.3", "0.8"]
-    # a synthetic request cannot be split: dp waits exactly as long as server_only
-    assert all("| 0.0 % |" in r for r in rows)
+    # a synthetic request cannot be split: dp waits exactly as long as server_only, in
+    # every replication, so the paired change is 0 with a zero-width interval
+    assert all(r.split("|")[4].strip() == "0 ± 0 %" for r in rows)
+    assert "removes 0 ± 0 % of the server's work" in text
+
+
+def test_capacity_lines_mark_a_gain_whose_interval_crosses_zero():
+    """A paired gain whose interval holds zero is called a tie; one that excludes it is not."""
+    from analysis.claims import capacity_lines
+
+    ci = pd.DataFrame(
+        [
+            {"policy": "server_only", "replications": 10, "capacity_rps_mean": 500.0,
+             "capacity_rps_ci95": 7.0, "gain_of_dp_pct_mean": 78.6, "gain_of_dp_pct_ci95": 4.8},
+            {"policy": "best_cut", "replications": 10, "capacity_rps_mean": 900.0,
+             "capacity_rps_ci95": 25.0, "gain_of_dp_pct_mean": 2.9, "gain_of_dp_pct_ci95": 3.3},
+            {"policy": "dp", "replications": 10, "capacity_rps_mean": 928.0,
+             "capacity_rps_ci95": 25.0, "gain_of_dp_pct_mean": float("nan"),
+             "gain_of_dp_pct_ci95": float("nan")},
+        ]
+    )  # fmt: skip
+    lines = capacity_lines(ci)
+    assert "10 replications" in lines[0]
+    so, bc = (
+        next(x for x in lines if x.startswith(f"| {p} ")) for p in ("server_only", "best_cut")
+    )
+    assert "crosses zero" in bc and "+2.9 % ± 3.3" in bc
+    assert "crosses zero" not in so and "+78.6 % ± 4.8" in so

@@ -37,17 +37,18 @@ class PaperPlan:
 
     run_duration_s: float
     sweep_duration_s: float
-    replications: int
+    replications: int  # of the load sweep
     loads: tuple[float, ...]
     rel_tol: float
+    capacity_replications: int  # capacities differ by a few per cent: paired, they need more
 
     @classmethod
     def full(cls) -> PaperPlan:
-        return cls(5.0, 10.0, 3, tuple(LOADS), 0.03)
+        return cls(5.0, 10.0, 5, tuple(LOADS), 0.02, 10)
 
     @classmethod
     def quick(cls) -> PaperPlan:
-        return cls(1.0, 2.0, 2, (0.4, 1.2), 0.1)
+        return cls(1.0, 2.0, 2, (0.4, 1.2), 0.1, 2)
 
 
 def is_paper_folder(out: Path) -> bool:
@@ -121,7 +122,8 @@ def reproduce(
         name="paper-queueing", grid={"workload.arrival.load": list(plan.loads)}, **common
     )
     cap = CapacityConfig(max_sla_violation_rate=0.05, max_utilization=0.95, rel_tol=plan.rel_tol)
-    cap_spec = SweepSpec(name="paper-capacity", capacity=cap, **common)
+    cap_common = {**common, "replications": plan.capacity_replications}
+    cap_spec = SweepSpec(name="paper-capacity", capacity=cap, **cap_common)
     for spec, sub in ((load_spec, "queueing"), (cap_spec, "capacity")):
         raw = dict(base)
         for key, value in sweep_set.items():
