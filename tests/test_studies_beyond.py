@@ -79,3 +79,13 @@ def test_placement_kinds_and_trends():
     assert trend_words(pd.Series([0.9, 0.5, 0.1], index=[32, 64, 128])).startswith("falls")
     assert trend_words(pd.Series([0.1, 0.5], index=[32, 64])).startswith("rises")
     assert trend_words(pd.Series([0.1, 0.5, 0.2], index=[1, 2, 3])).startswith("is not")
+
+
+def test_abs_sla_figure_has_a_panel_per_model_and_labelled_axes(table):
+    from analysis.figures import FIGURES
+
+    fig = FIGURES["workload_vs_tokens_abs_sla"].function(table)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["transformer-base", "bert-large", "gpt2-medium"]
+    assert axes[-1].get_xlabel() == "Sequence length (tokens)"
+    assert fig.get_size_inches()[1] <= 8.0
