@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.study_claims import study_lines
 from sim.atomic import atomic_write_text
 from sim.stats import mean_ci95
 
@@ -229,6 +230,7 @@ def claims_markdown(
             [c for c in region.columns if c.startswith("dp_") or c.endswith("_vs_server_only")],
         ),
         "",
+        *study_lines(alloc),
     ]
     if queueing_ci is not None and len(queueing_ci):
         lines += [

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from matplotlib.figure import Figure
 
+from analysis.abs_sla_figures import workload_vs_tokens_abs_sla
 from analysis.cost_figures import KIND_STYLE, unit_costs
 from analysis.cost_figures import _names as _names
 from analysis.cost_figures import _unit_times as _unit_times
@@ -77,6 +78,7 @@ __all__ = [
     "unit_costs",
     "workload_vs_sla",
     "workload_vs_tokens",
+    "workload_vs_tokens_abs_sla",
 ]
 
 
@@ -95,6 +97,9 @@ FIGURES: dict[str, FigureSpec] = {
                                   "allocation.csv rows with study 'sla'"),
     "workload_vs_tokens": FigureSpec(workload_vs_tokens, ("allocation",),
                                      "allocation.csv rows with study 'tokens'"),
+    "workload_vs_tokens_abs_sla": FigureSpec(
+        workload_vs_tokens_abs_sla, ("allocation",),
+        "allocation.csv rows with study 'tokens_abs_sla'"),
     "sensitivity": FigureSpec(sensitivity, ("allocation",),
                               "allocation.csv rows with study 'client_speed' or 'bandwidth'"),
     "queueing": FigureSpec(queueing, ("sweep_ci",),

@@ -184,7 +184,8 @@ SERVER_TIMESERIES_COLUMNS: tuple[str, ...] = (
 
 # Static allocation studies (allocation.csv): one row per study point, model and policy,
 # from solving placement problems directly (no queueing). `study` names the varied factor
-# (sla | tokens | client_speed | bandwidth) and `x` its value in `x_name` units.
+# (sla | tokens | client_speed | bandwidth | tokens_abs_sla | multi_switch) and `x` its value
+# in `x_name` units.
 ALLOCATION_COLUMNS: tuple[str, ...] = (
     "study",
     "model",
@@ -205,6 +206,9 @@ ALLOCATION_COLUMNS: tuple[str, ...] = (
     "client_units",
     "n_units",
     "placement",  # one character per unit: C (client) or S (server)
+    "switches",  # location changes along the chain, leaving and returning to the client included
+    "server_only_latency_s",  # the point's server-only latency (network included)
+    "server_only_compute_s",  # of which server compute (the rest is network)
 )
 
 # Per-unit costs (unit_costs.csv): FLOPs and time of each unit against sequence length.

@@ -789,3 +789,114 @@ def test_unreadable_files_are_one_line_even_as_root(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(pandas, "read_csv", denied_read_csv)
     assert main(["check", str(scenario)]) == 2
     one_line(capsys.readouterr().err, str(scenario), "clients.0.link.trace", "Permission denied")
+
+
+# ---- studies.yaml (`splitsim paper`'s static studies) ------------------------------------------
+
+STUDIES_BASE: dict = {
+    "server": "a100-80gb",
+    "clients": ["jetson-orin-nano"],
+    "models": ["gpt2"],
+    "policies": ["server_only", "best_cut", "dp"],
+    "link": {"uplink_mbps": 500, "downlink_mbps": 1000, "rtt_ms": 5},
+    "tokens": 64,
+    "sla_factors": [3],
+    "token_values": [64],
+    "speed_clients": ["rpi4"],
+    "uplink_values_mbps": [500],
+    "unit_cost_model": "gpt2",
+    "unit_cost_tokens": [64],
+    "abs_sla_reference_tokens": 64,
+    "abs_sla_token_values": [32, 128],
+    "multi_switch": {
+        "model": "gpt2", "client": "laptop-m2", "granularity": "sublayer", "tokens": 32,
+        "link": {"uplink_mbps": 25000, "downlink_mbps": 25000, "rtt_ms": 0.05},
+        "deadline_factor": 3, "attention_speedups": [1, 4],
+    },
+}  # fmt: skip
+
+
+def _studies_sites() -> dict[type, str]:
+    from sim.paper import studies
+
+    return {studies.StudySpec: "", studies.MultiSwitchSpec: "multi_switch",
+            studies.BoundedLinkSpec: "multi_switch.link"}  # fmt: skip
+
+
+def _studies_with(prefix: str, cls: type, name: str, value: object) -> dict:
+    """STUDIES_BASE with one field set (inside a one-item list where the field is a list)."""
+    raw = copy.deepcopy(STUDIES_BASE)
+    is_list = "list" in str(cls.model_fields[name].annotation)
+    set_dotted(raw, f"{prefix}.{name}" if prefix else name, [value] if is_list else value)
+    return raw
+
+
+def studies_cases(values) -> list:
+    cases = []
+    for cls, prefix in _studies_sites().items():
+        for name, b in bounded_fields(cls):
+            for v in values(b):
+                cases.append(pytest.param(prefix, cls, name, v, id=f"{cls.__name__}.{name}={v!r}"))
+    return cases
+
+
+def _static_studies(raw: dict, where: Path) -> tuple[Path, Path]:
+    """Run the static studies on `raw` as studies.yaml; returns the file and the output."""
+    from sim.paper.reproduce import static_studies
+
+    (where / "in").mkdir()
+    path = write(where / "in" / "studies.yaml", raw)
+    out = where / "out"
+    out.mkdir()
+    static_studies(out, where / "in")
+    return path, out
+
+
+def test_studies_fields_have_bounds():
+    """The fields studies.yaml gained with the new studies are bounded and tried here."""
+    names = {c.values[2] for c in studies_cases(edge_values)}
+    assert {"abs_sla_reference_tokens", "abs_sla_token_values", "tokens", "deadline_factor",
+            "attention_speedups", "uplink_mbps", "rtt_ms"} <= names  # fmt: skip
+
+
+@pytest.mark.parametrize(("prefix", "cls", "name", "value"), studies_cases(invalid_values))
+def test_out_of_range_studies_value_is_one_line(prefix, cls, name, value, tmp_path):
+    from sim.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        _static_studies(_studies_with(prefix, cls, name, value), tmp_path)
+    path = tmp_path / "in" / "studies.yaml"
+    one_line(f"{err.value}\n", f"{path}: ", name)
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("prefix", "cls", "name", "value"), studies_cases(edge_values))
+def test_studies_value_at_the_edge_runs_or_is_one_line(prefix, cls, name, value, tmp_path):
+    from sim.errors import UserError
+
+    try:
+        _, out = _static_studies(_studies_with(prefix, cls, name, value), tmp_path)
+    except UserError as err:
+        one_line(f"{err}\n", f"{tmp_path / 'in' / 'studies.yaml'}: ", name)
+    else:
+        assert (out / "allocation.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "expect"),
+    [
+        ("abs_sla_reference_tokens", 2048, "at most 1024 positions"),
+        ("multi_switch.tokens", 4096, "at most 1024 positions"),
+        ("multi_switch.client", "toaster", "unknown device 'toaster'"),
+        ("multi_switch.granularity", "layer", "multi_switch.granularity"),
+        ("multi_switch.attention_speedups", [], "multi_switch.attention_speedups"),
+    ],
+)
+def test_studies_names_and_lengths_are_one_line(dotted, value, expect, tmp_path):
+    from sim.errors import UserError
+
+    raw = copy.deepcopy(STUDIES_BASE)
+    set_dotted(raw, dotted, value)
+    with pytest.raises(UserError) as err:
+        _static_studies(raw, tmp_path)
+    one_line(f"{err.value}\n", f"{tmp_path / 'in' / 'studies.yaml'}: ", dotted, expect)

@@ -20,7 +20,7 @@ from sim.atomic import atomic_write_text, remove_stale_temporaries
 from sim.config import load_scenario, read_yaml
 from sim.errors import UserError
 from sim.output import PACKAGE, check_parents, os_error_line
-from sim.paper.studies import StudySpec, allocation_table, unit_cost_table
+from sim.paper.studies import allocation_table, load_study_spec, unit_cost_table
 from sim.runner import run_scenario
 from sim.sweep.run import run_sweep
 from sim.sweep.spec import CapacityConfig, SweepSpec
@@ -95,11 +95,7 @@ def _display_path(path: Path) -> Path:
 
 def static_studies(out: Path, scenario_dir: Path = PAPER_DIR) -> None:
     """allocation.csv and unit_costs.csv from the study definitions."""
-    raw = read_yaml(scenario_dir / "studies.yaml")
-    try:
-        spec = StudySpec.model_validate(raw)
-    except ValueError as err:
-        raise UserError(f"{scenario_dir / 'studies.yaml'}: {err}") from None
+    spec = load_study_spec(scenario_dir / "studies.yaml")
     atomic_write_text(out / "allocation.csv", allocation_table(spec).to_csv(index=False))
     atomic_write_text(out / "unit_costs.csv", unit_cost_table(spec).to_csv(index=False))
 
