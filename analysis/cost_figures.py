@@ -10,7 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.draw import log_axis_if_wide
+from analysis.draw import figure_legend, log_axis_if_wide, plain_ticks
 from analysis.io import MissingData, require_columns, require_rows
 from analysis.labels import axis_label
 from analysis.style import CLIENT_COLOR, COLUMN_WIDTH_IN, OKABE_ITO, SERVER_COLOR, styled
@@ -50,7 +50,7 @@ def unit_costs(
     per_kind = rows.groupby(["kind", "tokens"])[["flops", "client_s", "server_s"]].median()
     kinds = [k for k in KIND_STYLE if k in per_kind.index.get_level_values(0)]
     kinds += [k for k in per_kind.index.get_level_values(0).unique() if k not in kinds]
-    fig = Figure(figsize=(COLUMN_WIDTH_IN, 4.3), layout="constrained")
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, 4.9), layout="constrained")
     ax_f, ax_t = fig.subplots(2, 1, sharex=True)
     for kind in kinds:
         label, color, marker = KIND_STYLE.get(kind, (kind, "#777777", "P"))
@@ -64,12 +64,15 @@ def unit_costs(
         ax_f.plot(t, ref, color="#777777", linestyle=":", label="linear in tokens")
     ax_f.set_ylabel("Compute per unit (GFLOP)")
     ax_f.set_title(model)
-    ax_f.legend(ncols=2, loc="upper left")
     _unit_times(ax_t, rows, per_kind, [k for k in ("block", "attn", "mlp") if k in kinds])
+    tokens = per_kind.index.get_level_values(1)
     for ax in (ax_f, ax_t):
-        log_axis_if_wide(ax, per_kind.index.get_level_values(1), "x")
+        log_axis_if_wide(ax, tokens, "x")
+        if ax.get_xscale() == "log":
+            plain_ticks(ax, tokens, most=len(set(tokens)))
         ax.set_yscale("log")
     ax_t.set_xlabel(axis_label("tokens"))
+    figure_legend(fig, [ax_f, ax_t], ncols=2)  # above the panels: no curve hidden
     return fig
 
 
@@ -90,7 +93,6 @@ def _unit_times(ax: Axes, rows: pd.DataFrame, per_kind: pd.DataFrame, kinds: lis
                 label=f"{server}{suffix}")  # fmt: skip
     what = KIND_STYLE.get(kinds[0], (kinds[0],))[0] if len(kinds) == 1 else "unit"
     ax.set_ylabel(f"Time per {what} (ms)")
-    ax.legend(loc="upper left")
 
 
 def _names(rows: pd.DataFrame, column: str, fallback: str) -> str:

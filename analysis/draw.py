@@ -16,6 +16,8 @@ from analysis.style import COLUMN_WIDTH_IN, DOUBLE_WIDTH_IN, ordered_policies, p
 PANEL_HEIGHT_IN = 1.75
 LEGEND_HEIGHT_IN = 0.45
 MAX_MARKERS = 15  # more points than this: lines without markers
+NOTE_FONTSIZE = 6.5  # notes under a figure's legend: what a point is, what is left out
+LEGEND_PAD = 0.9  # a figure legend's padding (font sizes): clear of the titles below it
 
 
 def panel_figure(
@@ -100,8 +102,12 @@ def set_ylabels(fig: Figure, axes: Sequence[Axes], label: str) -> None:
         fig.supylabel(label)
 
 
-def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -> None:
-    """One legend above all panels, entries from every panel without repeats."""
+def figure_legend(
+    fig: Figure, axes: Sequence[Axes], ncols: int | None = None, note: str | None = None
+) -> None:
+    """One legend above all panels, entries from every panel without repeats; a `note`
+    (what each point is, what is left out) goes above the entries, in the legend's box, so
+    the layout keeps it clear of the panels."""
     handles, labels = [], []
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -110,7 +116,19 @@ def figure_legend(fig: Figure, axes: Sequence[Axes], ncols: int | None = None) -
                 labels.append(label)
     if handles:
         n = ncols or min(len(labels), 3)
-        fig.legend(handles, labels, loc="outside upper center", ncols=n)
+        fig.legend(handles, labels, loc="outside upper center", ncols=n, title=note,
+                   title_fontsize=NOTE_FONTSIZE, borderpad=LEGEND_PAD)  # fmt: skip
+
+
+def nest_markers(ax: Axes, largest: float = 6.5, step: float = 0.9) -> None:
+    """Hollow policy markers, each smaller than the one drawn before it, so a policy whose
+    points coincide with a later one's still shows its marker ring around them."""
+    lines = [ln for ln in ax.get_lines() if str(ln.get_gid()).startswith("policy:")]
+    for i, line in enumerate(lines):
+        if line.get_marker() not in (None, "None", ""):
+            line.set_markerfacecolor("none")
+            line.set_markeredgewidth(1.0)
+            line.set_markersize(max(2.5, largest - step * i))
 
 
 def log_axis_if_wide(ax: Axes, values: Sequence[float], axis: str = "x", ratio: float = 8) -> None:

@@ -38,7 +38,6 @@ from analysis.static_figures import (
     workload_vs_sla,
     workload_vs_tokens,
 )
-from analysis.static_figures import _device_names as _device_names
 from analysis.static_figures import _placement_panel as _placement_panel
 from analysis.static_figures import _study as _study
 from analysis.static_figures import _workload_figure as _workload_figure

@@ -58,3 +58,23 @@ def time_unit(max_seconds: float) -> tuple[float, str]:
     if math.isfinite(max_seconds) and 0 < max_seconds < 1.0:
         return 1e3, "ms"
     return 1.0, "s"
+
+
+# The catalogue's encoder-decoder models (sim/catalog/models.yaml, architecture
+# encoder_decoder). allocation.csv records a plan's unit count, not its unit names, and
+# analysis/ may not import the catalogue: tests/test_analysis.py checks this set and
+# `unit_names` against `sim.costs.model_units`.
+ENCODER_DECODER_MODELS: frozenset[str] = frozenset({"transformer-base"})
+
+
+def unit_names(model: str, n_units: int) -> list[str]:
+    """The names of a model's `n_units` block-granularity units, input to output, as
+    `sim.costs.model_units` gives them: embed, block0.., head; an encoder-decoder model has
+    `enc.` and `dec.` stacks of equal depth, each with its own embedding."""
+    if model in ENCODER_DECODER_MODELS and n_units >= 3 and (n_units - 3) % 2 == 0:
+        depth = (n_units - 3) // 2
+        enc = ["enc.embed", *(f"enc.block{i}" for i in range(depth))]
+        return enc + ["dec.embed", *(f"dec.block{i}" for i in range(depth)), "head"]
+    if n_units < 2:
+        return [f"unit{i}" for i in range(n_units)]
+    return ["embed", *(f"block{i}" for i in range(n_units - 2)), "head"]

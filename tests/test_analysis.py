@@ -251,14 +251,42 @@ def test_sensitivity_has_a_client_speed_and_a_log_bandwidth_panel():
     alloc = allocation_frame()
     fig = FIGURES["sensitivity"].function(alloc[alloc["model"] == "gpt2-large"])
     speed, bandwidth = visible_axes(fig)
-    assert speed.get_xlabel() == "Client speed (TFLOP/s)"
+    # the client's speed is its peak scaled by an efficiency: the label says so
+    assert speed.get_xlabel() == "Effective client speed (TFLOP/s = peak × efficiency)"
     assert bandwidth.get_xlabel() == "Uplink bandwidth (Mbit/s)"
-    assert bandwidth.get_xscale() == "log"
+    assert speed.get_xscale() == bandwidth.get_xscale() == "log"
     for ax in (speed, bandwidth):
         assert policy_artists(ax) == POLICIES
         assert has_unit(ylabel(ax))
-    top = [c for c in speed.child_axes]
-    assert [t.get_text() for t in top[0].get_xticklabels()] == DEVICES
+    # the devices are named in the column heading, not as ticks that overprint
+    heading = speed.figure.get_suptitle().replace("\\ ", " ")  # bold in mathtext
+    assert all(d in heading for d in DEVICES) and "Client speed" in heading
+    assert "Uplink bandwidth" in bandwidth.figure.get_suptitle().replace("\\ ", " ")
+
+
+def test_workload_vs_tokens_names_the_model_it_leaves_out():
+    alloc = allocation_frame()
+    vit = alloc[alloc["model"] == "bert-large"].assign(model="vit-b16", prompt_tokens=197)
+    fig = FIGURES["workload_vs_tokens"].function(
+        pd.concat([alloc, vit[vit["study"] != "tokens"]], ignore_index=True)
+    )
+    note = fig.legends[0].get_title().get_text().replace("\n", " ")
+    assert "vit-b16 not shown: its input is always 197 tokens" in note
+    assert "Each point: client laptop-m2" in note
+
+
+def test_unit_names_follow_the_cost_model():
+    from analysis.labels import ENCODER_DECODER_MODELS, unit_names
+    from sim.catalog import models
+    from sim.costs import model_units
+
+    enc_dec = set()
+    for name, model in models().items():
+        units = [u.name for u in model_units(model)]
+        assert unit_names(name, len(units)) == units, name
+        if model.architecture == "encoder_decoder":
+            enc_dec.add(name)
+    assert enc_dec == set(ENCODER_DECODER_MODELS)
 
 
 def test_queueing_has_waits_and_violations_with_bands_per_policy():
@@ -318,6 +346,21 @@ def test_placement_map_shows_client_units_per_sequence_length():
     assert ylabel(axes[0]) == "Sequence length (tokens)"
     assert axes[-1].get_xlabel() == "Unit (input → output)"
     assert legend_texts(fig) == ["client", "server", "* SLA infeasible"]
+    assert fig.legends[0].get_title().get_text().startswith("DP's placement")
+    names = [t.get_text() for t in axes[0].get_xticklabels()]
+    assert names[0] == "embed" and names[-1] == "head"
+
+
+def test_placement_map_marks_the_encoder_decoder_boundary():
+    alloc = allocation_frame()
+    tb = alloc[alloc["model"] == "bert-large"].assign(
+        model="transformer-base", n_units=15, placement="CCC" + "S" * 12
+    )
+    fig = FIGURES["placement_map"].function(tb)
+    (ax,) = visible_axes(fig)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == "encoder|decoder"]
+    assert line.get_xdata()[0] == 6.5  # between the encoder's last block and dec.embed
+    assert "encoder | decoder" in legend_texts(fig)
 
 
 @pytest.mark.parametrize("fixed", [False, True])
