@@ -210,7 +210,10 @@ def claims_markdown(
         f"| dp's improvement over greedy_ratio | — | {_pct(mix['dp_over_greedy_ratio'])} | {_pct(equal['dp_over_greedy_ratio'])} |",
         f"| dp's improvement over best_cut | — | {_pct(mix['dp_over_best_cut'])} | {_pct(equal['dp_over_best_cut'])} |",
         "",
-        "These are single deterministic values (static placements, no sampling). Two ways to "
+        "These are single deterministic values (static placements, no sampling), as is every "
+        "value of the static sections below (per model, SLA region, sequence length, switches, "
+        "multi_switch); the queueing and capacity sections are simulated and carry 95 % "
+        "intervals. Two ways to "
         "average over the four models: by server work (the request mix's total, so models "
         "weigh by their server-only work: "
         + ", ".join(f"{m} {100 * w:.0f} %" for m, w in weights.items())
