@@ -179,6 +179,7 @@ LENGTH_SCALE = Bound(0, 100, lo_open=True)  # trace prompt lengths x this
 DEADLINE_S = Bound(1e-6, 1e6)
 DEADLINE_FACTOR = Bound(0.01, 1e4)
 SPEEDUP = Bound(0, 1e3, lo_open=True)  # a device's speed-up of some units (studies.yaml)
+LINK_RATIO = Bound(0, 1e3, lo_open=True)  # downlink per uplink bandwidth (studies.yaml)
 WEIGHT = Bound(0, 1e6, lo_open=True)
 TOKENS = Bound(1, 10_000_000, integer=True)  # a prompt or a context
 OUTPUT_TOKENS = Bound(0, 10_000_000, integer=True)

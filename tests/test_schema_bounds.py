@@ -816,11 +816,12 @@ STUDIES_BASE: dict = {
 }  # fmt: skip
 
 
-def _studies_sites() -> dict[type, str]:
+def _studies_sites() -> list[tuple[type, str]]:
     from sim.paper import studies
 
-    return {studies.StudySpec: "", studies.MultiSwitchSpec: "multi_switch",
-            studies.BoundedLinkSpec: "multi_switch.link"}  # fmt: skip
+    return [(studies.StudySpec, ""), (studies.MultiSwitchSpec, "multi_switch"),
+            (studies.BoundedLinkSpec, "link"),
+            (studies.BoundedLinkSpec, "multi_switch.link")]  # fmt: skip
 
 
 def _studies_with(prefix: str, cls: type, name: str, value: object) -> dict:
@@ -833,10 +834,11 @@ def _studies_with(prefix: str, cls: type, name: str, value: object) -> dict:
 
 def studies_cases(values) -> list:
     cases = []
-    for cls, prefix in _studies_sites().items():
+    for cls, prefix in _studies_sites():
         for name, b in bounded_fields(cls):
             for v in values(b):
-                cases.append(pytest.param(prefix, cls, name, v, id=f"{cls.__name__}.{name}={v!r}"))
+                where = f"{prefix}.{name}" if prefix else name
+                cases.append(pytest.param(prefix, cls, name, v, id=f"{where}={v!r}"))
     return cases
 
 
@@ -853,10 +855,18 @@ def _static_studies(raw: dict, where: Path) -> tuple[Path, Path]:
 
 
 def test_studies_fields_have_bounds():
-    """The fields studies.yaml gained with the new studies are bounded and tried here."""
+    """Every number studies.yaml takes is bounded and tried here (the paper's studies' fields
+    and those of the studies beyond it, both links)."""
     names = {c.values[2] for c in studies_cases(edge_values)}
     assert {"abs_sla_reference_tokens", "abs_sla_token_values", "tokens", "deadline_factor",
-            "attention_speedups", "uplink_mbps", "rtt_ms"} <= names  # fmt: skip
+            "attention_speedups", "uplink_mbps", "downlink_mbps", "rtt_ms", "sla_factors",
+            "token_values", "uplink_values_mbps", "downlink_per_uplink",
+            "unit_cost_tokens"} <= names  # fmt: skip
+    from sim.paper import studies
+
+    numeric = {n for n, f in studies.StudySpec.model_fields.items()
+               if any(t in str(f.annotation) for t in ("int", "float"))}  # fmt: skip
+    assert numeric <= names, numeric - names
 
 
 @pytest.mark.parametrize(("prefix", "cls", "name", "value"), studies_cases(invalid_values))

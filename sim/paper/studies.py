@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, ValidationError
 
 from sim import limits as lim
 from sim.catalog import get_device, get_model
@@ -29,14 +29,8 @@ from sim.split import POLICIES, Link, SplitProblem, build_problem, solve
 MAX_STUDY_VALUES = 64  # values of one factor a new study may list (bounded work)
 
 
-class LinkSpec(Section):
-    uplink_mbps: PositiveFloat
-    downlink_mbps: PositiveFloat
-    rtt_ms: float = Field(ge=0)
-
-
 class BoundedLinkSpec(Section):
-    """A link of the studies beyond the paper's, its numbers bounded (`sim.limits`)."""
+    """A study's link, its numbers bounded (`sim.limits`)."""
 
     uplink_mbps: lim.BANDWIDTH_MBPS.type
     downlink_mbps: lim.BANDWIDTH_MBPS.type
@@ -64,16 +58,20 @@ class StudySpec(Section):
     clients: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
     policies: list[str] = Field(min_length=1)
-    link: LinkSpec
-    tokens: PositiveInt = 256
-    deadline_factor: PositiveFloat = 3.0
-    sla_factors: list[PositiveFloat] = Field(min_length=1)
-    token_values: list[PositiveInt] = Field(min_length=1)
+    link: BoundedLinkSpec
+    tokens: lim.TOKENS.type = 256  # checked against each text model's positions
+    deadline_factor: lim.DEADLINE_FACTOR.type = 3.0
+    sla_factors: list[lim.DEADLINE_FACTOR.type] = Field(min_length=1, max_length=MAX_STUDY_VALUES)
+    # lengths a model's positions do not take are skipped for that model
+    token_values: list[lim.TOKENS.type] = Field(min_length=1, max_length=MAX_STUDY_VALUES)
     speed_clients: list[str] = Field(min_length=1)
-    uplink_values_mbps: list[PositiveFloat] = Field(min_length=1)
-    downlink_per_uplink: PositiveFloat = 2.0
+    uplink_values_mbps: list[lim.BANDWIDTH_MBPS.type] = Field(
+        min_length=1, max_length=MAX_STUDY_VALUES
+    )
+    downlink_per_uplink: lim.LINK_RATIO.type = 2.0
     unit_cost_model: str = "gpt2-medium"
-    unit_cost_tokens: list[PositiveInt] = Field(min_length=1)
+    # checked against unit_cost_model's positions
+    unit_cost_tokens: list[lim.TOKENS.type] = Field(min_length=1, max_length=MAX_STUDY_VALUES)
     # tokens_abs_sla (None: not run): the deadline of each model and client is fixed in
     # seconds, deadline_factor x its server-only latency at abs_sla_reference_tokens
     abs_sla_reference_tokens: lim.TOKENS.type = 256
@@ -91,7 +89,12 @@ def _context_check(model: str, tokens: int, where: str) -> None:
 
 
 def check_spec(spec: StudySpec, source: str) -> None:
-    """What the schema cannot see: the new studies' names and lengths fit the catalog."""
+    """What the schema cannot see: names and lengths fit the catalog."""
+    for model in spec.models:
+        if get_model(model, f"{source}: models").input != "image":
+            _context_check(model, spec.tokens, f"{source}: tokens")
+    for n in spec.unit_cost_tokens:
+        _context_check(spec.unit_cost_model, n, f"{source}: unit_cost_tokens")
     if spec.abs_sla_token_values is not None:
         for model in spec.models:
             _context_check(model, spec.abs_sla_reference_tokens,
