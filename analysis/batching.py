@@ -31,6 +31,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from analysis.regenerate import study_main  # noqa: E402
 from analysis.style import (  # noqa: E402
     DOUBLE_WIDTH_IN,
+    MAX_FIGURE_HEIGHT_IN,
     ordered_policies,
     paper_style,
     policy_style,
@@ -241,7 +242,7 @@ def figure(table: pd.DataFrame):
                  .itertuples(index=False, name=None))  # fmt: skip
     kvs = list(dict.fromkeys(pts["kv"]))
     with paper_style():
-        fig, axes = plt.subplots(len(rows_), len(kvs), figsize=(DOUBLE_WIDTH_IN, 2.3 * len(rows_)),
+        fig, axes = plt.subplots(len(rows_), len(kvs), figsize=(DOUBLE_WIDTH_IN, min(MAX_FIGURE_HEIGHT_IN, 2.3 * len(rows_))),
                                  sharey=True, squeeze=False, layout="constrained")  # fmt: skip
         width = 0.8 / len(policies)
         for i, (trace, prompts) in enumerate(rows_):

@@ -57,8 +57,10 @@ def policy_line(
     ci: Sequence[float] | None = None,
     markers: bool | None = None,
     clip: tuple[float, float] = (-np.inf, np.inf),
+    bars: bool = False,
 ) -> None:
-    """One policy's line in its fixed style, with a shaded 95 % band (within `clip`)."""
+    """One policy's line in its fixed style, with its 95 % interval (within `clip`) as a
+    shaded band, or as an error bar at each marker when `bars`."""
     st = policy_style(policy)
     x, y = np.asarray(x, float), np.asarray(y, float)
     if markers is None:
@@ -71,8 +73,12 @@ def policy_line(
         ok = np.isfinite(half) & np.isfinite(y)
         if ok.any():
             low, high = np.clip(y - half, *clip), np.clip(y + half, *clip)
-            ax.fill_between(x[ok], low[ok], high[ok], color=st.color, alpha=0.18,
-                            linewidth=0, zorder=1)  # fmt: skip
+            if bars:
+                ax.errorbar(x[ok], y[ok], yerr=[y[ok] - low[ok], high[ok] - y[ok]], fmt="none",
+                            ecolor=st.color, elinewidth=0.9, capsize=2.5, zorder=2)  # fmt: skip
+            else:
+                ax.fill_between(x[ok], low[ok], high[ok], color=st.color, alpha=0.18,
+                                linewidth=0, zorder=1)  # fmt: skip
 
 
 def policy_lines(
@@ -83,15 +89,17 @@ def policy_lines(
     scale: float = 1.0,
     ci: str | None = None,
     clip: tuple[float, float] = (-np.inf, np.inf),
+    bars: bool = False,
 ) -> None:
-    """A line per policy of `frame` (x sorted; duplicate x averaged), in the fixed order."""
+    """A line per policy of `frame` (x sorted; duplicate x averaged), in the fixed order;
+    with `bars` every point gets its marker and error bar (see `policy_line`)."""
     for policy in ordered_policies(frame["policy"]):
         rows = frame[frame["policy"] == policy]
         cols = [y] + ([ci] if ci else [])
         agg = rows.groupby(x, sort=True)[cols].mean(numeric_only=True)
         err = agg[ci].to_numpy() * scale if ci else None
         policy_line(ax, policy, agg.index.to_numpy(float), agg[y].to_numpy() * scale, err,
-                    clip=clip)  # fmt: skip
+                    markers=True if bars else None, clip=clip, bars=bars)  # fmt: skip
 
 
 def set_ylabels(fig: Figure, axes: Sequence[Axes], label: str) -> None:

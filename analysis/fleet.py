@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 from analysis.draw import policy_bars  # noqa: E402
 from analysis.regenerate import study_main  # noqa: E402
 from analysis.style import (  # noqa: E402
-    COLUMN_WIDTH_IN,
+    DOUBLE_WIDTH_IN,
     ordered_policies,
     paper_style,
     policy_style,
@@ -159,7 +159,7 @@ def figure(table: pd.DataFrame):
         found = [stats(cap, r, p) for r in routers]
         values[p], errors[p] = [f[0] for f in found], [f[1] for f in found]
     with paper_style():
-        fig, ax = plt.subplots(figsize=(2 * COLUMN_WIDTH_IN, 2.6), layout="constrained")
+        fig, ax = plt.subplots(figsize=(DOUBLE_WIDTH_IN, 2.6), layout="constrained")
         labels = [r.replace("_", " ") for r in routers]
         policy_bars(ax, labels, policies, values, errors)
         ax.set_ylabel("Capacity (requests/s)")

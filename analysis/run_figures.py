@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, MultipleLocator
 
 from analysis.draw import figure_legend, panel_figure, policy_line
 from analysis.io import MissingData, require_columns, require_rows
@@ -59,19 +60,29 @@ def latency_cdf(requests: pd.DataFrame) -> Figure:
     else:
         value = done["latency_s"] / deadline
         sla, xlabel, sla_label = 1.0, "Latency / request's deadline (×)", "SLA (own deadline)"
-    fig = Figure(figsize=(COLUMN_WIDTH_IN, 2.5), layout="constrained")
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, 3.0), layout="constrained")  # legend: 4 rows
     ax = fig.subplots()
     for policy in ordered_policies(done["policy"]):
         v = value[done["policy"] == policy].to_numpy(float)
-        _cdf(ax, v, policy, f"{policy_style(policy).label} ({100.0 * np.mean(v > sla):.1f} % late)")
+        _cdf(ax, v, policy, f"{policy_style(policy).label} ({100.0 * np.mean(v > sla):.1f} %)")
     ax.axvline(sla, color="#555555", linewidth=1.0, linestyle="--", label=sla_label)
     right = max(float(np.quantile(value, 0.995)), sla) * 1.08
-    ax.set_xlim(0, right)
+    _ticks_inside(ax, right)
     ax.set_ylim(0, 100)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("Completed requests (%)")
-    figure_legend(fig, [ax], ncols=2)
+    figure_legend(fig, [ax], ncols=2, note="Policy (late requests)")
     return fig
+
+
+def _ticks_inside(ax: Axes, right: float) -> None:
+    """x from 0 to at least `right`, ending half a tick step past the last tick, so no tick
+    label hangs over the figure's right edge."""
+    ticks = MaxNLocator(5).tick_values(0, right)
+    step = float(ticks[1] - ticks[0])
+    last = float(ticks[ticks <= right][-1])
+    ax.xaxis.set_major_locator(MultipleLocator(step))
+    ax.set_xlim(0, last + step / 2 if last + step / 2 >= right else last + 1.5 * step)
 
 
 def _completed(requests: pd.DataFrame) -> pd.DataFrame:
@@ -110,15 +121,16 @@ def token_latency_cdf(requests: pd.DataFrame) -> Figure:
                  policy_style(policy).label)  # fmt: skip
         for d in marks:
             ax.axvline(d * scale, color="#555555", linewidth=1.0, linestyle="--", label="_sla")
-        slas += [f"{short} {d * scale:g} {unit}" for d in marks]
+        if marks:
+            slas.append(f"{short} {', '.join(f'{d * scale:g}' for d in marks)} {unit}")
         ax.set_xlim(0, max(top * scale * 1.08, 1e-9))
         ax.set_ylim(0, 100)
         ax.set_xlabel(f"{name} ({unit})")
         ax.set_ylabel("Completed (%)")
     sla_lines = [line for ax in axes for line in ax.get_lines() if line.get_label() == "_sla"]
     if sla_lines:
-        sla_lines[0].set_label(f"SLA ({', '.join(slas)})")
-    figure_legend(fig, axes)
+        sla_lines[0].set_label(f"SLA ({'; '.join(slas)})")
+    figure_legend(fig, axes, ncols=2)
     return fig
 
 

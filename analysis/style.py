@@ -32,8 +32,15 @@ OKABE_ITO: dict[str, str] = {
     "reddish_purple": "#CC79A7",
 }
 
+# Two of Paul Tol's colours, told apart from the Okabe–Ito ones with every common deficiency
+# (tests/test_figure_guard.py checks each pair of policy colours, simulated too).
+WINE = "#882255"
+SAND = "#DDCC77"
+
 COLUMN_WIDTH_IN = 3.4  # single column of a two-column paper
 DOUBLE_WIDTH_IN = 7.0
+FIGURE_WIDTHS_IN: tuple[float, ...] = (COLUMN_WIDTH_IN, DOUBLE_WIDTH_IN)  # every figure's width
+MAX_FIGURE_HEIGHT_IN = 8.0  # taller does not fit a page with its caption
 FORMATS: tuple[str, ...] = ("pdf", "png", "svg")
 PNG_DPI = 300
 
@@ -48,19 +55,21 @@ class PolicyStyle:
     linestyle: str | tuple
 
 
+# A colour per policy, each pair told apart (dp blue, dp_queue_aware vermillion: the load-aware
+# DP is not a lighter shade of DP); marker and line style differ too, for print in grey.
 POLICY_STYLES: dict[str, PolicyStyle] = {
     "server_only": PolicyStyle("server-only", OKABE_ITO["black"], "s", ":"),
     "greedy": PolicyStyle("greedy", OKABE_ITO["orange"], "v", "--"),
     "greedy_ratio": PolicyStyle("greedy-ratio", OKABE_ITO["reddish_purple"], "^", "-."),
     "best_cut": PolicyStyle("best-cut", OKABE_ITO["bluish_green"], "D", (0, (5, 1, 1, 1))),
     "dp": PolicyStyle("DP", OKABE_ITO["blue"], "o", "-"),
-    "dp_queue_aware": PolicyStyle("DP queue-aware", OKABE_ITO["sky_blue"], "h", (0, (4, 1.5))),
-    "client_only": PolicyStyle("client-only", OKABE_ITO["vermillion"], "x", (0, (1, 1))),
+    "dp_queue_aware": PolicyStyle("DP queue-aware", OKABE_ITO["vermillion"], "h", (0, (4, 1.5))),
+    "client_only": PolicyStyle("client-only", SAND, "x", (0, (1, 1))),
     "dp_batched": PolicyStyle("DP batched", "#8C564B", "*", (0, (3, 1, 1, 1))),
     "dp_phases": PolicyStyle("DP phases", OKABE_ITO["yellow"], "p", (0, (2, 1))),
-    "dp_batched_phases": PolicyStyle("DP batched phases", "#555555", "X", (0, (6, 2))),
+    "dp_batched_phases": PolicyStyle("DP batched phases", WINE, "X", (0, (6, 2))),
 }
-_SPARE = ("#777777", "#8C564B", OKABE_ITO["yellow"])  # sky blue is dp_queue_aware's
+_SPARE = ("#777777", "#8C564B", OKABE_ITO["yellow"])
 # The records' order, with the load-aware DP right after the DP it extends.
 _AFTER_DP = ("dp_queue_aware", "dp_batched", "dp_phases", "dp_batched_phases")
 FIGURE_ORDER: tuple[str, ...] = tuple(

@@ -13,19 +13,25 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis.draw import (
     figure_legend,
     log_axis_if_wide,
     panel_figure,
     plain_ticks,
-    policy_bars,
     policy_lines,
     set_xlabels,
 )
 from analysis.io import MissingData, require_columns, require_rows
 from analysis.labels import axis_label, time_unit
-from analysis.style import ordered_policies, styled
+from analysis.style import (
+    COLUMN_WIDTH_IN,
+    MAX_FIGURE_HEIGHT_IN,
+    ordered_policies,
+    policy_style,
+    styled,
+)
 
 POSITIVE = (0.0, np.inf)
 PERCENT = (0.0, 100.0)
@@ -65,18 +71,34 @@ def _one_factor(ci: pd.DataFrame, x: str, what: str) -> None:
 
 
 def _ci_panels(
-    ci: pd.DataFrame, x: str, panels: list[tuple], panel_height: float = 1.45, legend: bool = True
+    ci: pd.DataFrame,
+    x: str,
+    panels: list[tuple],
+    panel_height: float = 1.45,
+    legend: bool = True,
+    bars: bool = False,
 ) -> tuple[Figure, list[Axes]]:
-    """A panel per (metric, y label, scale, clip): a line per policy with its 95 % band."""
+    """A panel per (metric, y label, scale, clip): a line per policy with its 95 % band
+    (error bars at every point when `bars`); ticks at the swept values when they are few."""
     fig, axes = panel_figure(len(panels), sharex=True, panel_height=panel_height)
     for ax, (metric, label, scale, clip) in zip(axes, panels, strict=True):
-        policy_lines(ax, ci, x, f"{metric}_mean", scale, ci=f"{metric}_ci95", clip=clip)
+        policy_lines(ax, ci, x, f"{metric}_mean", scale, ci=f"{metric}_ci95", clip=clip,
+                     bars=bars)  # fmt: skip
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
     set_xlabels(axes, axis_label(x.removesuffix("_mean")))
+    _swept_ticks(axes[-1], ci[x])
     if legend:
         figure_legend(fig, axes)
     return fig, axes
+
+
+def _swept_ticks(ax: Axes, values: pd.Series, most: int = 10) -> None:
+    """x ticks at the swept values when there are at most `most` of them on a linear axis,
+    so every point sits on a tick."""
+    distinct = np.unique(values.to_numpy(float).round(9))
+    if ax.get_xscale() == "linear" and 1 < distinct.size <= most:
+        plain_ticks(ax, distinct, most=most)
 
 
 # --- against arrival rate -----------------------------------------------------------------
@@ -105,14 +127,17 @@ def _log_waits(ax: Axes, values: np.ndarray) -> None:
     the smallest positive wait's decade, linear below it, so zero waits stay on the axis."""
     positive = values[np.isfinite(values) & (values > 0)]
     if positive.size and positive.max() / positive.min() > 20:
-        ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())))
-        ax.set_ylim(bottom=0)
+        # the linear part (zero to the smallest decade) 0.6 of a decade high, and room
+        # above the largest wait for its band and marker
+        ax.set_yscale("symlog", linthresh=10 ** np.floor(np.log10(positive.min())), linscale=0.6)
+        ax.set_ylim(0, positive.max() * 2)
 
 
 @styled
 def sla_vs_load_queue_aware(ci: pd.DataFrame) -> Figure:
     """SLA violation rate against offered load, dp_queue_aware beside dp and the other
-    policies of the sweep, 95 % bands: what planning with the server's wait buys."""
+    policies of the sweep: a marker and a 95 % error bar at every point of the sweep, a
+    tick at every swept load: what planning with the server's wait buys."""
     require_columns(ci, ["policy", *_ci_names(["sla_violation_rate"])], "sweep_ci")
     if not (ci["policy"] == "dp_queue_aware").any():
         known = ", ".join(ordered_policies(ci["policy"])) or "none"
@@ -120,7 +145,7 @@ def sla_vs_load_queue_aware(ci: pd.DataFrame) -> Figure:
     x = _load_axis(ci)
     _one_factor(ci, x, "the arrival rate")
     panel = ("sla_violation_rate", "SLA violations (%)", 100.0, PERCENT)
-    return _ci_panels(ci, x, [panel], panel_height=2.0)[0]
+    return _ci_panels(ci, x, [panel], panel_height=2.0, bars=True)[0]
 
 
 # --- against batch limit (token granularity) ----------------------------------------------
@@ -138,8 +163,9 @@ def throughput_vs_batch(ci: pd.DataFrame) -> Figure:
     if ci["server_tokens_per_s_mean"].isna().all():
         raise MissingData("sweep_ci: server_tokens_per_s is NaN (needs granularity: token)")
     _one_factor(ci, x, "the batch limit")
-    panels = [("server_tokens_per_s", "Server throughput (tokens/s)", 1.0, POSITIVE),
-              ("throughput_rps", "Throughput (requests/s)", 1.0, POSITIVE)]  # fmt: skip
+    # two-line y labels: on one line they are longer than their panel and reach the legend
+    panels = [("server_tokens_per_s", "Server throughput\n(tokens/s)", 1.0, POSITIVE),
+              ("throughput_rps", "Throughput\n(requests/s)", 1.0, POSITIVE)]  # fmt: skip
     fig, axes = _ci_panels(ci, x, panels, legend=False)
     offered = ci["offered_rate_per_s_mean"] if "offered_rate_per_s_mean" in ci else pd.Series()
     if offered.notna().any() and offered.round(9).nunique() == 1:
@@ -157,40 +183,88 @@ def throughput_vs_batch(ci: pd.DataFrame) -> Figure:
 
 @styled
 def capacity(ci: pd.DataFrame) -> Figure:
-    """Highest sustainable arrival rate per policy (95 % CI) and dp's gain over each baseline."""
+    """Highest sustainable arrival rate per policy with its 95 % interval; beside it, when
+    the table has them, dp's paired gain over each other policy (signed, zero marked, a gain
+    whose interval includes zero hollow). A row of panels per point of the search."""
     require_columns(ci, ("policy", "capacity_rps_mean", "capacity_rps_ci95"), "capacity_ci")
     require_rows(ci, "capacity_ci")
-    policies = ordered_policies(ci["policy"])
     ci = ci.reset_index(drop=True)
     if "point" not in ci:
         ci = ci.assign(point=0)
+    policies = ordered_policies(ci["policy"])
     points = list(dict.fromkeys(ci["point"]))
-    groups = [_point_label(ci[ci["point"] == p]) for p in points]
-    keyed = ci.drop_duplicates(["point", "policy"]).set_index(["point", "policy"])
-
-    def by_policy(column: str, names: list[str]) -> dict[str, list[float]]:
-        return {n: [float(keyed[column].get((p, n), np.nan)) for p in points] for n in names}
-
     has_gain = "gain_of_dp_pct_mean" in ci and ci["gain_of_dp_pct_mean"].notna().any()
-    fig, axes = panel_figure(2 if has_gain else 1, sharex=False)
-    policy_bars(axes[0], groups, policies, by_policy("capacity_rps_mean", policies),
-                by_policy("capacity_rps_ci95", policies))  # fmt: skip
-    axes[0].set_ylabel("Capacity (requests/s)")
+    fig, axes = _capacity_grid(len(points), len(policies), has_gain)
+    for row, point in zip(axes, points, strict=True):
+        rows = ci[ci["point"] == point].drop_duplicates("policy").set_index("policy")
+        _dot_rows(row[0], policies, rows, "capacity_rps")
+        if has_gain:
+            _gain_rows(row[1], policies, rows)
+        if len(points) > 1:
+            row[0].set_title(_point_label(ci[ci["point"] == point]), loc="left")
+    axes[-1][0].set_xlabel("Capacity (requests/s)")
+    axes[0][0].set_xlim(left=0)
     if has_gain:
-        baselines = [p for p in policies if p != "dp"]
-        gain_ci = (
-            by_policy("gain_of_dp_pct_ci95", baselines) if "gain_of_dp_pct_ci95" in ci else None
-        )
-        policy_bars(
-            axes[1], groups, baselines, by_policy("gain_of_dp_pct_mean", baselines), gain_ci
-        )
-        axes[1].set_ylabel("Capacity gain of DP (%)")
-        axes[1].axhline(0, color="black", linewidth=0.6)
-        low, high = axes[1].get_ylim()
-        axes[1].set_ylim(min(low, -2.0), max(high, 10.0))  # a zero gain still reads as zero
-    if len(groups) > 1:
-        figure_legend(fig, axes)
+        axes[0][1].set_title("> 0: DP sustains more", fontsize="small")
+        axes[-1][1].set_xlabel("DP − policy\n(% of policy)")
+        _hollow_legend(fig, ci)
     return fig
+
+
+def _capacity_grid(n_points: int, n_policies: int, gain: bool) -> tuple[Figure, list[list[Axes]]]:
+    """A row per point (a line per policy), capacity left and dp's gain right; the panels
+    share their policy axis along a row and their value axis down a column."""
+    row_height = 0.3 + 0.2 * n_policies
+    height = min(MAX_FIGURE_HEIGHT_IN, 0.9 + row_height * n_points)
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, height), layout="constrained")
+    axes = fig.subplots(n_points, 2 if gain else 1, sharex="col", sharey="row", squeeze=False)
+    return fig, [list(row) for row in axes]
+
+
+def _dot_rows(
+    ax: Axes, policies: list[str], rows: pd.DataFrame, metric: str, hollow: bool = False
+) -> None:
+    """A marker per policy on its own line of the axis (first on top), with its 95 %
+    interval as an error bar; a missing value is left out; `hollow` empties the markers of
+    values whose interval includes zero."""
+    for y, policy in enumerate(policies):
+        if policy not in rows.index or not np.isfinite(rows.at[policy, f"{metric}_mean"]):
+            continue
+        mean, half = rows.at[policy, f"{metric}_mean"], rows.at[policy, f"{metric}_ci95"]
+        half = half if np.isfinite(half) else None
+        st = policy_style(policy)
+        empty = hollow and half is not None and abs(mean) <= half
+        bars = ax.errorbar([mean], [y], xerr=None if half is None else [half], fmt=st.marker,
+                           color=st.color, markerfacecolor="white" if empty else st.color,
+                           markersize=5, capsize=2.5, elinewidth=1.0, label=st.label)  # fmt: skip
+        bars.lines[0].set_gid(f"policy:{policy}")
+    ax.set_yticks(range(len(policies)), [policy_style(p).label for p in policies])
+    ax.set_ylim(len(policies) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+
+
+def _gain_rows(ax: Axes, policies: list[str], rows: pd.DataFrame) -> None:
+    """dp's gain over each policy (dp's own line empty), with the zero line."""
+    ax.axvline(0, color="black", linewidth=0.7, zorder=0)
+    gains = rows.rename(columns=lambda c: c.replace("gain_of_dp_pct", "gain"))
+    if "gain_ci95" not in gains:
+        gains = gains.assign(gain_ci95=np.nan)
+    _dot_rows(ax, policies, gains, "gain", hollow=True)
+    if "dp" in policies:
+        ax.annotate("reference", (0, policies.index("dp")), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize="x-small",
+                    color="#555555")  # fmt: skip
+    low, high = ax.get_xlim()
+    ax.set_xlim(min(low, -5.0), max(high, 5.0))  # zero never on the panel's edge
+
+
+def _hollow_legend(fig: Figure, ci: pd.DataFrame) -> None:
+    """Explain hollow gain markers above the panels, when some gain's interval includes 0."""
+    mean, half = ci["gain_of_dp_pct_mean"], ci.get("gain_of_dp_pct_ci95", np.nan)
+    if (mean.abs() <= half).any():
+        marker = Line2D([], [], marker="o", linestyle="none", color="#555555",
+                        markerfacecolor="white", markersize=5)  # fmt: skip
+        fig.legend([marker], ["gain's 95 % interval includes 0"], loc="outside upper right")
 
 
 def _point_label(rows: pd.DataFrame) -> str:

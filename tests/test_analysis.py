@@ -316,24 +316,39 @@ def test_queueing_refuses_a_sweep_that_does_not_vary_the_rate():
         FIGURES["queueing"].function(ci)
 
 
-def test_capacity_has_a_bar_per_policy_and_gain_bars_per_baseline():
+def test_capacity_has_a_point_per_policy_and_a_signed_gain_panel():
     fig = FIGURES["capacity"].function(capacity_ci_frame())
     cap, gain = visible_axes(fig)
     assert policy_artists(cap) == POLICIES
-    assert policy_artists(gain) == POLICIES[:-1]
-    assert cap.get_ylabel() == "Capacity (requests/s)"
-    assert gain.get_ylabel() == "Capacity gain of DP (%)"
-    assert [t.get_text() for t in cap.get_xticklabels()] == LABELS
+    assert policy_artists(gain) == POLICIES[:-1]  # dp is the reference: no gain over itself
+    assert cap.get_xlabel() == "Capacity (requests/s)"
+    assert gain.get_xlabel() == "DP − policy\n(% of policy)"
+    assert gain.get_title() == "> 0: DP sustains more"
+    assert [t.get_text() for t in cap.get_yticklabels()] == LABELS
+    assert [ln.get_xdata()[0] for ln in cap.get_lines() if ln.get_gid()] == [30, 36, 38, 37, 45]
+    assert any(ln.get_xdata()[0] == 0 for ln in gain.get_lines())  # the zero line
 
 
-def test_capacity_of_several_points_groups_bars_by_point():
+def test_capacity_marks_a_gain_whose_interval_includes_zero_hollow():
+    ci = capacity_ci_frame()
+    ci.loc[ci["policy"] == "best_cut", ["gain_of_dp_pct_mean", "gain_of_dp_pct_ci95"]] = [1, 3]
+    fig = FIGURES["capacity"].function(ci)
+    gain = visible_axes(fig)[1]
+    faces = {ln.get_gid(): ln.get_markerfacecolor() for ln in gain.get_lines() if ln.get_gid()}
+    assert faces["policy:best_cut"] == "white"
+    assert faces["policy:greedy"] != "white"
+    assert legend_texts(fig) == ["gain's 95 % interval includes 0"]
+
+
+def test_capacity_of_several_points_draws_a_row_per_point():
     one = capacity_ci_frame()
     both = pd.concat([one.assign(**{"clients.0.link.uplink_mbps": 10.0}),
                       one.assign(point=1, **{"clients.0.link.uplink_mbps": 100.0})])  # fmt: skip
-    cap, _gain = visible_axes(FIGURES["capacity"].function(both))
-    assert policy_artists(cap) == POLICIES
-    assert [len(c.patches) for c in cap.containers if isinstance(c, BarContainer)] == [2] * 5
-    assert [t.get_text() for t in cap.get_xticklabels()] == ["uplink_mbps=10", "uplink_mbps=100"]
+    axes = visible_axes(FIGURES["capacity"].function(both))
+    assert len(axes) == 4  # capacity and gain per point
+    assert [ax.get_title(loc="left") for ax in axes[::2]] == ["uplink_mbps=10", "uplink_mbps=100"]
+    for ax in axes[::2]:
+        assert policy_artists(ax) == POLICIES
 
 
 def test_placement_map_shows_client_units_per_sequence_length():
@@ -380,8 +395,8 @@ def test_latency_cdf_has_a_line_per_policy_and_marks_the_sla(fixed):
 def test_throughput_vs_batch_has_tokens_and_requests_per_second_per_policy():
     fig = FIGURES["throughput_vs_batch"].function(batch_ci_frame())
     tokens, rps = visible_axes(fig)
-    assert tokens.get_ylabel() == "Server throughput (tokens/s)"
-    assert rps.get_ylabel() == "Throughput (requests/s)"
+    assert tokens.get_ylabel() == "Server throughput\n(tokens/s)"
+    assert rps.get_ylabel() == "Throughput\n(requests/s)"
     assert rps.get_xlabel() == "Batch limit (requests)" and rps.get_xscale() == "log"
     for ax in (tokens, rps):
         assert policy_artists(ax) == POLICIES
@@ -411,7 +426,7 @@ def test_token_latency_cdf_has_ttft_and_tpot_panels_per_policy(deadlines):
     for ax in (ttft, tpot):
         assert policy_artists(ax) == POLICIES
         assert ax.get_ylabel() == "Completed (%)"
-    sla = ["SLA (TTFT 2 s, TPOT 100 ms)"] if deadlines else []
+    sla = ["SLA (TTFT 2 s; TPOT 100 ms)"] if deadlines else []
     assert legend_texts(fig) == LABELS + sla
     if deadlines:
         assert [ln.get_xdata()[0] for ax in (ttft, tpot) for ln in ax.get_lines()
@@ -631,5 +646,5 @@ def test_capacity_labels_a_routing_factor_by_name():
         "capacity_rps_ci95": [1.0] * 4,
     })  # fmt: skip
     fig = FIGURES["capacity"].function(ci)
-    labels = [t.get_text() for t in visible_axes(fig)[0].get_xticklabels()]
-    assert labels == ["routing=random", "routing=split_aware"]
+    titles = [ax.get_title(loc="left") for ax in visible_axes(fig)]
+    assert titles == ["routing=random", "routing=split_aware"]
