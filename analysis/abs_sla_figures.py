@@ -18,4 +18,8 @@ from analysis.style import styled
 def workload_vs_tokens_abs_sla(alloc: pd.DataFrame, y: str = "workload_ratio") -> Figure:
     """Server workload per request against sequence length with each model and client's
     deadline fixed in seconds, per policy, a panel per model (compare workload_vs_tokens)."""
-    return _workload_figure(alloc, "tokens_abs_sla", y)
+    note = (
+        "Deadline fixed in seconds per model and client as the sequence grows (the SLA "
+        "factor x its server-only latency at the reference length, studies.yaml)."
+    )
+    return _workload_figure(alloc, "tokens_abs_sla", y, note=note)
