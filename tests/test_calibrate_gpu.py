@@ -64,6 +64,32 @@ def test_reader_keeps_tp1_rows_and_says_what_it_skipped(tmp_path):
     assert any("3 rows at TP2, 3 rows at TP4" in s for s in prof.skipped)
 
 
+PHI2 = {"n_head": 32, "n_kv_head": 32, "n_embd": 2560, "n_expanded_embd": 10240,
+        "vocab_size": 51200, "use_gated_mlp": False}  # fmt: skip
+
+
+def test_reader_takes_vidurs_own_tree_and_refuses_several_gpus(tmp_path):
+    """Vidur's tree is compute/<gpu>/<organisation>/<model>/mlp.csv: one GPU's folder reads
+    every organisation's models; the compute folder, or a folder of <gpu>/<model>, is
+    several GPUs (the same model under two tops) and is refused in one line."""
+    from sim.errors import UserError
+
+    compute = tmp_path / "compute"
+    for gpu in ("a100", "h100"):
+        _vidur_csv(compute / gpu / "meta-llama" / "Llama-2-7b-hf" / "mlp.csv", [1, 8], _flat)
+        _vidur_csv(compute / gpu / "microsoft" / "phi-2" / "mlp.csv", [1, 8], _flat, shape=PHI2)
+    prof = read_profile(compute / "a100")
+    assert prof.gpu == "a100"
+    assert sorted(m.folder for m in prof.models) == ["Llama-2-7b-hf", "phi-2"]
+    with pytest.raises(UserError, match=r"several GPUs \(a100, h100\)"):
+        read_profile(compute)
+    flat = tmp_path / "flat"  # this project's copy: <gpu>/<model>/mlp.csv
+    for gpu in ("a100", "h100"):
+        _vidur_csv(flat / gpu / "phi-2" / "mlp.csv", [1, 8], _flat, shape=PHI2)
+    with pytest.raises(UserError, match=r"several GPUs \(a100, h100\)"):
+        read_profile(flat)
+
+
 def test_reader_skips_a_unit_whose_operator_is_missing(tmp_path):
     _vidur_csv(tmp_path / "gpu" / "mystery" / "mlp.csv", [1, 2, 4], _flat, drop=("attn_pre_proj",),
                shape={**LLAMA, "n_embd": 1024, "n_head": 8, "n_kv_head": 8})  # fmt: skip

@@ -1,4 +1,5 @@
-"""Read Vidur's measured GPU operator profiles (`<gpu>/<model>/mlp.csv`) as unit times.
+"""Read Vidur's measured GPU operator profiles (`<gpu>/[<organisation>/]<model>/mlp.csv`)
+as unit times.
 
 Vidur (microsoft/vidur, `data/profiling/compute/<gpu>/<model>/mlp.csv`) times every
 operator of one transformer layer on a real GPU: columns `time_stats.<op>.<stat>` in
@@ -79,7 +80,9 @@ def _col(op: str) -> str:
 
 
 def find_files(path: Path) -> list[Path]:
-    """The `mlp.csv` files of one GPU's directory (or the one file named)."""
+    """The `mlp.csv` files of one GPU's directory (or the one file named): `<model>/mlp.csv`
+    as in this project's copy, or `<organisation>/<model>/mlp.csv` as in Vidur's own tree
+    (`data/profiling/compute/<gpu>/`). A folder of several GPUs is refused in one line."""
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -87,13 +90,37 @@ def find_files(path: Path) -> list[Path]:
     files = sorted(path.glob("*/mlp.csv")) or sorted(path.glob("mlp.csv"))
     if files:
         return files
-    deeper = sorted({p.parent.parent.name for p in path.glob("*/*/mlp.csv")})
-    if deeper:
+    nested = sorted(path.glob("*/*/mlp.csv"))
+    if nested and not _one_model_twice(nested):
+        return nested  # <organisation>/<model>/mlp.csv: Vidur's layout of one GPU
+    tops = sorted({p.parent.parent.name for p in nested}) or sorted(
+        {p.parents[2].name for p in path.glob("*/*/*/mlp.csv")}
+    )
+    if tops:
         raise UserError(
-            f"{path}: holds the profiles of several GPUs ({', '.join(deeper)}); pass one GPU's "
-            f"folder, e.g. {path / deeper[0]}"
+            f"{path}: holds the profiles of several GPUs ({', '.join(tops)}); pass one GPU's "
+            f"folder, e.g. {path / tops[0]}"
         )
     raise UserError(f"{path}: no <model>/mlp.csv files (Vidur's compute profile format)")
+
+
+def _one_model_twice(files: list[Path]) -> bool:
+    """Whether two of `<top>/<model>/mlp.csv` under different tops are one model (the same
+    folder name or the same shape columns): then the tops are GPUs, not organisations."""
+    seen: dict[object, str] = {}
+    for f in files:
+        top = f.parent.parent.name
+        try:
+            head = pd.read_csv(f, nrows=1, usecols=lambda c: c in CONFIG)
+            shape = tuple(str(v) for v in head.iloc[0]) if len(head) else None
+        except (OSError, ValueError, pd.errors.ParserError):
+            shape = None
+        for key in (("name", _norm_name(f.parent.name)), ("shape", shape)):
+            if key[1] is None:
+                continue
+            if seen.setdefault(key, top) != top:
+                return True
+    return False
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
