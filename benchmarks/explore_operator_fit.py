@@ -65,7 +65,7 @@ import pandas as pd
 from sim.catalog import get_device
 from sim.catalog.specs import DeviceSpec, ModelSpec
 from sim.costs.units import _linear, _norm_params
-from sim.profile.gpu import _HI, _LO, FACTORS, GpuFactors, measurements, predict_s
+from sim.profile.gpu import GpuFactors, grid_fit, measurements, predict_s
 from sim.profile.vidur import VidurProfile, _col, read_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,12 +168,6 @@ def fit(frame: pd.DataFrame, device: DeviceSpec, fixed=None, op_weight=1.0, loss
         prior: tuple[float, float] | None = None, octave: float = 0.0) -> GpuFactors:  # fmt: skip
     """`fit_factors`' grid search with operator rows weighing `op_weight` times the MLP rows
     within a model, another `loss`, and a prior (lambda, mu in us) on the kernel overhead."""
-    peak = np.array([device.flops_per_s(str(d)) / device.compute_efficiency
-                     for d in frame["dtype"]])  # fmt: skip
-    x1 = frame["flops"].to_numpy(float) / peak
-    y1 = frame["bytes"].to_numpy(float) / (device.memory_bandwidth_gb_s * 1e9)
-    kernels = frame["kernels"].to_numpy(float)
-    log_t = np.log(frame["seconds"].to_numpy(float))
     is_mlp = (frame["unit"] == "mlp").to_numpy()
     group = np.where(is_mlp, "mlp", "ops")
     size = frame.groupby([frame["model"].to_numpy(), group])["model"].transform("size")
@@ -185,32 +179,15 @@ def fit(frame: pd.DataFrame, device: DeviceSpec, fixed=None, op_weight=1.0, loss
         raw = raw**-octave
         w = np.where(is_mlp, 1.0, op_weight) * (raw / raw.groupby(keys).transform("sum")).to_numpy()
     per_model = [(frame["model"] == m).to_numpy() for m in frame["model"].unique()]
-    lo, hi = _LO.copy(), _HI.copy()
-    for name, value in (fixed or {}).items():
-        i = FACTORS.index(name)
-        lo[i] = hi[i] = value * 1e-6 if name == "kernel_overhead_us" else value
-    centre, span = (lo + hi) / 2, (hi - lo) / 2
-    best = centre
-    for _ in range(12):
-        ce, be, o, g = (
-            np.unique(np.clip(np.linspace(c - s, c + s, 11), a, b))
-            for c, s, a, b in zip(centre, span, lo, hi, strict=True)
-        )
-        x = x1 / ce[:, None, None, None, None]
-        y = y1 / be[None, :, None, None, None]
-        gg = g[None, None, None, :, None]
-        p = np.maximum(x + gg * y, y + gg * x) + o[None, None, :, None, None] * kernels
-        with np.errstate(divide="ignore"):
-            err = _loss(np.log(p) - log_t, w, loss, per_model, is_mlp)
+
+    def objective(r: np.ndarray, o: np.ndarray) -> np.ndarray:
+        err = _loss(r, w, loss, per_model, is_mlp)
         if prior is not None:
             lam, mu = prior
             err = err + len(per_model) * lam * ((o[None, None, :, None] * 1e6 - mu) / mu) ** 2
-        i, k, m, j = np.unravel_index(np.argmin(err), err.shape)
-        best = np.array([ce[i], be[k], o[m], g[j]])
-        centre, span = best, span / 2.5
-    ce_, be_, o_, g_ = best
-    return GpuFactors(round(float(ce_), 4), round(float(be_), 4), round(float(o_) * 1e6, 3),
-                      round(float(g_), 4))  # fmt: skip
+        return err
+
+    return grid_fit(frame, device, objective, fixed)
 
 
 @dataclass

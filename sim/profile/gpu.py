@@ -20,6 +20,7 @@ kernels serves as a prior. Needs numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +117,20 @@ def fit_factors(
 
     `fixed` holds factors taken as given (e.g. from another GPU's fit) instead of fitted:
     `{name: value}` with names from `FACTORS` (`kernel_overhead_us` in microseconds)."""
+    per_model = frame.groupby("model")["model"].transform("size").to_numpy(float)
+    w = 1.0 / per_model  # every model counts the same, whatever its number of rows
+    return grid_fit(frame, device, lambda r, o: (w * r**2).sum(axis=-1), fixed)
+
+
+def grid_fit(
+    frame: pd.DataFrame,
+    device: DeviceSpec,
+    objective: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    fixed: dict[str, float] | None = None,
+) -> GpuFactors:
+    """The factors minimising `objective(r, o)` by a grid search that shrinks round by round:
+    `r` is log(predicted / measured) on a (compute, bandwidth, overhead, non_overlap, row)
+    grid, `o` the overhead values (s); the objective returns one value per grid point."""
     if frame.empty:
         raise ValueError("no measurements to fit")
     peak_f = np.array(
@@ -125,8 +140,6 @@ def fit_factors(
     y1 = frame["bytes"].to_numpy(float) / (device.memory_bandwidth_gb_s * 1e9)
     kernels = frame["kernels"].to_numpy(float)
     log_t = np.log(frame["seconds"].to_numpy(float))
-    per_model = frame.groupby("model")["model"].transform("size").to_numpy(float)
-    w = 1.0 / per_model  # every model counts the same, whatever its number of rows
     lo, hi = _LO.copy(), _HI.copy()
     for name, value in (fixed or {}).items():
         i = FACTORS.index(name)
@@ -143,7 +156,8 @@ def fit_factors(
         gg = g[None, None, None, :, None]
         oo = o[None, None, :, None, None] * kernels
         p = np.maximum(x + gg * y, y + gg * x) + oo
-        err = (w * (np.log(p) - log_t) ** 2).sum(axis=-1)
+        with np.errstate(divide="ignore"):
+            err = objective(np.log(p) - log_t, o)
         i, k, m, j = np.unravel_index(np.argmin(err), err.shape)
         best = np.array([ce[i], be[k], o[m], g[j]])
         centre, span = best, span / 2.5
