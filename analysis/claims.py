@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.study_claims import study_lines
+from analysis.study_claims import _pct, study_lines
 from sim.atomic import atomic_write_text
 from sim.stats import mean_ci95
 
@@ -36,10 +36,6 @@ def reductions(rows: pd.DataFrame) -> dict[str, float]:
         out[f"dp_over_{b}"] = 1 - dp / base if base > 0 else np.nan
         out[f"{b}_vs_server_only"] = 1 - base / only if only > 0 else np.nan
     return out
-
-
-def _pct(x: float) -> str:
-    return "n/a" if not np.isfinite(x) else f"{100 * x:.1f} %"
 
 
 def headline_table(alloc: pd.DataFrame, default_factor: float) -> pd.DataFrame:

@@ -9,6 +9,7 @@ beyond the paper: `tokens_abs_sla` (sequence length under a deadline fixed in se
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,12 +134,13 @@ def _server_only_s(problem: SplitProblem) -> float:
 
 
 def _rows(policies: list[str], meta: dict[str, Any], problem: SplitProblem,
-          m: ModelSpec, tokens: int) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per policy of one point; `meta` holds study, model, x and the link."""
+          m: ModelSpec, tokens: int, server_only_s: float) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per policy of one point; `meta` holds study, model, x and the link,
+    `server_only_s` the point's server-only latency (its deadline's reference)."""
     only = float(problem.server_work.sum())
     point = {**meta, "task": "forward", "output_tokens": 0, "deadline_s": problem.deadline,
              "prompt_tokens": m.image_tokens if m.input == "image" else tokens,
-             "server_only_work": only, "server_only_latency_s": _server_only_s(problem),
+             "server_only_work": only, "server_only_latency_s": server_only_s,
              "server_only_compute_s": float(problem.server_time.sum()),
              "n_units": problem.n_units}  # fmt: skip
     rows = []
@@ -156,10 +158,11 @@ def _relative(spec: StudySpec, study: str, x_name: str, x: float, model: str, cl
               tokens: int, link: Link, factor: float) -> list[dict[str, Any]]:  # fmt: skip
     """A point whose deadline is `factor` x its own server-only latency."""
     problem = _problem(model, client, spec.server, tokens, link)
-    problem = problem.with_deadline(factor * _server_only_s(problem))
+    only_s = _server_only_s(problem)
     meta = {"study": study, "model": model, "x_name": x_name, "x": x,
             "client_device": client, "uplink_mbps": link.uplink_mbps}  # fmt: skip
-    return _rows(spec.policies, meta, problem, get_model(model), tokens)
+    return _rows(spec.policies, meta, problem.with_deadline(factor * only_s), get_model(model),
+                 tokens, only_s)  # fmt: skip
 
 
 def _paper_rows(spec: StudySpec, model: str, base: Link) -> list[dict[str, Any]]:
@@ -194,18 +197,18 @@ def abs_sla_rows(spec: StudySpec, model: str, base: Link) -> list[dict[str, Any]
         ref = _problem(model, client, spec.server, spec.abs_sla_reference_tokens, base)
         deadline_s = spec.deadline_factor * _server_only_s(ref)
         for n in (n for n in spec.abs_sla_token_values if _fits(m, n)):
-            problem = _problem(model, client, spec.server, n, base).with_deadline(deadline_s)
+            problem = _problem(model, client, spec.server, n, base)
             meta = {"study": "tokens_abs_sla", "model": model, "x_name": "prompt_tokens",
                     "x": n, "client_device": client, "uplink_mbps": base.uplink_mbps}  # fmt: skip
-            rows += _rows(spec.policies, meta, problem, m, n)
+            rows += _rows(spec.policies, meta, problem.with_deadline(deadline_s), m, n,
+                          _server_only_s(problem))  # fmt: skip
     return rows
 
 
 def attention_faster(problem: SplitProblem, kinds: np.ndarray, speedup: float) -> SplitProblem:
     """`problem` with the client's attention units (kind `attn`) `speedup` x faster."""
     client_s = np.where(kinds == "attn", problem.client_time / speedup, problem.client_time)
-    return SplitProblem(client_s, problem.server_time, problem.server_work, problem.uplink_time,
-                        problem.downlink_time, problem.deadline, problem.client_allowed)  # fmt: skip
+    return replace(problem, client_time=client_s)
 
 
 def multi_switch_rows(spec: StudySpec) -> list[dict[str, Any]]:
@@ -216,13 +219,15 @@ def multi_switch_rows(spec: StudySpec) -> list[dict[str, Any]]:
     m = get_model(ms.model)
     link = Link(ms.link.uplink_mbps, ms.link.downlink_mbps, ms.link.rtt_ms)
     base = _problem(ms.model, ms.client, spec.server, ms.tokens, link, ms.granularity)
-    base = base.with_deadline(ms.deadline_factor * _server_only_s(base))
+    only_s = _server_only_s(base)  # the server side is the same at every speed-up
+    base = base.with_deadline(ms.deadline_factor * only_s)
     kinds = np.array([u.kind for u in model_units(m, ms.granularity)])
     rows = []
     for speedup in ms.attention_speedups:
         meta = {"study": "multi_switch", "model": ms.model, "x_name": "client_attention_speedup",
                 "x": speedup, "client_device": ms.client, "uplink_mbps": link.uplink_mbps}  # fmt: skip
-        rows += _rows(spec.policies, meta, attention_faster(base, kinds, speedup), m, ms.tokens)
+        rows += _rows(spec.policies, meta, attention_faster(base, kinds, speedup), m, ms.tokens,
+                      only_s)  # fmt: skip
     return rows
 
 
