@@ -143,14 +143,17 @@ def joint(gpus) -> None:
     for q in (1, 128):
         cand = Candidate(f"round {q}", _round, (q,))
         for name in models:
+            rests = {}  # each GPU's rows without `name`, compute term quantised
+            for gpu, (data, specs, _) in gpus.items():
+                rests[gpu] = data[data["model"] != name].copy()
+                rests[gpu]["flops"] = cand.flops(rests[gpu], specs, SMS[gpu], q)
             best = None
             for o in np.arange(2.0, 10.01, 0.5):
                 for g in np.arange(0.0, 1.001, 0.1):
                     fixed = {"kernel_overhead_us": float(o), "non_overlap": float(g)}
                     loss, fs = 0.0, {}
-                    for gpu, (data, specs, dev) in gpus.items():
-                        rest = data[data["model"] != name].copy()
-                        rest["flops"] = cand.flops(rest, specs, SMS[gpu], q)
+                    for gpu, (_, _, dev) in gpus.items():
+                        rest = rests[gpu]
                         fs[gpu] = fit_factors(rest, dev, fixed)
                         loss += _loss(rest, fs[gpu].apply(dev)) * rest["model"].nunique()
                     if best is None or loss < best[0]:
